@@ -1,0 +1,147 @@
+"""Command line of ``gpu-exporter``; the old node_info.py flags keep working.
+
+``--port``, ``--disable_log`` and ``--debug`` behave as before. The legacy password is never taken
+from the command line, where ``ps`` would show it: use ``--password-file`` or the
+``GPU_MONITOR_PASSWORD`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from exporter import __version__
+from exporter.httpserver import DEFAULT_MAX_REQUESTS, serve
+from exporter.legacy import legacy_status_json
+from exporter.password import ENV_VAR, PasswordError, PasswordSource
+from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
+from exporter.sampler import Sampler
+from exporter.webconfig import WebConfigError
+
+log = logging.getLogger("exporter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpu-exporter",
+        description="Export NVIDIA GPU metrics for Prometheus and the legacy /get-status JSON.",
+    )
+    parser.add_argument("--port", type=int, default=7080, help="port to listen on (default 7080)")
+    parser.add_argument(
+        "--listen-address",
+        default="0.0.0.0",
+        help="address to listen on (default all interfaces, so Prometheus can scrape)",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between samples (default 2)"
+    )
+    parser.add_argument(
+        "--nvml-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for one GPU's NVML reads before reporting it down (default 5)",
+    )
+    parser.add_argument(
+        "--password-file",
+        type=Path,
+        help=f"file with the /get-status password(s), one per line (else ${ENV_VAR}, else 8888)",
+    )
+    parser.add_argument(
+        "--web-config-file", type=Path, help="exporter-toolkit web config: TLS and basic auth"
+    )
+    parser.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        default=DEFAULT_MAX_REQUESTS,
+        help=f"requests served at once; more get 503 (default {DEFAULT_MAX_REQUESTS})",
+    )
+    parser.add_argument(
+        "--no-processes", action="store_true", help="do not report per-process series or users"
+    )
+    parser.add_argument(
+        "--max-command-length",
+        type=int,
+        default=DEFAULT_MAX_COMMAND_LENGTH,
+        help=f"cut command lines to this many characters (default {DEFAULT_MAX_COMMAND_LENGTH})",
+    )
+    parser.add_argument("--hostname", help="host name to report (default: this machine's)")
+    parser.add_argument("--disable_log", action="store_true", help="log warnings and errors only")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the /get-status JSON once and exit"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _configure_logging(*, quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(quiet=args.disable_log)
+    sampler = Sampler(
+        interval=args.interval,
+        gpu_timeout=args.nvml_timeout,
+        include_processes=not args.no_processes,
+        hostname=args.hostname,
+        resolver=ProcessResolver(max_command_length=args.max_command_length),
+    )
+    if args.debug:
+        sys.stdout.write(legacy_status_json(sampler.sample_once()).decode() + "\n")
+        sampler.stop()
+        return 0
+    try:
+        passwords = PasswordSource(password_file=args.password_file)
+    except PasswordError as error:
+        log.error("%s", error)
+        return 2
+    if passwords.is_default:
+        log.warning(
+            "no password configured: /get-status accepts the old default; set --password-file "
+            "or %s",
+            ENV_VAR,
+        )
+    # Imported here so --debug does not pay for Flask.
+    from exporter.app import create_app
+
+    app = create_app(
+        latest=sampler.latest,
+        ready=lambda: sampler.ready,
+        passwords=passwords,
+        include_processes=not args.no_processes,
+    )
+    signal.signal(signal.SIGTERM, _terminate)
+    sampler.start()
+    try:
+        serve(
+            app,
+            listen_address=args.listen_address,
+            port=args.port,
+            web_config_file=args.web_config_file,
+            max_requests=args.max_requests,
+        )
+    except WebConfigError as error:
+        log.error("%s", error)
+        return 2
+    except OSError as error:
+        log.error("cannot listen on %s:%d: %s", args.listen_address, args.port, error)
+        return 1
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        sampler.stop()
+    return 0

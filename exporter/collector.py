@@ -1,0 +1,219 @@
+"""The Prometheus view of a snapshot: a custom collector yielding fresh metric families.
+
+Names, units and labels are a contract with the recording rules, alerts and dashboard: base units
+(bytes, seconds, watts, joules, hertz, celsius), ratios from 0 to 1, ``_total`` counters, identity
+labels only on ``_info`` series. A field that is ``None`` in the snapshot produces no sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Callable
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.snapshot import THROTTLE_REASONS, GpuSample, Snapshot
+
+_GPU_LABELS = ["gpu", "uuid"]
+_PROCESS_LABELS = ["gpu", "uuid", "pid", "user"]
+
+# (metric name, help, GpuSample attribute) for the plain per-GPU gauges.
+_GPU_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("gpu_memory_used_bytes", "GPU memory in use.", "memory_used_bytes"),
+    ("gpu_memory_free_bytes", "GPU memory free.", "memory_free_bytes"),
+    ("gpu_memory_total_bytes", "GPU memory installed.", "memory_total_bytes"),
+    ("gpu_utilization_ratio", "Share of the last sample period a kernel ran (0-1).",
+     "utilization_ratio"),
+    ("gpu_memory_utilization_ratio", "Share of the last sample period device memory was read or "
+     "written (0-1).", "memory_utilization_ratio"),
+    ("gpu_temperature_celsius", "GPU core temperature.", "temperature_celsius"),
+    ("gpu_power_watts", "Power drawn by the board.", "power_watts"),
+    ("gpu_power_limit_watts", "Power limit the driver enforces.", "power_limit_watts"),
+    ("gpu_fan_speed_ratio", "Intended fan speed as a share of the maximum (0-1).",
+     "fan_speed_ratio"),
+    ("gpu_performance_state", "Performance state: 0 is the fastest, 15 the slowest.",
+     "performance_state"),
+)  # fmt: skip
+
+
+def _gpu_labels(gpu: GpuSample) -> list[str]:
+    return [str(gpu.index), gpu.uuid or ""]
+
+
+def _identity_families(snapshot: Snapshot) -> Iterator[Metric]:
+    driver = snapshot.driver
+    build = InfoMetricFamily(
+        "gpu_exporter_build", "Exporter version and the NVML stack it talks to."
+    )
+    build.add_metric(
+        [],
+        {
+            "version": __version__,
+            "driver_version": driver.driver_version,
+            "cuda_version": driver.cuda_version,
+            "nvml_version": driver.nvml_version,
+        },
+    )
+    yield build
+    node = InfoMetricFamily("gpu_node", "The node this exporter runs on.")
+    node.add_metric([], {"hostname": snapshot.host.hostname})
+    yield node
+    info = InfoMetricFamily("gpu", "Identity of each GPU.")
+    for gpu in snapshot.gpus:
+        info.add_metric(
+            [],
+            {
+                "gpu": str(gpu.index),
+                "uuid": gpu.uuid or "",
+                "name": gpu.name or "",
+                "pci_bus_id": gpu.pci_bus_id or "",
+                "serial": gpu.serial or "",
+            },
+        )
+    yield info
+
+
+def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "gpu_up", "1 if the GPU answers NVML, 0 if it is lost.", labels=_GPU_LABELS
+    )
+    for gpu in gpus:
+        up.add_metric(_gpu_labels(gpu), 1.0 if gpu.up else 0.0)
+    yield up
+    for name, documentation, attribute in _GPU_GAUGES:
+        family = GaugeMetricFamily(name, documentation, labels=_GPU_LABELS)
+        for gpu in gpus:
+            value = getattr(gpu, attribute)
+            if value is not None:
+                family.add_metric(_gpu_labels(gpu), float(value))
+        yield family
+    yield from _energy(gpus)
+    yield from _clocks(gpus)
+    yield from _ecc(gpus)
+    yield from _throttle(gpus)
+
+
+def _energy(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    energy = CounterMetricFamily(
+        "gpu_energy_joules", "Energy used since the driver loaded.", labels=_GPU_LABELS
+    )
+    for gpu in gpus:
+        if gpu.energy_joules is not None:
+            energy.add_metric(_gpu_labels(gpu), gpu.energy_joules)
+    yield energy
+
+
+def _clocks(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    clocks = GaugeMetricFamily(
+        "gpu_clock_hertz", "Current clock frequency.", labels=[*_GPU_LABELS, "clock"]
+    )
+    for gpu in gpus:
+        for clock, value in (("sm", gpu.clock_sm_hertz), ("memory", gpu.clock_memory_hertz)):
+            if value is not None:
+                clocks.add_metric([*_gpu_labels(gpu), clock], value)
+    yield clocks
+
+
+def _ecc(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    ecc = CounterMetricFamily(
+        "gpu_ecc_errors",
+        "ECC memory errors since the driver loaded.",
+        labels=[*_GPU_LABELS, "type"],
+    )
+    for gpu in gpus:
+        for kind, value in (
+            ("corrected", gpu.ecc_corrected_errors),
+            ("uncorrected", gpu.ecc_uncorrected_errors),
+        ):
+            if value is not None:
+                ecc.add_metric([*_gpu_labels(gpu), kind], float(value))
+    yield ecc
+
+
+def _throttle(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    throttle = GaugeMetricFamily(
+        "gpu_throttle_reason",
+        "1 while this reason is holding the clocks down.",
+        labels=[*_GPU_LABELS, "reason"],
+    )
+    for gpu in gpus:
+        if gpu.throttle_reasons is None:
+            continue
+        for bit, reason in THROTTLE_REASONS:
+            active = 1.0 if gpu.throttle_reasons & bit else 0.0
+            throttle.add_metric([*_gpu_labels(gpu), reason], active)
+    yield throttle
+
+
+def _process_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    memory = GaugeMetricFamily(
+        "gpu_process_memory_used_bytes",
+        "GPU memory held by a process.",
+        labels=_PROCESS_LABELS,
+    )
+    info = InfoMetricFamily("gpu_process", "A process using a GPU, with its command line.")
+    for gpu in gpus:
+        for process in gpu.processes:
+            labels = [str(gpu.index), gpu.uuid or "", str(process.pid), process.user]
+            if process.gpu_memory_bytes is not None:
+                memory.add_metric(labels, float(process.gpu_memory_bytes))
+            info.add_metric(
+                [],
+                dict(zip(_PROCESS_LABELS, labels), command=process.command),
+            )
+    yield memory
+    yield info
+
+
+def _self_families(snapshot: Snapshot) -> Iterator[Metric]:
+    success = GaugeMetricFamily(
+        "gpu_exporter_collector_success",
+        "1 if the collector's last pass succeeded.",
+        labels=["collector"],
+    )
+    duration = GaugeMetricFamily(
+        "gpu_exporter_collector_duration_seconds",
+        "How long the collector's last pass took.",
+        labels=["collector"],
+    )
+    for status in snapshot.collectors:
+        success.add_metric([status.name], 1.0 if status.success else 0.0)
+        duration.add_metric([status.name], status.duration_seconds)
+    yield success
+    yield duration
+    yield GaugeMetricFamily(
+        "gpu_exporter_last_collect_timestamp_seconds",
+        "Unix time the last sampling pass finished; 0 before the first.",
+        value=snapshot.timestamp,
+    )
+
+
+def snapshot_families(snapshot: Snapshot, *, include_processes: bool = True) -> Iterator[Metric]:
+    """Every metric family of one snapshot, built fresh."""
+    yield from _identity_families(snapshot)
+    yield from _gpu_families(snapshot.gpus)
+    if include_processes:
+        yield from _process_families(snapshot.gpus)
+    yield from _self_families(snapshot)
+
+
+class SnapshotCollector(Collector):
+    """A collector over a snapshot source: each ``collect`` renders the source's current snapshot.
+
+    ``latest`` may be a sampler's ``latest`` method (a live view) or a constant function
+    (render one snapshot exactly once, as the HTTP endpoint does).
+    """
+
+    def __init__(self, latest: Callable[[], Snapshot], *, include_processes: bool = True) -> None:
+        self._latest = latest
+        self._include_processes = include_processes
+
+    def collect(self) -> Iterator[Metric]:
+        return snapshot_families(self._latest(), include_processes=self._include_processes)

@@ -1,0 +1,148 @@
+"""Serving a WSGI app in production: cheroot, TLS and basic auth, and an in-flight limit.
+
+cheroot (CherryPy's server) is used rather than waitress because it terminates TLS itself, which
+the exporter-toolkit web configuration needs (server certificates, client certificates, minimum
+TLS version), and it serves from a fixed thread pool. Flask's development server is never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from exporter.webconfig import BasicAuth, WebConfig, WSGIApp, load_web_config, ssl_context
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_REQUESTS = 40
+
+
+class InFlightLimit:
+    """Answer 503 at once when ``limit`` requests are already being served, instead of queueing."""
+
+    def __init__(self, app: WSGIApp, limit: int) -> None:
+        self._app = app
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if not self._slots.acquire(blocking=False):
+            body = b'{"error": "too many requests in flight, retry shortly"}'
+            start_response(
+                "503 Service Unavailable",
+                [
+                    ("Content-Type", "application/json"),
+                    ("Retry-After", "1"),
+                    ("Content-Length", str(len(body))),
+                ],
+            )
+            return [body]
+        try:
+            result = self._app(environ, start_response)
+            try:
+                return [b"".join(result)]  # finish inside the slot: bodies here are small
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            self._slots.release()
+
+
+class ExtraHeaders:
+    """Add the operator's ``http_server_config.headers`` to every response."""
+
+    def __init__(self, app: WSGIApp, headers: dict[str, str]) -> None:
+        self._app = app
+        self._headers = list(headers.items())
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def with_headers(status: str, headers: list, exc_info: object = None) -> Callable:
+            return start_response(status, headers + self._headers, exc_info)
+
+        return self._app(environ, with_headers)
+
+
+def wrap_app(app: WSGIApp, config: WebConfig, *, max_requests: int) -> WSGIApp:
+    """Apply the limit, basic auth and headers around ``app``; the limit runs first."""
+    wrapped: WSGIApp = app
+    if config.headers:
+        wrapped = ExtraHeaders(wrapped, config.headers)
+    if config.users:
+        wrapped = BasicAuth(wrapped, config.users)
+    return InFlightLimit(wrapped, max_requests)
+
+
+def _host(listen_address: str) -> str:
+    return listen_address.strip("[]") or "0.0.0.0"
+
+
+@dataclass
+class RunningServer:
+    """A server started in a background thread."""
+
+    server: wsgi.Server
+    thread: threading.Thread
+    scheme: str
+
+    @property
+    def port(self) -> int:
+        return int(self.server.bind_addr[1])
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.thread.join(timeout=5)
+
+
+def make_server(
+    app: WSGIApp,
+    *,
+    listen_address: str,
+    port: int,
+    web_config_file: Path | None = None,
+    max_requests: int = DEFAULT_MAX_REQUESTS,
+    threads: int = 16,
+) -> wsgi.Server:
+    """Build (not start) the server; raises ``WebConfigError`` on a bad web config."""
+    config = load_web_config(web_config_file) if web_config_file else WebConfig()
+    server = wsgi.Server(
+        (_host(listen_address), port),
+        wrap_app(app, config, max_requests=max_requests),
+        # More threads than the limit, so excess requests reach the limiter and get their 503.
+        numthreads=max(threads, max_requests + 4),
+        request_queue_size=128,
+        timeout=10,
+        server_name="gpu-cluster-monitor",
+    )
+    if config.tls is not None:
+        adapter = BuiltinSSLAdapter(str(config.tls.cert_file), str(config.tls.key_file))
+        adapter.context = ssl_context(config.tls)
+        server.ssl_adapter = adapter
+    return server
+
+
+def serve(app: WSGIApp, **options: object) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM are turned into KeyboardInterrupt by the CLI)."""
+    server = make_server(app, **options)  # type: ignore[arg-type]
+    server.prepare()
+    scheme = "https" if server.ssl_adapter else "http"
+    log.info("listening on %s://%s:%s", scheme, *server.bind_addr[:2])
+    try:
+        server.serve()
+    finally:
+        server.stop()
+
+
+def start_background(app: WSGIApp, **options: object) -> RunningServer:
+    """Start serving in a daemon thread (tests, benchmarks); ``port=0`` picks a free port."""
+    server = make_server(app, **options)  # type: ignore[arg-type]
+    server.prepare()
+    thread = threading.Thread(target=server.serve, name="http", daemon=True)
+    thread.start()
+    return RunningServer(server, thread, "https" if server.ssl_adapter else "http")

@@ -1,0 +1,276 @@
+"""Reading GPUs through NVML, each field on its own.
+
+An :class:`NvmlSession` owns the NVML lifetime: it initialises once, retries with exponential
+backoff while the library or driver is missing, and re-initialises after a driver reload. A field
+that raises (NOT_SUPPORTED, any other NVML error, undecodable text) becomes ``None`` for that GPU
+only; ``GPU_IS_LOST`` on any call marks the whole GPU as down while the other GPUs keep reporting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import pynvml
+
+from exporter.snapshot import DriverInfo, GpuSample
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MIB = 1024 * 1024
+_MHZ = 1_000_000.0
+
+# Errors meaning "the library or the driver is gone": the session must be re-initialised.
+_SESSION_ERRORS = frozenset(
+    {
+        pynvml.NVML_ERROR_UNINITIALIZED,
+        pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
+        pynvml.NVML_ERROR_LIBRARY_NOT_FOUND,
+        pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH,
+    }
+)
+
+
+class GpuLostError(Exception):
+    """NVML answered GPU_IS_LOST for this GPU: it fell off the bus or stopped responding."""
+
+
+@dataclass(frozen=True)
+class RawProcess:
+    """A process as NVML lists it, before psutil adds user and command."""
+
+    pid: int
+    kind: str
+    gpu_memory_bytes: int | None
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """What NVML says about one GPU: the snapshot fields plus the raw process list."""
+
+    sample: GpuSample
+    processes: tuple[RawProcess, ...] = ()
+
+
+def _field(read: Callable[..., T], *args: Any) -> T | None:
+    """Call one NVML getter; ``None`` on any failure except a lost GPU, which propagates."""
+    try:
+        return read(*args)
+    except pynvml.NVMLError as error:
+        if error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
+            raise GpuLostError from error
+        return None
+    except Exception:  # a malformed answer (e.g. undecodable bytes) costs this field only
+        log.debug("NVML getter %s failed", getattr(read, "__name__", read), exc_info=True)
+        return None
+
+
+def _text(read: Callable[..., Any], *args: Any) -> str | None:
+    """Read a string field without pynvml's strict UTF-8 decode, so odd bytes cannot hide it."""
+    raw = _field(getattr(read, "__wrapped__", read), *args)
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    return str(raw)
+
+
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
+def _memory(handle: Any) -> tuple[int | None, int | None, int | None]:
+    """Total, used, free bytes; v2 (which separates reserved memory) where the driver has it."""
+    info = _field(pynvml.nvmlDeviceGetMemoryInfo, handle, pynvml.nvmlMemory_v2)
+    if info is None:
+        info = _field(pynvml.nvmlDeviceGetMemoryInfo, handle)
+    if info is None:
+        return None, None, None
+    return int(info.total), int(info.used), int(info.free)
+
+
+def _throttle_reasons(handle: Any) -> int | None:
+    reasons = _field(pynvml.nvmlDeviceGetCurrentClocksEventReasons, handle)
+    if reasons is None:  # drivers older than 535 only know the old name
+        reasons = _field(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons, handle)
+    return None if reasons is None else int(reasons)
+
+
+def _processes(handle: Any) -> tuple[RawProcess, ...]:
+    listed: list[RawProcess] = []
+    for kind, read in (
+        ("compute", pynvml.nvmlDeviceGetComputeRunningProcesses),
+        ("graphics", pynvml.nvmlDeviceGetGraphicsRunningProcesses),
+    ):
+        for info in _field(read, handle) or ():
+            used = info.usedGpuMemory
+            listed.append(RawProcess(int(info.pid), kind, None if used is None else int(used)))
+    return tuple(listed)
+
+
+def _utilization(handle: Any) -> tuple[float | None, float | None]:
+    rates = _field(pynvml.nvmlDeviceGetUtilizationRates, handle)
+    if rates is None:
+        return None, None
+    return rates.gpu / 100.0, rates.memory / 100.0
+
+
+def _ecc(handle: Any, error_type: int) -> int | None:
+    # Volatile counts (since the driver loaded) behave as a Prometheus counter with resets.
+    return _field(pynvml.nvmlDeviceGetTotalEccErrors, handle, error_type, pynvml.NVML_VOLATILE_ECC)
+
+
+def read_gpu(index: int) -> GpuReading:
+    """Read every field of GPU ``index``; a lost GPU comes back with ``up=False``."""
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return _read_handle(index, handle)
+    except GpuLostError:
+        return GpuReading(GpuSample(index=index, up=False))
+    except pynvml.NVMLError as error:
+        if error.value in _SESSION_ERRORS:
+            raise
+        log.debug("GPU %d: no handle (%s)", index, error)
+        return GpuReading(GpuSample(index=index, up=False))
+
+
+def _read_handle(index: int, handle: Any) -> GpuReading:
+    total, used, free = _memory(handle)
+    utilization, memory_utilization = _utilization(handle)
+    pci = _field(pynvml.nvmlDeviceGetPciInfo, handle)
+    fan = _field(pynvml.nvmlDeviceGetFanSpeed, handle)
+    sample = GpuSample(
+        index=index,
+        up=True,
+        uuid=_text(pynvml.nvmlDeviceGetUUID, handle),
+        name=_text(pynvml.nvmlDeviceGetName, handle),
+        serial=_text(pynvml.nvmlDeviceGetSerial, handle),
+        pci_bus_id=None if pci is None else _decode(pci.busId),
+        memory_total_bytes=total,
+        memory_used_bytes=used,
+        memory_free_bytes=free,
+        utilization_ratio=utilization,
+        memory_utilization_ratio=memory_utilization,
+        temperature_celsius=_field(
+            pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU
+        ),
+        power_watts=_scaled(_field(pynvml.nvmlDeviceGetPowerUsage, handle), 1e-3),
+        power_limit_watts=_scaled(_field(pynvml.nvmlDeviceGetEnforcedPowerLimit, handle), 1e-3),
+        energy_joules=_scaled(_field(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle), 1e-3),
+        fan_speed_ratio=None if fan is None else fan / 100.0,
+        clock_sm_hertz=_scaled(_field(pynvml.nvmlDeviceGetClockInfo, handle, 1), _MHZ),
+        clock_memory_hertz=_scaled(_field(pynvml.nvmlDeviceGetClockInfo, handle, 2), _MHZ),
+        performance_state=_field(pynvml.nvmlDeviceGetPerformanceState, handle),
+        ecc_corrected_errors=_ecc(handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+        ecc_uncorrected_errors=_ecc(handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        throttle_reasons=_throttle_reasons(handle),
+    )
+    return GpuReading(sample, _processes(handle))
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def _cuda_version(encoded: int | None) -> str:
+    # NVML encodes CUDA 12.4 as 12040.
+    if not encoded:
+        return ""
+    return f"{encoded // 1000}.{encoded % 1000 // 10}"
+
+
+class NvmlSession:
+    """The NVML library's lifetime: lazy init with backoff, re-init after the driver goes away."""
+
+    def __init__(self, *, min_backoff: float = 1.0, max_backoff: float = 60.0) -> None:
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._backoff = min_backoff
+        self._next_attempt = 0.0
+        self._initialized = False
+        self._reported_failure = False
+        self.driver = DriverInfo()
+        self.last_error = ""
+
+    @property
+    def initialized(self) -> bool:
+        return self._initialized
+
+    def ensure(self) -> bool:
+        """Initialise NVML if it is not and the backoff allows; tell whether it is usable."""
+        if self._initialized:
+            return True
+        now = time.monotonic()
+        if now < self._next_attempt:
+            return False
+        try:
+            pynvml.nvmlInit()
+        except (pynvml.NVMLError, OSError) as error:
+            self._fail(f"NVML unavailable: {error}", now)
+            return False
+        self._initialized = True
+        self._backoff = self._min_backoff
+        self.last_error = ""
+        self.driver = DriverInfo(
+            driver_version=_text(pynvml.nvmlSystemGetDriverVersion) or "",
+            cuda_version=_cuda_version(_field(pynvml.nvmlSystemGetCudaDriverVersion)),
+            nvml_version=_text(pynvml.nvmlSystemGetNVMLVersion) or "",
+        )
+        log.info(
+            "NVML initialised: driver %s, CUDA %s",
+            self.driver.driver_version,
+            self.driver.cuda_version,
+        )
+        self._reported_failure = False
+        return True
+
+    def _fail(self, message: str, now: float) -> None:
+        self.last_error = message
+        if not self._reported_failure:
+            # One clear line, not one per retry; the backoff state is visible in the metrics.
+            log.warning("%s; serving host facts only, retrying with backoff", message)
+            self._reported_failure = True
+        self._next_attempt = now + self._backoff
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+
+    def device_count(self) -> int:
+        """Number of GPUs; a session-level error resets the session for the next attempt."""
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        except pynvml.NVMLError as error:
+            self.reset(f"NVML device count failed: {error}")
+            raise
+
+    def reset(self, reason: str) -> None:
+        """Drop the session (driver reloaded, library gone); the next ``ensure`` re-initialises."""
+        if not self._initialized:
+            return
+        self._initialized = False
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+        self._fail(reason, time.monotonic())
+
+    def close(self) -> None:
+        if self._initialized:
+            self._initialized = False
+            with contextlib.suppress(pynvml.NVMLError):
+                pynvml.nvmlShutdown()
+
+
+def is_session_error(error: BaseException) -> bool:
+    """True for errors after which the NVML session must be re-initialised."""
+    return isinstance(error, pynvml.NVMLError) and error.value in _SESSION_ERRORS
+
+
+__all__ = [
+    "GpuReading",
+    "NvmlSession",
+    "RawProcess",
+    "is_session_error",
+    "read_gpu",
+]

@@ -1,0 +1,79 @@
+"""Who runs each GPU process: user name and command line through psutil.
+
+NVML only knows pids. A pid whose owner cannot be read (another PID namespace, exited between
+NVML's listing and this lookup, access denied) still counts its memory, with an empty user and
+command. Lookups are cached per (pid, start time) so a long-running job costs one lookup, and the
+cache is trimmed to the live pids each pass so churning pids cannot grow it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+DEFAULT_MAX_COMMAND_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class ProcessOwner:
+    """User name and (cut) command line of one process."""
+
+    user: str
+    command: str
+
+
+_UNKNOWN = ProcessOwner(user="", command="")
+
+
+def _clean(text: str) -> str:
+    """Make text safe for every renderer: no lone surrogates, no control characters."""
+    text = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
+def _command(process: psutil.Process, max_length: int) -> str:
+    try:
+        argv = process.cmdline()
+    except (psutil.Error, OSError):
+        argv = []
+    if not argv:  # kernel threads and zombies have no argv; the name is better than nothing
+        try:
+            argv = [process.name()]
+        except (psutil.Error, OSError):
+            return ""
+    command = _clean(" ".join(argv))
+    return command if len(command) <= max_length else command[: max_length - 1] + "\u2026"
+
+
+class ProcessResolver:
+    """Resolve pids to owners, cached per (pid, create time)."""
+
+    def __init__(self, *, max_command_length: int = DEFAULT_MAX_COMMAND_LENGTH) -> None:
+        self._max_command_length = max_command_length
+        self._cache: dict[int, tuple[float, ProcessOwner]] = {}
+
+    def resolve(self, pids: set[int]) -> dict[int, ProcessOwner]:
+        """Owners of ``pids``; unknown ones map to an empty user and command."""
+        owners = {pid: self._lookup(pid) for pid in pids}
+        for stale in self._cache.keys() - pids:
+            del self._cache[stale]
+        return owners
+
+    def _lookup(self, pid: int) -> ProcessOwner:
+        try:
+            process = psutil.Process(pid)
+            started = process.create_time()
+        except (psutil.Error, OSError, ValueError):
+            self._cache.pop(pid, None)
+            return _UNKNOWN
+        cached = self._cache.get(pid)
+        if cached is not None and cached[0] == started:
+            return cached[1]
+        try:
+            user = _clean(process.username())
+        except (psutil.Error, OSError, KeyError):
+            user = ""  # a uid with no passwd entry (containers) or a process that just exited
+        owner = ProcessOwner(user=user, command=_command(process, self._max_command_length))
+        self._cache[pid] = (started, owner)
+        return owner

@@ -1,0 +1,216 @@
+"""The sampler: reads NVML and psutil every interval into an immutable snapshot.
+
+Scrapes never touch NVML; they render :meth:`Sampler.latest`. GPUs are read in parallel, each with
+a deadline: a GPU whose NVML call hangs is reported down (with its last known identity) and is not
+asked again until that call returns, while the other GPUs keep fresh values. A hang in a global call
+(device count) stalls the whole pass instead; scrapes then keep answering from the last snapshot
+and ``gpu_exporter_last_collect_timestamp_seconds`` shows the age.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+from exporter.host import read_host
+from exporter.nvml_reader import GpuReading, NvmlSession, is_session_error, read_gpu
+from exporter.processes import ProcessResolver
+from exporter.snapshot import (
+    CollectorStatus,
+    GpuSample,
+    HostInfo,
+    ProcessSample,
+    Snapshot,
+    empty_snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+_IDENTITY_FIELDS = ("uuid", "name", "serial", "pci_bus_id")
+_MAX_READER_THREADS = 32
+
+
+class Sampler:
+    """Owns the sampling thread and the latest snapshot."""
+
+    def __init__(
+        self,
+        *,
+        interval: float = 2.0,
+        gpu_timeout: float = 5.0,
+        include_processes: bool = True,
+        hostname: str | None = None,
+        session: NvmlSession | None = None,
+        resolver: ProcessResolver | None = None,
+    ) -> None:
+        self.interval = interval
+        self._gpu_timeout = gpu_timeout
+        self._include_processes = include_processes
+        self._hostname = hostname
+        self._session = session or NvmlSession()
+        self._resolver = resolver or ProcessResolver()
+        self._pool = ThreadPoolExecutor(_MAX_READER_THREADS, thread_name_prefix="nvml-read")
+        self._pending: dict[int, Future[GpuReading]] = {}
+        self._identity: dict[int, dict[str, str | None]] = {}
+        self._latest = empty_snapshot(read_host(hostname=hostname))
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- reading side -------------------------------------------------------------------------
+
+    def latest(self) -> Snapshot:
+        """The most recent snapshot (an atomic reference read; never blocks)."""
+        return self._latest
+
+    @property
+    def ready(self) -> bool:
+        """True once the first sampling pass has been published."""
+        return self._ready.is_set()
+
+    @property
+    def nvml_error(self) -> str:
+        """Why NVML is unavailable, or an empty string."""
+        return self._session.last_error
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 1)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._session.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.sample_once()
+            except Exception:  # the loop must survive anything a pass throws
+                log.exception("sampling pass failed")
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def sample_once(self) -> Snapshot:
+        """Run one sampling pass, publish and return its snapshot."""
+        host, host_status = self._timed_host()
+        gpus, nvml_status = self._timed_gpus()
+        gpus, process_status = self._with_processes(gpus)
+        snapshot = Snapshot(
+            timestamp=time.time(),
+            host=host,
+            driver=self._session.driver,
+            gpus=gpus,
+            collectors=(nvml_status, process_status, host_status),
+            sequence=self._latest.sequence + 1,
+        )
+        self._latest = snapshot
+        self._ready.set()
+        return snapshot
+
+    def _timed_host(self) -> tuple[HostInfo, CollectorStatus]:
+        started = time.perf_counter()
+        try:
+            host, success = read_host(hostname=self._hostname), True
+        except Exception:  # keep the last known facts rather than none
+            log.exception("reading host facts failed")
+            host, success = self._latest.host, False
+        return host, CollectorStatus("host", success, time.perf_counter() - started)
+
+    def _timed_gpus(self) -> tuple[tuple[GpuReading, ...], CollectorStatus]:
+        started = time.perf_counter()
+        readings, success = self._read_gpus()
+        return readings, CollectorStatus("nvml", success, time.perf_counter() - started)
+
+    def _read_gpus(self) -> tuple[tuple[GpuReading, ...], bool]:
+        if not self._session.ensure():
+            return (), False
+        try:
+            count = self._session.device_count()
+        except Exception as error:
+            log.warning("cannot list GPUs: %s", error)
+            return (), False
+        futures = {index: self._submit(index) for index in range(count)}
+        for index in list(self._pending):
+            if index >= count:
+                del self._pending[index]
+        wait(futures.values(), timeout=self._gpu_timeout)
+        readings: list[GpuReading] = []
+        success = True
+        for index, future in futures.items():
+            reading, ok = self._result(index, future)
+            readings.append(self._remember_identity(reading))
+            success = success and ok
+        return tuple(readings), success
+
+    def _submit(self, index: int) -> Future[GpuReading]:
+        pending = self._pending.get(index)
+        if pending is not None and not pending.done():
+            return pending  # still stuck in NVML from an earlier pass: do not pile up calls
+        future = self._pool.submit(read_gpu, index)
+        self._pending[index] = future
+        return future
+
+    def _result(self, index: int, future: Future[GpuReading]) -> tuple[GpuReading, bool]:
+        down = GpuReading(GpuSample(index=index, up=False))
+        if not future.done():
+            log.warning("GPU %d: NVML did not answer within %.1f s", index, self._gpu_timeout)
+            return down, False
+        try:
+            return future.result(), True
+        except Exception as error:
+            if is_session_error(error):
+                self._session.reset(f"NVML session lost: {error}")
+            else:
+                log.warning("GPU %d: read failed: %s", index, error)
+            return down, False
+
+    def _remember_identity(self, reading: GpuReading) -> GpuReading:
+        """Keep a down GPU's uuid and name so its series stay the same series."""
+        sample = reading.sample
+        if sample.up:
+            self._identity[sample.index] = {f: getattr(sample, f) for f in _IDENTITY_FIELDS}
+            return reading
+        known = self._identity.get(sample.index)
+        if not known:
+            return reading
+        return dataclasses.replace(reading, sample=dataclasses.replace(sample, **known))
+
+    def _with_processes(
+        self, readings: tuple[GpuReading, ...]
+    ) -> tuple[tuple[GpuSample, ...], CollectorStatus]:
+        started = time.perf_counter()
+        if not self._include_processes:
+            gpus = tuple(r.sample for r in readings)
+            return gpus, CollectorStatus("processes", True, time.perf_counter() - started)
+        success = True
+        try:
+            owners = self._resolver.resolve({p.pid for r in readings for p in r.processes})
+        except Exception:
+            log.exception("process lookup failed")
+            owners, success = {}, False
+        gpus = []
+        for reading in readings:
+            processes = []
+            for raw in reading.processes:
+                owner = owners.get(raw.pid)
+                processes.append(
+                    ProcessSample(
+                        pid=raw.pid,
+                        kind=raw.kind,
+                        gpu_memory_bytes=raw.gpu_memory_bytes,
+                        user=owner.user if owner else "",
+                        command=owner.command if owner else "",
+                    )
+                )
+            gpus.append(dataclasses.replace(reading.sample, processes=tuple(processes)))
+        return tuple(gpus), CollectorStatus("processes", success, time.perf_counter() - started)

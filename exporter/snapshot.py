@@ -1,0 +1,107 @@
+"""The typed snapshot: the one schema every renderer reads.
+
+A :class:`Snapshot` is built by the sampler from NVML and psutil and never mutated afterwards, so
+any number of concurrent scrapes can render the same object without locks. ``None`` in a field
+means "not available on this GPU / not readable right now"; renderers leave such fields out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Bits of nvmlClocksEventReasons (formerly "throttle reasons"), in NVML's order, and the label
+# values the exporter publishes for them.
+THROTTLE_REASONS: tuple[tuple[int, str], ...] = (
+    (0x0000000000000001, "gpu_idle"),
+    (0x0000000000000002, "applications_clocks_setting"),
+    (0x0000000000000004, "sw_power_cap"),
+    (0x0000000000000008, "hw_slowdown"),
+    (0x0000000000000010, "sync_boost"),
+    (0x0000000000000020, "sw_thermal_slowdown"),
+    (0x0000000000000040, "hw_thermal_slowdown"),
+    (0x0000000000000080, "hw_power_brake_slowdown"),
+    (0x0000000000000100, "display_clock_setting"),
+)
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """One process holding memory (or a context) on one GPU."""
+
+    pid: int
+    kind: str  # "compute" or "graphics"
+    gpu_memory_bytes: int | None
+    user: str = ""  # empty when the owner cannot be read (other PID namespace, exited)
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU as read in one sampling pass; identity first, then readings."""
+
+    index: int
+    up: bool
+    uuid: str | None = None
+    name: str | None = None
+    serial: str | None = None
+    pci_bus_id: str | None = None
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    memory_free_bytes: int | None = None
+    utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    temperature_celsius: float | None = None
+    power_watts: float | None = None
+    power_limit_watts: float | None = None
+    energy_joules: float | None = None
+    fan_speed_ratio: float | None = None
+    clock_sm_hertz: float | None = None
+    clock_memory_hertz: float | None = None
+    performance_state: int | None = None
+    ecc_corrected_errors: int | None = None
+    ecc_uncorrected_errors: int | None = None
+    throttle_reasons: int | None = None  # raw bitmask, decoded with THROTTLE_REASONS
+    processes: tuple[ProcessSample, ...] = ()
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """Versions reported once per NVML session."""
+
+    driver_version: str = ""
+    cuda_version: str = ""
+    nvml_version: str = ""
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """Facts about the node itself, shown even when NVML is unavailable."""
+
+    hostname: str
+    ips: tuple[tuple[str, str], ...] = ()  # (interface, IPv4 address)
+
+
+@dataclass(frozen=True)
+class CollectorStatus:
+    """How one collection step went, for the exporter's self metrics."""
+
+    name: str
+    success: bool
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one sampling pass saw. ``timestamp`` is the Unix time the pass finished."""
+
+    timestamp: float
+    host: HostInfo
+    driver: DriverInfo = field(default_factory=DriverInfo)
+    gpus: tuple[GpuSample, ...] = ()
+    collectors: tuple[CollectorStatus, ...] = ()
+    sequence: int = 0  # increases by one per published snapshot; renderers cache by it
+
+
+def empty_snapshot(host: HostInfo) -> Snapshot:
+    """The snapshot served before the first sampling pass completes."""
+    return Snapshot(timestamp=0.0, host=host)
