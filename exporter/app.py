@@ -3,6 +3,9 @@
 Every endpoint renders the sampler's latest snapshot and never touches NVML, so a hung GPU cannot
 hang a request. The Prometheus exposition of a snapshot is rendered once per snapshot and format
 and shared by all scrapes until the next snapshot.
+
+The app is plain WSGI rather than Flask: it has five routes, and it runs on every GPU node, where
+Flask's import alone would cost a third of the exporter's memory.
 """
 
 from __future__ import annotations
@@ -10,18 +13,20 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import logging
 import threading
+from collections.abc import Iterable
 from typing import Any, Callable
 
-from flask import Flask, Response, request
 from prometheus_client.exposition import choose_encoder
-from werkzeug.exceptions import HTTPException
 
 from exporter import __version__
 from exporter.collector import SnapshotCollector
 from exporter.legacy import legacy_status_json
 from exporter.password import FailureThrottle, PasswordSource
 from exporter.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4096  # a legacy request is {"passwd": "..."}; anything larger is not one
 
@@ -37,10 +42,44 @@ _LANDING = """<!doctype html>
 </ul></body></html>
 """
 
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
-def _json_error(status: int, message: str, **headers: str) -> Response:
-    body = json.dumps({"error": message})
-    return Response(body, status=status, mimetype="application/json", headers=headers)
+
+class Reply:
+    """A response: status, body, content type and extra headers."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or []
+
+
+def _json_error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Reply:
+    return Reply(status, json.dumps({"error": message}).encode(), "application/json", headers)
+
+
+def _text(status: int, text: str) -> Reply:
+    return Reply(status, text.encode(), "text/plain; charset=utf-8")
 
 
 class MetricsRenderer:
@@ -91,71 +130,110 @@ def _password(body: bytes) -> str:
     return password
 
 
-def create_app(
-    *,
-    latest: Callable[[], Snapshot],
-    ready: Callable[[], bool],
-    passwords: PasswordSource,
-    include_processes: bool = True,
-    throttle: FailureThrottle | None = None,
-) -> Flask:
-    """Build the Flask app over a snapshot source."""
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    renderer = MetricsRenderer(latest, include_processes=include_processes)
-    throttle = throttle or FailureThrottle()
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        body, content_type, compressed = renderer.render(
-            request.headers.get("Accept"), request.headers.get("Accept-Encoding")
-        )
-        response = Response(body, content_type=content_type)
-        if compressed:
-            response.headers["Content-Encoding"] = "gzip"
-        return response
-
-    @app.post("/get-status")
-    def get_status() -> Response:
-        address = request.remote_addr or "unknown"
-        wait = throttle.retry_after(address)
-        if wait > 0:
-            return _json_error(
-                429, "too many wrong passwords, retry later", **{"Retry-After": str(int(wait) + 1)}
-            )
+def _read_body(environ: dict[str, Any]) -> bytes:
+    """The request body; OverflowError when it is over MAX_BODY_BYTES (it is then not read)."""
+    stream = environ["wsgi.input"]
+    declared = environ.get("CONTENT_LENGTH")
+    if declared:
         try:
-            password = _password(request.get_data(cache=False))
+            length = int(declared)
+        except ValueError:
+            raise ValueError("invalid Content-Length") from None
+        if length > MAX_BODY_BYTES:
+            raise OverflowError
+        return stream.read(length)
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        body = stream.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            raise OverflowError
+        return body
+    return b""
+
+
+class ExporterApp:
+    """The WSGI application: routes requests to small handlers returning :class:`Reply`."""
+
+    def __init__(
+        self,
+        *,
+        latest: Callable[[], Snapshot],
+        ready: Callable[[], bool],
+        passwords: PasswordSource,
+        include_processes: bool = True,
+        throttle: FailureThrottle | None = None,
+    ) -> None:
+        self._latest = latest
+        self._ready = ready
+        self._passwords = passwords
+        self._throttle = throttle or FailureThrottle()
+        self._renderer = MetricsRenderer(latest, include_processes=include_processes)
+        self._routes: dict[str, tuple[str, Callable[[dict[str, Any]], Reply]]] = {
+            "/metrics": ("GET", self.metrics),
+            "/get-status": ("POST", self.get_status),
+            "/": ("GET", self.landing),
+            "/-/healthy": ("GET", self.healthy),
+            "/-/ready": ("GET", self.is_ready),
+        }
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        try:
+            reply = self._dispatch(environ)
+        except Exception:
+            log.exception("unhandled error")  # the details stay in the log, not the response
+            reply = _json_error(500, "internal error")
+        headers = [
+            ("Content-Type", reply.content_type),
+            ("Content-Length", str(len(reply.body))),
+            *reply.headers,
+        ]
+        start_response(f"{reply.status} {_REASONS.get(reply.status, '')}", headers)
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            return [b""]
+        return [reply.body]
+
+    def _dispatch(self, environ: dict[str, Any]) -> Reply:
+        route = self._routes.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            return _json_error(404, "not found; see / for the endpoints")
+        method, handler = route
+        requested = environ.get("REQUEST_METHOD", "GET")
+        if requested != method and not (method == "GET" and requested == "HEAD"):
+            return _json_error(405, f"use {method}", [("Allow", method)])
+        return handler(environ)
+
+    def metrics(self, environ: dict[str, Any]) -> Reply:
+        body, content_type, compressed = self._renderer.render(
+            environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
+        )
+        headers = [("Content-Encoding", "gzip")] if compressed else []
+        return Reply(200, body, content_type, headers)
+
+    def get_status(self, environ: dict[str, Any]) -> Reply:
+        address = environ.get("REMOTE_ADDR") or "unknown"
+        wait = self._throttle.retry_after(address)
+        if wait > 0:
+            retry = [("Retry-After", str(int(wait) + 1))]
+            return _json_error(429, "too many wrong passwords, retry later", retry)
+        try:
+            password = _password(_read_body(environ))
+        except OverflowError:
+            return _json_error(413, f"request body over {MAX_BODY_BYTES} bytes")
         except ValueError as error:
             return _json_error(400, str(error))
-        if not passwords.matches(password):
-            throttle.record_failure(address)
+        if not self._passwords.matches(password):
+            self._throttle.record_failure(address)
             return _json_error(403, "wrong password")
-        return Response(legacy_status_json(latest()), mimetype="application/json")
+        return Reply(200, legacy_status_json(self._latest()), "application/json")
 
-    @app.get("/")
-    def landing() -> Response:
-        page = _LANDING.format(version=__version__, hostname=html.escape(latest().host.hostname))
-        return Response(page, mimetype="text/html")
+    def landing(self, environ: dict[str, Any]) -> Reply:
+        hostname = html.escape(self._latest().host.hostname)
+        page = _LANDING.format(version=__version__, hostname=hostname)
+        return Reply(200, page.encode(), "text/html; charset=utf-8")
 
-    @app.get("/-/healthy")
-    def healthy() -> Response:
-        return Response("OK\n", mimetype="text/plain")
+    def healthy(self, environ: dict[str, Any]) -> Reply:
+        return _text(200, "OK\n")
 
-    @app.get("/-/ready")
-    def is_ready() -> Response:
-        if ready():
-            return Response("OK\n", mimetype="text/plain")
-        return Response("waiting for the first sample\n", status=503, mimetype="text/plain")
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> Response:
-        if error.code == 413:
-            return _json_error(413, f"request body over {MAX_BODY_BYTES} bytes")
-        return _json_error(error.code or 500, error.description or error.name)
-
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> Response:
-        app.logger.exception("unhandled error")  # the details stay in the log, not the response
-        return _json_error(500, "internal error")
-
-    return app
+    def is_ready(self, environ: dict[str, Any]) -> Reply:
+        if self._ready():
+            return _text(200, "OK\n")
+        return _text(503, "waiting for the first sample\n")

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpu-exporter",
         description="Export NVIDIA GPU metrics for Prometheus and the legacy /get-status JSON.",
+        allow_abbrev=False,  # "--password" must not silently mean "--password-file"
     )
     parser.add_argument("--port", type=int, default=7080, help="port to listen on (default 7080)")
     parser.add_argument(
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="print the /get-status JSON once and exit"
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # Caught only to explain why they are refused: ps shows every argument to every user.
+    parser.add_argument("--password", "--passwd", dest="password_argument", help=argparse.SUPPRESS)
     return parser
 
 
@@ -91,7 +94,13 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.password_argument is not None:
+        parser.error(
+            f"passwords are not taken on the command line (ps shows it to every user); "
+            f"use --password-file or {ENV_VAR}"
+        )
     _configure_logging(quiet=args.disable_log)
     sampler = Sampler(
         interval=args.interval,
@@ -115,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "or %s",
             ENV_VAR,
         )
-    # Imported here so --debug does not pay for Flask.
-    from exporter.app import create_app
+    # Imported here so --debug does not pay for the HTTP stack.
+    from exporter.app import ExporterApp
 
-    app = create_app(
+    app = ExporterApp(
         latest=sampler.latest,
         ready=lambda: sampler.ready,
         passwords=passwords,
