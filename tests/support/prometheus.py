@@ -1,0 +1,240 @@
+"""Run the shipped Prometheus bundle for real: promtool, and a Prometheus server on loopback.
+
+``running_prometheus(workdir, targets_file=...)`` starts Debian's ``prometheus`` binary with a
+configuration generated from ``prometheus/prometheus.yml``: targets from the given file_sd file,
+a short scrape and evaluation interval, and the shipped rule files copied with every ``for:``
+shortened (the shipped files are never changed). It yields a ``PrometheusServer`` with the base
+``url`` and a ``query(expr)`` method over the HTTP API::
+
+    with running_prometheus(tmp_path, targets_file=targets) as prometheus:
+        prometheus.wait_for("up == 1", lambda result: len(result) == 2)
+        print(prometheus.query("sum(gpu_up)"))
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+import yaml
+
+from tests.support.proc import ManagedProcess, free_port, wait_http
+
+REPO = Path(__file__).resolve().parents[2]
+PROMETHEUS_DIR = REPO / "prometheus"
+CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+
+Result = list[dict[str, Any]]
+
+
+class PrometheusQueryError(AssertionError):
+    """Prometheus answered a query with an error (bad PromQL, execution error)."""
+
+
+def find_binary(name: str) -> str:
+    """The path of ``name``; a clear failure (not a skip) when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        raise AssertionError(
+            f"{name} not found on PATH: install the Debian package 'prometheus' "
+            "(it provides prometheus and promtool)"
+        )
+    return path
+
+
+def promtool(*args: str, cwd: Path | None = None, timeout: float = 60) -> str:
+    """Run promtool; AssertionError with its whole output when it fails."""
+    command = [find_binary("promtool"), *args]
+    completed = subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    if completed.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({completed.returncode}):\n{output}")
+    return output
+
+
+def load_yaml(path: Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def shorten_for(rules: dict[str, Any], duration: str) -> dict[str, Any]:
+    """A copy of a rule file's content with every non-zero ``for:`` replaced by ``duration``."""
+    groups = []
+    for group in rules["groups"]:
+        copied_rules = []
+        for rule in group["rules"]:
+            rule = dict(rule)
+            if rule.get("for") not in (None, "0", "0s"):
+                rule["for"] = duration
+            copied_rules.append(rule)
+        groups.append({**group, "rules": copied_rules})
+    return {**rules, "groups": groups}
+
+
+def write_config(
+    directory: Path,
+    *,
+    targets_file: Path,
+    interval: str = "1s",
+    alert_for: str | None = "2s",
+) -> Path:
+    """Write a configuration derived from the shipped one into ``directory``.
+
+    ``alert_for`` replaces every non-zero ``for:`` of the rules; None keeps the shipped ones.
+    """
+    config = load_yaml(CONFIG)
+    config["global"].update(
+        scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval
+    )
+    rule_files = []
+    for relative in config["rule_files"]:
+        rules = load_yaml(CONFIG.parent / relative)
+        if alert_for is not None:
+            rules = shorten_for(rules, alert_for)
+        target = directory / "rules" / Path(relative).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
+        rule_files.append(str(target))
+    config["rule_files"] = rule_files
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] == "gpu"]
+    assert len(jobs) == 1, "prometheus.yml must have exactly one scrape job named gpu"
+    jobs[0].update(scrape_interval=interval, scrape_timeout=interval)
+    for sd_config in jobs[0]["file_sd_configs"]:
+        sd_config["files"] = [str(targets_file)]
+        sd_config["refresh_interval"] = interval
+    path = directory / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@dataclass
+class PrometheusServer:
+    """A running Prometheus and methods for its HTTP API."""
+
+    url: str
+    config: Path
+    process: ManagedProcess
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET ``/api/v1/<path>``; the ``data`` of a successful answer."""
+        response = self.session.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
+        try:
+            body = response.json()
+        except ValueError:
+            raise PrometheusQueryError(
+                f"{path} {params}: HTTP {response.status_code}, not JSON: {response.text[:300]}"
+            ) from None
+        if body.get("status") != "success":
+            raise PrometheusQueryError(
+                f"{path} {params}: {body.get('errorType')}: {body.get('error')}"
+            )
+        return body["data"]
+
+    def query(self, expr: str, *, at: float | None = None) -> Result:
+        """Run an instant query; the result list (vector samples) or raise with the error."""
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        data = self.api("query", **params)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        return list(data["result"])
+
+    def query_range(self, expr: str, *, start: float, end: float, step: float = 1.0) -> Result:
+        """Run a range query (what Grafana sends for a time series panel); the matrix."""
+        data = self.api(
+            "query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step}"
+        )
+        return list(data["result"])
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        """Values of ``label`` on series matching ``match`` (Grafana's ``label_values``)."""
+        return sorted(self.api(f"label/{label}/values", **{"match[]": match}))
+
+    def values(self, expr: str) -> dict[frozenset[tuple[str, str]], float]:
+        """``{frozenset(labels.items()): value}`` of an instant vector query."""
+        return {
+            frozenset(sample["metric"].items()): float(sample["value"][1])
+            for sample in self.query(expr)
+        }
+
+    def wait_for(
+        self, expr: str, predicate: Callable[[Result], bool], *, timeout: float = 20.0
+    ) -> Result:
+        """Query until ``predicate(result)`` holds; TimeoutError naming the last result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(expr)
+            if predicate(result):
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"after {timeout} s, {expr!r} still gives {result!r:.2000}\n"
+                    f"Prometheus log (end):\n{self.process.log()[-3000:]}"
+                )
+            time.sleep(0.25)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self.api("alerts")["alerts"])
+
+    def targets(self) -> list[dict[str, Any]]:
+        return list(self.api("targets", state="active")["activeTargets"])
+
+    def log(self) -> str:
+        return self.process.log()
+
+
+@contextmanager
+def running_prometheus(
+    workdir: Path,
+    *,
+    targets_file: Path,
+    interval: str = "1s",
+    alert_for: str | None = "2s",
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> Iterator[PrometheusServer]:
+    """Start Prometheus on 127.0.0.1 with the bundle's configuration; stop it on exit.
+
+    ``port`` None picks a free one. The configuration, rules and database live in ``workdir``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = write_config(
+        workdir, targets_file=targets_file, interval=interval, alert_for=alert_for
+    )
+    promtool("check", "config", str(config))
+    port = port or free_port()
+    command = [
+        find_binary("prometheus"),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=info",
+        *extra_args,
+    ]
+    process = ManagedProcess(command, log_path=workdir / "prometheus.log")
+    server = PrometheusServer(f"http://127.0.0.1:{port}", config, process)
+    try:
+        try:
+            wait_http(f"{server.url}/-/ready", timeout=30)
+        except TimeoutError as error:
+            raise AssertionError(f"{error}\nPrometheus log:\n{process.log()[-4000:]}") from None
+        yield server
+    finally:
+        process.stop()

@@ -1,0 +1,341 @@
+"""Structure of the Grafana bundle: dashboard JSON, import copy, provisioning, lint rules.
+
+Grafana itself does not run here; these checks cover what it would reject or show badly, and
+the applicable rules of grafana/dashboard-linter (template-datasource, panel-datasource,
+target-rate-interval, target-counter-agg, panel-units, panel-title-description,
+panel-no-targets, template-on-time-change-reload, template-label-promql, target-promql). PromQL
+validity is decided by promtool, the real parser.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from itertools import combinations
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import dashboard as dash
+from tests.support.prometheus import CONFIG, PROMETHEUS_DIR, load_yaml, promtool
+
+DASHBOARD = dash.load()
+PANELS = dash.panels(DASHBOARD)
+VARIABLES = dash.variables(DASHBOARD)
+PANEL_IDS = [f"{p['id']}-{p['title']}" for p in PANELS]
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+# Panel types that ship with Grafana 10: the dashboard must not need a plugin.
+CORE_PANEL_TYPES = {
+    "row", "timeseries", "stat", "gauge", "bargauge", "table", "state-timeline",
+    "status-history", "text", "heatmap", "piechart", "barchart", "histogram",
+}  # fmt: skip
+# Grafana unit ids used or plausible here (Grafana's value formats).
+UNITS = {
+    "none", "short", "percent", "percentunit", "bytes", "decbytes", "watt", "kwatt", "joule",
+    "kwatth", "celsius", "hertz", "s", "ms", "h", "d", "bool", "bool_on_off", "bool_yes_no",
+}  # fmt: skip
+# Linter rules that do not apply, with the reason; must match grafana/dashboards/.lint.
+NOT_APPLICABLE = {
+    "template-job-rule",
+    "template-instance-rule",
+    "target-job-rule",
+    "target-instance-rule",
+}
+# Panels that read cluster-wide series on purpose (no node filter).
+CLUSTER_WIDE = {"GPU-hours in the selected range"}
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "build_dashboard", dash.GRAFANA_DIR / "build_dashboard.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def exprs() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    return [(p, t) for p in PANELS for t in p["targets"]]
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def test_committed_json_is_what_the_generator_builds():
+    build = generator()
+    for path, text in build.expected_files().items():
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path.name} is out of date: run python grafana/build_dashboard.py"
+        )
+    assert build.main(["--check"]) == 0
+
+
+def test_import_copy_is_the_provisioned_dashboard_with_inputs():
+    build = generator()
+    imported = dash.load(dash.IMPORT_COPY)
+    assert imported == build.import_copy(DASHBOARD)
+    assert [i["name"] for i in imported["__inputs"]] == ["DS_PROMETHEUS"]
+    assert imported["__inputs"][0]["pluginId"] == "prometheus"
+    assert VARIABLES["datasource"]["current"]["value"] == "gpu-prometheus"
+    assert dash.variables(imported)["datasource"]["current"]["value"] == "${DS_PROMETHEUS}"
+    without_header = {k: v for k, v in imported.items() if not k.startswith("__")}
+    assert without_header["panels"] == DASHBOARD["panels"]
+    required_panels = {r["id"] for r in imported["__requires"] if r["type"] == "panel"}
+    assert required_panels == {p["type"] for p in PANELS}
+
+
+def test_provisioned_dashboard_has_no_inputs():
+    text = dash.DASHBOARD.read_text(encoding="utf-8")
+    assert "__inputs" not in DASHBOARD
+    assert "__requires" not in DASHBOARD
+    assert "${DS_" not in text
+
+
+def test_dashboard_identity_and_refresh():
+    assert DASHBOARD["uid"] == "gpu-cluster"
+    assert DASHBOARD["title"]
+    assert DASHBOARD["id"] is None
+    assert DASHBOARD["tags"] and "gpu" in DASHBOARD["tags"]
+    assert DASHBOARD["schemaVersion"] >= 37  # Grafana 10
+    refresh = DASHBOARD["refresh"]
+    assert re.fullmatch(r"\d+[smh]", refresh)
+    seconds = int(refresh[:-1]) * {"s": 1, "m": 60, "h": 3600}[refresh[-1]]
+    assert seconds >= 15, "refreshing faster than Prometheus scrapes only adds load"
+
+
+def test_datasource_provisioning_matches_dashboard_and_scrape_interval():
+    provisioning = load_yaml(dash.GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yaml")
+    assert provisioning["apiVersion"] == 1
+    (source,) = provisioning["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["uid"] == VARIABLES["datasource"]["current"]["value"]
+    assert source["name"] == VARIABLES["datasource"]["current"]["text"]
+    scrape = load_yaml(CONFIG)["global"]["scrape_interval"]
+    assert source["jsonData"]["timeInterval"] == scrape
+
+
+def test_dashboard_provisioning_loads_the_dashboards_folder():
+    provisioning = load_yaml(dash.GRAFANA_DIR / "provisioning" / "dashboards" / "gpu-cluster.yaml")
+    assert provisioning["apiVersion"] == 1
+    (provider,) = provisioning["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"].startswith("/")
+    readme = (dash.GRAFANA_DIR / "README.md").read_text(encoding="utf-8")
+    assert provider["options"]["path"] in readme, "README must say where to put the dashboards"
+
+
+# --- variables -----------------------------------------------------------------------------------
+
+
+def test_datasource_variable():  # template-datasource-rule
+    templated = [v for v in VARIABLES.values() if v["type"] == "datasource"]
+    assert len(templated) == 1
+    (variable,) = templated
+    assert variable["name"] == "datasource"
+    assert variable["label"] == "Data source"
+    assert variable["query"] == "prometheus"
+
+
+@pytest.mark.parametrize("name", ["node", "gpu"])
+def test_node_and_gpu_variables_are_multi_select_with_all(name):
+    variable = VARIABLES[name]
+    assert variable["type"] == "query"
+    assert variable["multi"] is True
+    assert variable["includeAll"] is True
+    assert variable["allValue"] == ".*"
+
+
+def test_user_variable():
+    variable = VARIABLES["user"]
+    assert variable["type"] == "query"
+    assert variable["includeAll"] is True
+
+
+def test_query_variables_reload_on_time_change_and_use_label_values():
+    for variable in VARIABLES.values():
+        if variable["type"] != "query":
+            continue
+        assert variable["refresh"] == 2, variable["name"]  # template-on-time-change-reload
+        assert variable["datasource"] == DATASOURCE, variable["name"]
+        assert variable["definition"] == variable["query"]
+        assert re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]), variable["name"]
+
+
+def test_every_variable_is_used():
+    used = set()
+    for panel in PANELS:
+        used |= dash.references(panel["datasource"]["uid"])
+        for target in panel["targets"]:
+            used |= dash.references(target["expr"])
+    for variable in VARIABLES.values():
+        used |= dash.references(str(variable.get("query", "")))
+    assert set(VARIABLES) - used == set()
+
+
+def test_every_variable_reference_resolves():
+    known = set(VARIABLES) | dash.GLOBAL_VARIABLES
+    texts = [str(v.get("query", "")) for v in VARIABLES.values()]
+    for panel in PANELS:
+        texts += [panel["title"], panel["description"], panel["datasource"]["uid"]]
+        for target in panel["targets"]:
+            texts += [target["expr"], target.get("legendFormat", ""), target["datasource"]["uid"]]
+    unresolved = {name for text in texts for name in dash.references(text)} - known
+    assert unresolved == set()
+
+
+# --- panels --------------------------------------------------------------------------------------
+
+
+def test_panel_ids_are_unique_and_the_layout_does_not_overlap():
+    everything = list(dash.all_panels(DASHBOARD))
+    ids = [p["id"] for p in everything]
+    assert len(ids) == len(set(ids))
+    boxes = [p["gridPos"] for p in everything]
+    for box in boxes:
+        assert box["x"] >= 0 and box["w"] > 0 and box["x"] + box["w"] <= 24, box
+    for a, b in combinations(boxes, 2):
+        apart = (
+            a["x"] + a["w"] <= b["x"]
+            or b["x"] + b["w"] <= a["x"]
+            or a["y"] + a["h"] <= b["y"]
+            or b["y"] + b["h"] <= a["y"]
+        )
+        assert apart, f"panels overlap: {a} {b}"
+
+
+def test_rows_of_the_issue_are_there():
+    rows = [p["title"] for p in DASHBOARD["panels"] if p["type"] == "row"]
+    assert rows == ["Cluster overview", "Nodes", "Users", "Health"]
+    titles = {p["title"] for p in PANELS}
+    for expected in (
+        "Nodes", "GPUs in use", "GPUs free", "GPU memory", "Mean GPU utilization", "GPU power",
+        "Active users", "Alerts firing", "GPU utilization", "GPU memory used",
+        "GPU temperature", "GPU memory per user", "GPUs per user",
+        "GPU-hours in the selected range", "Processes on GPUs", "Throttling", "ECC errors",
+        "Lost GPUs", "Exporter collectors",
+    ):  # fmt: skip
+        assert expected in titles
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
+def test_panel_basics(panel):  # panel-title-description, panel-units, panel-no-targets
+    assert panel["type"] in CORE_PANEL_TYPES
+    assert panel["title"].strip()
+    assert len(panel["description"]) > 20
+    assert panel["fieldConfig"]["defaults"]["unit"] in UNITS
+    assert panel["targets"], "a panel without a query"
+    assert all(t["expr"].strip() for t in panel["targets"])
+    refs = [t["refId"] for t in panel["targets"]]
+    assert len(refs) == len(set(refs))
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
+def test_panel_uses_the_datasource_variable(panel):  # panel-datasource-rule
+    assert panel["datasource"] == DATASOURCE
+    for target in panel["targets"]:
+        assert target["datasource"] == DATASOURCE
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
+def test_panel_filters_by_node(panel):
+    if panel["title"] in CLUSTER_WIDE:
+        return
+    for target in panel["targets"]:
+        assert 'node=~"$node"' in target["expr"], target["expr"]
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
+def test_rates_use_rate_interval_and_ranges_are_never_hard_coded(panel):
+    for target in panel["targets"]:
+        found = dash.scan(target["expr"])
+        for function, window in found.ranges:
+            if function in {"rate", "irate"}:  # target-rate-interval-rule
+                assert window == "$__rate_interval", target["expr"]
+            assert window in {"$__rate_interval", "$__range"}, target["expr"]
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
+def test_counters_are_wrapped_in_rate_or_increase(panel):  # target-counter-agg-rule
+    for target in panel["targets"]:
+        for name, function, ranged in dash.scan(target["expr"]).selectors:
+            if name.endswith(("_total", ":total")):
+                assert ranged and function in {"rate", "irate", "increase"}, target["expr"]
+
+
+def test_scan_finds_unwrapped_counters_and_hard_coded_ranges():
+    """The two rules above would catch the mistakes they exist for."""
+    bare = dash.scan('sum(gpu_ecc_errors_total{type="x"})')
+    assert bare.selectors == [["gpu_ecc_errors_total", "sum", False]]
+    hard = dash.scan("sum by (user) (rate(gpu_energy_joules_total[5m]))")
+    assert hard.ranges == [("rate", "5m")]
+    assert hard.selectors == [["gpu_energy_joules_total", "rate", True]]
+
+
+def test_thresholds_on_panels_are_the_alert_thresholds():
+    alerts = {
+        rule["alert"]: rule["expr"]
+        for group in load_yaml(PROMETHEUS_DIR / "rules" / "alerts.yml")["groups"]
+        for rule in group["rules"]
+    }
+    by_title = {p["title"]: p for p in PANELS}
+
+    def steps(title: str) -> list[float]:
+        defaults = by_title[title]["fieldConfig"]["defaults"]
+        return [s["value"] for s in defaults["thresholds"]["steps"] if s["value"] is not None]
+
+    assert alerts["GpuHot"].endswith(f"> {steps('GPU temperature')[0]}")
+    assert alerts["GpuMemoryNearlyFull"].endswith(f"> {steps('GPU memory used (share)')[0]}")
+    assert alerts["GpuCollectionStale"].endswith(f"> {steps('Sample age')[0]}")
+
+
+def test_tables_are_readable():
+    for panel in PANELS:
+        if panel["type"] != "table":
+            continue
+        assert all(t["format"] == "table" and t["instant"] for t in panel["targets"])
+        organize = [t for t in panel["transformations"] if t["id"] == "organize"]
+        assert organize, panel["title"]
+        renamed = organize[0]["options"]["renameByName"]
+        assert renamed and all(header[0].isupper() for header in renamed.values())
+        assert "Time" not in renamed and "__name__" not in renamed
+
+
+def test_processes_table_has_the_columns_of_the_issue():
+    (panel,) = [p for p in PANELS if p["title"] == "Processes on GPUs"]
+    organize = next(t for t in panel["transformations"] if t["id"] == "organize")
+    assert list(organize["options"]["renameByName"].values()) == [
+        "Node", "GPU", "User", "PID", "Command", "GPU memory",
+    ]  # fmt: skip
+    assert panel["fieldConfig"]["defaults"]["unit"] == "bytes"
+
+
+def test_lint_exclusions_are_only_the_rules_that_do_not_apply():
+    lint = yaml.safe_load((dash.GRAFANA_DIR / "dashboards" / ".lint").read_text())
+    exclusions = lint["exclusions"]
+    assert set(exclusions) == NOT_APPLICABLE
+    assert all(entry["reason"] for entry in exclusions.values())
+
+
+def test_every_query_is_valid_promql(tmp_path):  # target-promql-rule, template-label-promql
+    rules = []
+    selection = {"node": None, "gpu": None, "user": ["alice"]}
+    for panel, target in exprs():
+        rendered = dash.render(
+            target["expr"], DASHBOARD, selection, range_="1h", rate_interval="1m"
+        )
+        rules.append({"record": f"dashboard:panel_{panel['id']}_{target['refId']}:check",
+                      "expr": rendered})  # fmt: skip
+    for variable in VARIABLES.values():
+        if variable["type"] == "query":
+            inner = re.fullmatch(r"label_values\((.+), \w+\)", variable["query"]).group(1)
+            rendered = dash.render(inner, DASHBOARD, selection, range_="1h", rate_interval="1m")
+            rules.append({"record": f"dashboard:variable_{variable['name']}:check",
+                          "expr": rendered})  # fmt: skip
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    output = promtool("check", "rules", str(path))
+    assert f"SUCCESS: {len(rules)} rules found" in output
