@@ -1,0 +1,95 @@
+"""Start and stop real processes for the tests, and wait for their HTTP endpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, *, timeout: float = 15.0, status: int = 200, **kwargs: object) -> None:
+    """Poll ``url`` until it answers ``status``; raise TimeoutError with the last problem."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(url, timeout=1, **kwargs)  # type: ignore[arg-type]
+            if response.status_code == status:
+                return
+            last = f"HTTP {response.status_code}"
+        except requests.RequestException as error:
+            last = str(error)
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer {status} within {timeout} s: {last}")
+
+
+def wait_until(
+    predicate: Callable[[], object], *, timeout: float = 10.0, interval: float = 0.1, what: str = ""
+) -> object:
+    """Call ``predicate`` until it returns something truthy; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stopped for sure at ``stop``."""
+
+    def __init__(
+        self, command: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.command = list(command)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, *, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL the whole process group; returns the exit code."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=timeout)
+        self._log.close()
+        return self.process.returncode
