@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that start the real services and print numbers."""

@@ -1,0 +1,159 @@
+"""/metrics of a real gpu-exporter on the fake NVML library, checked against the scenario."""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.fakenvml import scenario as fake
+from tests.support.metrics import label_sets, parse_samples, value, values
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def busy_8x64(worker_pids):
+    pids = worker_pids(64)
+    return fake.busy(8, pids), pids
+
+
+def test_every_gpu_field_matches_the_scenario(exporter_factory, busy_8x64):
+    scenario, _ = busy_8x64
+    exporter = exporter_factory(scenario)
+    text = exporter.metrics()
+    assert len(values(text, "gpu_up")) == 8
+    for index, gpu in enumerate(scenario.gpus):
+        labels = {"gpu": str(index), "uuid": gpu.uuid}
+        assert value(text, "gpu_up", **labels) == 1
+        assert value(text, "gpu_memory_total_bytes", **labels) == gpu.memory_total
+        assert value(text, "gpu_memory_used_bytes", **labels) == gpu.memory_used
+        free = gpu.memory_total - gpu.memory_used - (gpu.memory_reserved or 0)
+        assert value(text, "gpu_memory_free_bytes", **labels) == free
+        assert value(text, "gpu_utilization_ratio", **labels) == pytest.approx(
+            gpu.utilization_gpu / 100
+        )
+        assert value(text, "gpu_memory_utilization_ratio", **labels) == pytest.approx(
+            gpu.utilization_memory / 100
+        )
+        assert value(text, "gpu_temperature_celsius", **labels) == gpu.temperature
+        assert value(text, "gpu_power_watts", **labels) == pytest.approx(gpu.power_usage / 1000)
+        assert value(text, "gpu_power_limit_watts", **labels) == pytest.approx(
+            gpu.power_limit / 1000
+        )
+        assert value(text, "gpu_energy_joules_total", **labels) == pytest.approx(gpu.energy / 1000)
+        assert value(text, "gpu_fan_speed_ratio", **labels) == pytest.approx(gpu.fan_speed / 100)
+        assert value(text, "gpu_clock_hertz", clock="sm", **labels) == gpu.clock_sm * 1e6
+        assert value(text, "gpu_clock_hertz", clock="memory", **labels) == gpu.clock_mem * 1e6
+        assert value(text, "gpu_performance_state", **labels) == gpu.pstate
+        assert value(text, "gpu_ecc_errors_total", type="corrected", **labels) == (
+            gpu.ecc_corrected
+        )
+        assert value(text, "gpu_ecc_errors_total", type="uncorrected", **labels) == (
+            gpu.ecc_uncorrected
+        )
+        info = [s for s in label_sets(text, "gpu_info") if s["gpu"] == str(index)]
+        assert info == [
+            {
+                "gpu": str(index),
+                "uuid": gpu.uuid,
+                "name": gpu.name,
+                "pci_bus_id": gpu.pci_bus_id,
+                "serial": gpu.serial,
+            }
+        ]
+
+
+def test_throttle_reasons_decode_the_bitmask(exporter_factory):
+    gpu = fake.make_gpu(0, throttle_reasons=0x4 | 0x40)
+    exporter = exporter_factory(fake.FakeScenario(gpus=[gpu]))
+    text = exporter.metrics()
+    active = {
+        labels["reason"]
+        for name, labels, sample in parse_samples(text)
+        if name == "gpu_throttle_reason" and sample == 1
+    }
+    assert active == {"sw_power_cap", "hw_thermal_slowdown"}
+    assert len(values(text, "gpu_throttle_reason")) == 9
+
+
+def test_processes_resolve_to_real_users_and_commands(exporter_factory, busy_8x64):
+    scenario, pids = busy_8x64
+    exporter = exporter_factory(scenario)
+    text = exporter.metrics()
+    me = getpass.getuser()
+    info = label_sets(text, "gpu_process_info")
+    assert sorted(int(labels["pid"]) for labels in info) == sorted(pids)
+    assert {labels["user"] for labels in info} == {me}
+    assert all(labels["command"] == "sleep 600" for labels in info)
+    for index, gpu in enumerate(scenario.gpus):
+        for process in gpu.processes:
+            assert (
+                value(
+                    text,
+                    "gpu_process_memory_used_bytes",
+                    gpu=str(index),
+                    pid=str(process.pid),
+                    user=me,
+                )
+                == process.used_bytes
+            )
+
+
+def test_identity_and_self_metrics(exporter_factory):
+    exporter = exporter_factory(fake.idle(1), "--hostname", "node-a")
+    text = exporter.wait_for_metrics(
+        lambda t: "gpu_exporter_collector_success" in t and 'collector="nvml"' in t
+    )
+    assert label_sets(text, "gpu_node_info") == [{"hostname": "node-a"}]
+    (build,) = label_sets(text, "gpu_exporter_build_info")
+    assert build["driver_version"] == "550.54.15"
+    assert build["cuda_version"] == "12.4"
+    assert build["nvml_version"] == "12.550.54.15"
+    for collector in ("nvml", "processes", "host"):
+        assert value(text, "gpu_exporter_collector_success", collector=collector) == 1
+        assert value(text, "gpu_exporter_collector_duration_seconds", collector=collector) >= 0
+    age = time.time() - value(text, "gpu_exporter_last_collect_timestamp_seconds")
+    assert 0 <= age < 5
+
+
+def test_no_processes_flag_drops_per_process_series(exporter_factory, worker_pids):
+    exporter = exporter_factory(fake.busy(2, worker_pids(4)), "--no-processes")
+    text = exporter.metrics()
+    assert values(text, "gpu_up") == [1, 1]
+    assert not values(text, "gpu_process_info")
+    assert not values(text, "gpu_process_memory_used_bytes")
+    assert all(gpu["users"] == [] for gpu in exporter.status()["gpus"])
+
+
+def test_concurrent_scrapes_of_one_snapshot_are_identical(exporter_factory):
+    exporter = exporter_factory(fake.idle(2), interval=30)
+    assert exporter.metrics() == exporter.metrics()
+
+
+def test_openmetrics_negotiation(exporter_factory):
+    exporter = exporter_factory(fake.idle(1))
+    response = exporter.session.get(
+        f"{exporter.url}/metrics",
+        headers={"Accept": "application/openmetrics-text;version=1.0.0"},
+        timeout=5,
+    )
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
+    assert "gpu_energy_joules_total" in response.text
+
+
+def test_promtool_check_metrics_is_clean_on_8x64(exporter_factory, busy_8x64):
+    scenario, _ = busy_8x64
+    text = exporter_factory(scenario).metrics()
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by scripts/test.sh"
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+    assert len(text.splitlines()) > 8 * 20 + 64 * 2
