@@ -1,0 +1,18 @@
+# Entry points; each target is one command a person can also run by hand.
+.PHONY: test demo lint bench
+
+test:  ## set up everything on a fresh machine and run the whole suite
+	./scripts/test.sh
+
+demo:  ## three simulated GPU nodes, the status page and Prometheus, no GPU needed; Ctrl-C stops
+	./scripts/setup.sh demo
+	.venv/bin/python -m scripts.demo $(DEMO_ARGS)
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+bench:  ## exporter vs nvitop-exporter, then the status service at 10/100/1000 nodes
+	./scripts/setup.sh demo
+	.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+	.venv/bin/python -m benchmarks.bench_exporter
+	.venv/bin/python -m benchmarks.bench_status_api
