@@ -1,0 +1,120 @@
+"""The status service's HTTP endpoints: the page, the two JSON views, ``/metrics``, health.
+
+The JSON views are rendered once per polling round (:mod:`status_api.cluster`); requests only
+pick the cached bytes (gzip when the client accepts it) and answer 304 to a matching ETag, so a
+wall of browsers costs next to nothing. Errors are JSON ``{"error": "..."}``; tracebacks stay in
+the log.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flask import Flask, Response, request
+from prometheus_client.exposition import choose_encoder
+from werkzeug.exceptions import HTTPException
+
+from status_api.cluster import Cluster, View
+from status_api.metrics import make_registry
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_BODY_BYTES = 4096  # nothing here reads a body; legacy clients may still send a small one
+
+# The page loads only its own files and talks only to this service.
+_PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _json_error(status: int, message: str) -> Response:
+    return Response(json.dumps({"error": message}), status=status, mimetype="application/json")
+
+
+def _serve_view(view: View) -> Response:
+    if request.if_none_match.contains(view.etag):
+        response = Response(status=304)
+    else:
+        gzip_ok = "gzip" in request.accept_encodings
+        response = Response(view.gzipped if gzip_ok else view.body, mimetype="application/json")
+        if gzip_ok:
+            response.headers["Content-Encoding"] = "gzip"
+    response.set_etag(view.etag)
+    response.headers["Vary"] = "Accept-Encoding"
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def create_app(cluster: Cluster, *, static_dir: Path = STATIC) -> Flask:
+    """Build the Flask app over a cluster whose views the poller keeps up to date."""
+    app = Flask(__name__, static_folder=str(static_dir), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    registry = make_registry(cluster)
+
+    @app.before_request
+    def refuse_big_bodies() -> Response | None:
+        # Nothing here reads a body, so Flask would never notice one over the limit itself.
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return _json_error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        return None
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if response.mimetype == "text/html":
+            response.headers["Content-Security-Policy"] = _PAGE_POLICY
+            response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    @app.get("/")
+    def page() -> Response:
+        response = app.send_static_file("index.html")
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    @app.get("/api/v1/cluster")
+    def cluster_json() -> Response:
+        return _serve_view(cluster.views.cluster)
+
+    @app.route("/get-status", methods=["GET", "POST"])
+    def legacy_json() -> Response:
+        return _serve_view(cluster.views.legacy)
+
+    @app.get("/api/v1/openapi.json")
+    def openapi() -> Response:
+        return app.send_static_file("openapi.json")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept"))
+        return Response(encoder(registry), content_type=content_type)
+
+    @app.get("/-/healthy")
+    def healthy() -> Response:
+        return Response("OK\n", mimetype="text/plain")
+
+    @app.get("/-/ready")
+    def ready() -> Response:
+        if cluster.ready:
+            return Response("OK\n", mimetype="text/plain")
+        return Response("waiting for the first polling round\n", status=503, mimetype="text/plain")
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        if error.code == 404:
+            return _json_error(404, f"no such endpoint: {request.path[:200]}")
+        if error.code == 413:
+            return _json_error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        response = _json_error(error.code or 500, error.description or error.name)
+        if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        app.logger.exception("unhandled error")  # details stay in the log, not the response
+        return _json_error(500, "internal error")
+
+    return app

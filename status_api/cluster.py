@@ -1,0 +1,295 @@
+"""What the service knows about each node, and the two JSON views rendered from it once per round.
+
+Each node keeps its last good status, when this machine last got one (``last_seen``, by the
+main node's clock: node clocks may be wrong), and the error of its latest poll. Its state:
+
+* ``online``: the latest poll succeeded and is at most ``stale_after`` seconds old;
+* ``stale``: the latest poll failed (or is older than ``stale_after``), but a good status arrived
+  within ``offline_after`` seconds; the last known GPUs are shown, marked as possibly outdated;
+* ``offline``: no good status within ``offline_after`` seconds, or never.
+
+A GPU is *free* when its node is online, no process uses it, at most ``free_memory_mib`` of its
+memory is used and its utilisation is below ``free_utilization`` percent. The summary counts the
+nodes with data (online and stale); free GPUs are counted on online nodes only, since a stale node
+may have been taken meanwhile.
+
+After every round :meth:`Cluster.update` renders both JSON documents to bytes (plain and gzip),
+so requests only hand out cached bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from status_api.hosts import Host
+from status_api.poller import PollResult
+
+ONLINE, STALE, OFFLINE = "online", "stale", "offline"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    stale_after: float = 10.0
+    offline_after: float = 30.0
+    free_memory_mib: int = 512
+    free_utilization: int = 5
+
+
+@dataclass
+class NodeState:
+    """Everything known about one node; replaced, never shared across threads while mutated."""
+
+    host: Host
+    status: dict[str, Any] | None = None
+    power: dict[int, dict[str, float]] = field(default_factory=dict)
+    last_seen: float | None = None  # wall time of the last good poll, this machine's clock
+    last_poll: float | None = None
+    last_ok: bool = False
+    error: str = ""
+    duration: float | None = None
+    polls: int = 0
+    failures: int = 0
+
+    def record(self, result: PollResult) -> None:
+        self.last_poll = result.finished_at
+        self.duration = result.duration
+        self.polls += 1
+        self.last_ok = result.ok
+        if result.ok:
+            self.status = result.status
+            if result.power is not None:
+                self.power = result.power
+            self.last_seen = result.finished_at
+            self.error = ""
+        else:
+            self.failures += 1
+            self.error = result.error
+
+    def state(self, now: float, thresholds: Thresholds) -> str:
+        if self.last_seen is None or now - self.last_seen > thresholds.offline_after:
+            return OFFLINE
+        if self.last_ok and now - self.last_seen <= thresholds.stale_after:
+            return ONLINE
+        return STALE
+
+
+def _is_free(gpu: dict[str, Any], thresholds: Thresholds) -> bool:
+    used = gpu.get("use_mem")
+    busy = gpu.get("utilize")
+    return (
+        not gpu["users"]
+        and (used is None or used <= thresholds.free_memory_mib)
+        and (busy is None or busy < thresholds.free_utilization)
+    )
+
+
+@dataclass
+class Summary:
+    nodes_total: int = 0
+    nodes_online: int = 0
+    nodes_stale: int = 0
+    nodes_offline: int = 0
+    gpus_total: int = 0
+    gpus_in_use: int = 0
+    gpus_free: int = 0
+    memory_used_mib: int = 0
+    memory_total_mib: int = 0
+
+
+# ASCII output: hostile text from nodes travels as \u escapes, whatever its bytes were.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
+def _encode(document: Any) -> bytes:
+    return _ENCODER.encode(document).encode("ascii")
+
+
+def _with_list(head: dict[str, Any], key: str, items: list[Any]) -> bytes:
+    """``head`` plus ``key: items``, encoding the items one by one.
+
+    Encoding a 1000-node document in one call would hold the GIL for tens of milliseconds and
+    stall the threads answering requests; one node at a time lets them in between.
+    """
+    opening = _encode(head)[:-1] + (b"," if head else b"") + _encode(key) + b":["
+    return opening + b",".join([_encode(item) for item in items]) + b"]}"
+
+
+@dataclass(frozen=True)
+class View:
+    """One rendered document: plain and gzip bytes, and its (unquoted) ETag."""
+
+    body: bytes
+    gzipped: bytes
+    etag: str
+
+    @classmethod
+    def of(cls, body: bytes, tag: str) -> View:
+        return cls(body, gzip.compress(body, compresslevel=1, mtime=0), tag)
+
+
+@dataclass
+class Views:
+    cluster: View
+    legacy: View
+    sequence: int
+    generated_at: float
+    nodes: list[tuple[NodeState, str]] = field(default_factory=list)
+
+
+_NO_POWER = {"power": None, "power_limit": None}
+
+
+def _node_document(node: NodeState, state: str, now: float, thresholds: Thresholds) -> dict:
+    status = node.status or {}
+    online = state == ONLINE
+    gpus = [
+        {
+            **gpu,
+            **_NO_POWER,
+            **node.power.get(gpu["index"], {}),
+            "free": online and _is_free(gpu, thresholds),
+        }
+        for gpu in status.get("gpus", [])
+    ]
+    return {
+        "node": node.host.text,
+        "address": node.host.netloc,
+        "state": state,
+        "last_seen": None if node.last_seen is None else round(node.last_seen, 3),
+        "error": node.error,
+        "poll_seconds": None if node.duration is None else round(node.duration, 4),
+        "hostname": status.get("hostname", node.host.text),
+        "last_update": status.get("last_update"),
+        "ips": status.get("ips", []),
+        "gpus": gpus,
+    }
+
+
+def _summarise(documents: list[dict[str, Any]]) -> Summary:
+    summary = Summary(nodes_total=len(documents))
+    for node in documents:
+        state = node["state"]
+        if state == OFFLINE:
+            summary.nodes_offline += 1
+            continue
+        if state == ONLINE:
+            summary.nodes_online += 1
+        else:
+            summary.nodes_stale += 1
+        for gpu in node["gpus"]:
+            summary.gpus_total += 1
+            summary.gpus_free += gpu["free"]
+            summary.gpus_in_use += bool(gpu["users"])
+            summary.memory_used_mib += gpu["use_mem"] or 0
+            summary.memory_total_mib += gpu["tot_mem"] or 0
+    return summary
+
+
+def _legacy_node(node: NodeState, state: str) -> dict[str, Any]:
+    """A node in the old api.py shape: its /get-status JSON plus ``status`` and ``version``."""
+    if node.status is None:
+        return {"hostname": node.host.text, "status": False, "gpus": []}
+    gpus = node.status["gpus"]
+    return {
+        **node.status,
+        "status": state == ONLINE,
+        "version": gpus[0]["name"] if gpus else "",
+    }
+
+
+class Cluster:
+    """The node states in hosts.txt order and the views rendered from them."""
+
+    def __init__(self, *, thresholds: Thresholds | None = None, interval: float = 3.0) -> None:
+        self.thresholds = thresholds or Thresholds()
+        self.interval = interval
+        self._nodes: dict[tuple[str, int], NodeState] = {}
+        self._order: list[tuple[str, int]] = []
+        self._lock = threading.Lock()  # serialises updates; readers only read ``self.views``
+        self.rounds = 0
+        # Part of every ETag, so a restarted service never matches a browser's cached copy.
+        self._instance = secrets.token_hex(4)
+        self.last_round_seconds: float | None = None
+        self.views = self._render(time.time())
+
+    def set_hosts(self, hosts: Sequence[Host]) -> None:
+        """Follow a new hosts.txt: keep the state of nodes still listed, drop the others."""
+        nodes: dict[tuple[str, int], NodeState] = {}
+        for host in hosts:
+            state = self._nodes.get(host.key)
+            if state is None:
+                state = NodeState(host)
+            else:
+                state.host = host  # the line number or spelling may have changed
+            nodes[host.key] = state
+        self._nodes = nodes
+        self._order = [host.key for host in hosts]
+
+    def update(
+        self,
+        hosts: Sequence[Host],
+        results: Sequence[PollResult],
+        round_seconds: float | None = None,
+    ) -> None:
+        """Record one round's results and re-render the views."""
+        with self._lock:
+            self.set_hosts(hosts)
+            for result in results:
+                node = self._nodes.get(result.host.key)
+                if node is not None:
+                    node.record(result)
+            self.rounds += 1
+            self.last_round_seconds = round_seconds
+            self.views = self._render(time.time())
+
+    @property
+    def ready(self) -> bool:
+        return self.rounds > 0
+
+    def _render(self, now: float) -> Views:
+        nodes = [self._nodes[key] for key in self._order]
+        states = [(node, node.state(now, self.thresholds)) for node in nodes]
+        documents = [_node_document(node, state, now, self.thresholds) for node, state in states]
+        head = {
+            "generated_at": round(now, 3),
+            "interval": self.interval,
+            "thresholds": {
+                "stale_after": self.thresholds.stale_after,
+                "offline_after": self.thresholds.offline_after,
+                "free_memory_mib": self.thresholds.free_memory_mib,
+                "free_utilization": self.thresholds.free_utilization,
+            },
+            "summary": vars(_summarise(documents)),
+        }
+        legacy = [_legacy_node(node, state) for node, state in states]
+        sequence = self.rounds
+        tag = f"{self._instance}-{sequence}"
+        return Views(
+            cluster=View.of(_with_list(head, "nodes", documents), tag),
+            legacy=View.of(_with_list({}, "Nodes", legacy), tag),
+            sequence=sequence,
+            generated_at=now,
+            nodes=[(_copy(node), state) for node, state in states],
+        )
+
+
+def _copy(node: NodeState) -> NodeState:
+    """A frozen-in-time copy for readers in other threads (the metrics collector)."""
+    return NodeState(
+        host=node.host,
+        status=None,  # readers of the copy need the bookkeeping, not the GPUs
+        last_seen=node.last_seen,
+        last_poll=node.last_poll,
+        last_ok=node.last_ok,
+        error=node.error,
+        duration=node.duration,
+        polls=node.polls,
+        failures=node.failures,
+    )

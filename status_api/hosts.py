@@ -1,0 +1,233 @@
+"""The hosts.txt parser: the one place that knows what a line of hosts.txt means.
+
+Every command that reads hosts.txt (the status service and the Prometheus target generator) uses
+this module, so the two can never disagree. The format::
+
+    # comment lines and blank lines are ignored
+    node1                 # a host name; the port is --node_port (7080 by default)
+    node2:7081            # a host name with its own port
+    10.0.0.12             # an IPv4 address, optionally with :port
+    [fd00::12]:7080       # an IPv6 address, always in brackets, optionally with :port
+
+A line that is none of these raises :class:`HostsFileError` naming the file and the line number.
+Two lines naming the same node (same host, same port) are an error too: a duplicate is almost
+always a typo, and polling a node twice would count its GPUs twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NODE_PORT = 7080
+MAX_LINE_LENGTH = 1024
+MAX_HOSTS = 100_000
+
+# RFC 1123 labels; underscores are tolerated because internal DNS and /etc/hosts often have them.
+_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+_DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
+
+
+class HostsFileError(ValueError):
+    """hosts.txt has a line that is not a node; the message names the file and line."""
+
+    def __init__(self, source: str, line: int, message: str) -> None:
+        super().__init__(f"{source}:{line}: {message}")
+        self.source = source
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Host:
+    """One node of hosts.txt.
+
+    ``name`` is the host as written, without brackets or port (``node1``, ``10.0.0.1``,
+    ``fd00::1``); ``text`` is the entry exactly as written on the line (``node2:7081``,
+    ``[fd00::1]``), which is what labels and the legacy JSON show.
+    """
+
+    name: str
+    port: int
+    text: str
+    line: int = 0
+    ipv6: bool = False
+
+    @property
+    def address(self) -> str:
+        """The host part of a URL: IPv6 addresses get their brackets back."""
+        return f"[{self.name}]" if self.ipv6 else self.name
+
+    @property
+    def netloc(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Identity for duplicate detection and for keeping state across re-reads."""
+        if self.ipv6:
+            return (ipaddress.IPv6Address(self.name).compressed, self.port)
+        return (self.name.lower().rstrip("."), self.port)
+
+    def url(self, path: str, *, scheme: str = "http") -> str:
+        return f"{scheme}://{self.netloc}{path}"
+
+
+def _port(text: str, *, default: int) -> int:
+    if text == "":
+        return default
+    if not _PORT.match(text):
+        raise ValueError(f"port {text!r} is not a number")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return port
+
+
+def _check_host_name(name: str) -> None:
+    if _DOTTED_NUMBERS.match(name):
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            raise ValueError(f"{name!r} is not a valid IPv4 address") from None
+        return
+    if len(name) > 253:
+        raise ValueError("host name is longer than 253 characters")
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    for label in labels:
+        if not _LABEL.match(label):
+            raise ValueError(
+                f"{name!r} is not a valid host name (letters, digits, '-', '_' and dots; "
+                "IPv6 addresses go in brackets)"
+            )
+
+
+def _parse_bracketed(entry: str, *, default_port: int) -> tuple[str, int]:
+    close = entry.find("]")
+    if close < 0:
+        raise ValueError(f"{entry!r}: '[' without a closing ']'")
+    name, rest = entry[1:close], entry[close + 1 :]
+    if rest and not rest.startswith(":"):
+        raise ValueError(f"{entry!r}: expected ':port' after ']'")
+    if rest == ":":
+        raise ValueError(f"{entry!r}: missing port after ':'")
+    if "%" in name:
+        raise ValueError(f"{entry!r}: IPv6 zone ids are not supported; use a routable address")
+    try:
+        ipaddress.IPv6Address(name)
+    except ValueError:
+        raise ValueError(f"{name!r} is not a valid IPv6 address") from None
+    return name, _port(rest[1:], default=default_port)
+
+
+def parse_entry(entry: str, *, default_port: int = DEFAULT_NODE_PORT, line: int = 0) -> Host:
+    """One entry (comment and blanks already removed); ValueError says what is wrong."""
+    if "://" in entry or "/" in entry:
+        raise ValueError(f"{entry!r}: write the host only, without scheme or path")
+    if any(c.isspace() for c in entry):
+        raise ValueError(f"{entry!r}: one node per line (found whitespace inside the entry)")
+    if entry.startswith("["):
+        name, port = _parse_bracketed(entry, default_port=default_port)
+        return Host(name=name, port=port, text=entry, line=line, ipv6=True)
+    if entry.count(":") > 1:
+        raise ValueError(f"{entry!r}: IPv6 addresses must be written in brackets, e.g. [::1]")
+    name, _, port_text = entry.partition(":")
+    if not name:
+        raise ValueError(f"{entry!r}: missing host before ':'")
+    if entry.endswith(":"):
+        raise ValueError(f"{entry!r}: missing port after ':'")
+    _check_host_name(name)
+    return Host(name=name, port=_port(port_text, default=default_port), text=entry, line=line)
+
+
+def parse_hosts(
+    text: str, *, default_port: int = DEFAULT_NODE_PORT, source: str = "hosts.txt"
+) -> list[Host]:
+    """The nodes of a hosts.txt text in file order; HostsFileError on the first bad line."""
+    hosts: list[Host] = []
+    seen: dict[tuple[str, int], Host] = {}
+    # Only "\n" ends a line (as in editors and wc -l), so line numbers match what people see.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        if len(raw) > MAX_LINE_LENGTH:
+            raise HostsFileError(source, number, f"line longer than {MAX_LINE_LENGTH} characters")
+        entry = raw.split("#", 1)[0].strip(" \t\r")
+        if not entry:
+            continue
+        try:
+            host = parse_entry(entry, default_port=default_port, line=number)
+        except ValueError as error:
+            raise HostsFileError(source, number, str(error)) from None
+        first = seen.get(host.key)
+        if first is not None:
+            raise HostsFileError(
+                source,
+                number,
+                f"{entry!r} is the same node as line {first.line} ({first.text!r})",
+            )
+        seen[host.key] = host
+        hosts.append(host)
+        if len(hosts) > MAX_HOSTS:
+            raise HostsFileError(source, number, f"more than {MAX_HOSTS} nodes")
+    return hosts
+
+
+def load_hosts(path: Path, *, default_port: int = DEFAULT_NODE_PORT) -> list[Host]:
+    """Read and parse a hosts file; unreadable files raise HostsFileError too (line 0)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise HostsFileError(str(path), 0, f"cannot read: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise HostsFileError(str(path), line, "not valid UTF-8 text") from None
+    return parse_hosts(text, default_port=default_port, source=str(path))
+
+
+class HostsWatcher:
+    """The current node list of a hosts file, re-read when the file changes.
+
+    A change that breaks the file keeps the last good list and logs the error once per change;
+    the first read happens in the constructor and raises, so a service never starts on a broken
+    file.
+    """
+
+    def __init__(self, path: Path, *, default_port: int = DEFAULT_NODE_PORT) -> None:
+        self.path = path
+        self._default_port = default_port
+        self._stamp = self._file_stamp()
+        self.hosts: list[Host] = load_hosts(path, default_port=default_port)
+        self.last_error: str = ""
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    def refresh(self) -> bool:
+        """Re-read the file if it changed; True when the node list changed."""
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            hosts = load_hosts(self.path, default_port=self._default_port)
+        except HostsFileError as error:
+            self.last_error = str(error)
+            log.error("%s; keeping the previous %d nodes", error, len(self.hosts))
+            return False
+        self.last_error = ""
+        if [(h.key, h.text) for h in hosts] == [(h.key, h.text) for h in self.hosts]:
+            return False
+        log.info("%s changed: %d nodes (was %d)", self.path, len(hosts), len(self.hosts))
+        self.hosts = hosts
+        return True

@@ -1,0 +1,109 @@
+"""The status service's own ``/metrics``: how polling the nodes goes.
+
+Per node (label ``node``: the entry as written in hosts.txt) the latest poll's success and
+duration, the time of the last good poll, poll and failure counters and the node's state; for the
+service, the rounds and their duration. Families are built fresh on every scrape from the views of
+the latest round, in a registry of its own (plus the standard process metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from status_api import __version__
+from status_api.cluster import OFFLINE, ONLINE, STALE, Cluster
+
+_PREFIX = "gpu_status_api_"
+
+
+class ClusterCollector(Collector):
+    """Renders the poll bookkeeping of the latest round."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        views = self._cluster.views
+        labels = ["node"]
+        success = GaugeMetricFamily(
+            _PREFIX + "node_poll_success",
+            "Whether the latest poll of the node succeeded.",
+            labels=labels,
+        )
+        duration = GaugeMetricFamily(
+            _PREFIX + "node_poll_duration_seconds",
+            "How long the latest poll of the node took.",
+            labels=labels,
+        )
+        last_success = GaugeMetricFamily(
+            _PREFIX + "node_last_success_timestamp_seconds",
+            "When the node last answered a poll correctly (this machine's clock).",
+            labels=labels,
+        )
+        polls = CounterMetricFamily(
+            _PREFIX + "node_polls", "Polls of the node since the service started.", labels=labels
+        )
+        failures = CounterMetricFamily(
+            _PREFIX + "node_poll_failures",
+            "Failed polls of the node since the service started.",
+            labels=labels,
+        )
+        state = GaugeMetricFamily(
+            _PREFIX + "node_state",
+            "1 for the node's current state (online, stale or offline).",
+            labels=["node", "state"],
+        )
+        counts = {ONLINE: 0, STALE: 0, OFFLINE: 0}
+        for node, node_state in views.nodes:
+            name = [node.host.text]
+            counts[node_state] += 1
+            if node.last_poll is not None:
+                success.add_metric(name, 1.0 if node.last_ok else 0.0)
+                duration.add_metric(name, node.duration or 0.0)
+            if node.last_seen is not None:
+                last_success.add_metric(name, node.last_seen)
+            polls.add_metric(name, node.polls)
+            failures.add_metric(name, node.failures)
+            for candidate in (ONLINE, STALE, OFFLINE):
+                state.add_metric([*name, candidate], 1.0 if candidate == node_state else 0.0)
+        yield from (success, duration, last_success, polls, failures, state)
+        yield from self._service(counts)
+
+    def _service(self, counts: dict[str, int]) -> Iterator[Metric]:
+        nodes = GaugeMetricFamily(
+            _PREFIX + "nodes", "Nodes in hosts.txt by state.", labels=["state"]
+        )
+        for name, count in counts.items():
+            nodes.add_metric([name], count)
+        yield nodes
+        yield CounterMetricFamily(
+            _PREFIX + "rounds", "Polling rounds completed.", value=self._cluster.rounds
+        )
+        if self._cluster.last_round_seconds is not None:
+            yield GaugeMetricFamily(
+                _PREFIX + "round_duration_seconds",
+                "How long the latest polling round took.",
+                value=self._cluster.last_round_seconds,
+            )
+        if self._cluster.ready:
+            yield GaugeMetricFamily(
+                _PREFIX + "last_round_timestamp_seconds",
+                "When the latest polling round finished.",
+                value=self._cluster.views.generated_at,
+            )
+        info = GaugeMetricFamily(
+            _PREFIX + "build_info", "Version of gpu-status-api.", labels=["version"]
+        )
+        info.add_metric([__version__], 1.0)
+        yield info
+
+
+def make_registry(cluster: Cluster) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(cluster))
+    ProcessCollector(registry=registry)
+    return registry

@@ -1,0 +1,351 @@
+"""Simulated nodes behind one asyncio server, for the status service's fault tests and benchmark.
+
+Each fake node is a listening address (``127.0.0.1`` with its own port, or one port on many
+``127.x.y.z`` addresses) that speaks just enough HTTP/1.1 (keep-alive, Content-Length) to answer
+``POST /get-status`` with legacy node JSON, or to misbehave on purpose:
+
+* ``ok``: the legacy JSON (and a ``/metrics`` text with power readings);
+* ``hang``: read the request and never answer;
+* ``garbage``: 200 with bytes that are not JSON; ``wrong-shape``: JSON that is not a status;
+* ``forbidden``: a 403 JSON error; ``close``: close the connection without answering;
+* ``drip``: a valid answer, one byte every 0.2 s;
+* ``huge``: an endless body with a huge Content-Length; ``huge-chunked``: an endless chunked one.
+
+In a test: ``with FakeNodes(["ok", "hang"]) as nodes: nodes.hosts_lines() ...`` runs the server in
+a thread; ``nodes.set(i, "hang")`` changes a node's behaviour while it runs. The benchmark runs it
+as its own process: ``python -m tests.support.fake_nodes --count 1000 --dead 10 --port 17080``
+prints one line ``READY`` and then serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+BEHAVIOURS = (
+    "ok",
+    "hang",
+    "garbage",
+    "wrong-shape",
+    "forbidden",
+    "drip",
+    "huge",
+    "huge-chunked",
+    "close",
+)
+_MAX_HEAD = 16 * 1024
+
+
+def legacy_status(hostname: str, *, gpus: int = 8, users_per_gpu: int = 2) -> dict[str, Any]:
+    """A plausible node answer in the legacy schema."""
+    return {
+        "hostname": hostname,
+        "last_update": "2024-05-01T12:00:00.000000",
+        "ips": [["eth0", "10.0.0.1"]],
+        "gpus": [
+            {
+                "index": index,
+                "name": "NVIDIA A100-SXM4-80GB",
+                "use_mem": 1200 * users_per_gpu if index % 2 == 0 else 0,
+                "tot_mem": 81920,
+                "utilize": 87 if index % 2 == 0 else 0,
+                "temp": 40 + index * 4,
+                "users": [
+                    {
+                        "pid": 10000 + index * 100 + u,
+                        "username": f"user{u}",
+                        "mem": 1200,
+                        "command": f"python train.py --gpu {index} --run {u}",
+                    }
+                    for u in range(users_per_gpu if index % 2 == 0 else 0)
+                ],
+            }
+            for index in range(gpus)
+        ],
+    }
+
+
+def metrics_text(status: dict[str, Any]) -> bytes:
+    """A Prometheus exposition like the exporter's, roughly as long, with power readings."""
+    lines = []
+    families = (
+        "memory_used_bytes", "memory_total_bytes", "utilization_ratio", "temperature_celsius",
+        "power_watts", "power_limit_watts", "fan_speed_ratio", "energy_joules_total",
+    )  # fmt: skip
+    for family in families:
+        lines.append(f"# HELP gpu_{family} Simulated.\n# TYPE gpu_{family} gauge")
+        for gpu in status["gpus"]:
+            value = {"power_watts": 100 + 25 * gpu["index"], "power_limit_watts": 400}.get(
+                family, 1
+            )
+            lines.append(f'gpu_{family}{{gpu="{gpu["index"]}",uuid="GPU-{gpu["index"]}"}} {value}')
+    for gpu in status["gpus"]:
+        for user in gpu["users"]:
+            labels = f'gpu="{gpu["index"]}",pid="{user["pid"]}",user="{user["username"]}"'
+            lines.append(f"gpu_process_memory_used_bytes{{{labels}}} {user['mem'] * 1048576}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _response(status: str, body: bytes, *, content_type: str = "application/json") -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class FakeNodes:
+    """The fake nodes and their server; use as a context manager (thread) or :meth:`serve`."""
+
+    def __init__(
+        self,
+        behaviours: Sequence[str],
+        *,
+        addresses: Sequence[str] | None = None,
+        port: int = 0,
+        gpus: int = 8,
+        users_per_gpu: int = 2,
+    ) -> None:
+        for behaviour in behaviours:
+            if behaviour not in BEHAVIOURS:
+                raise ValueError(f"unknown behaviour {behaviour!r}")
+        self.behaviours = list(behaviours)
+        self._addresses = list(addresses) if addresses else None
+        self._port = port
+        self._gpus = gpus
+        self._users = users_per_gpu
+        self._bodies: list[bytes] = []
+        self._metrics: list[bytes] = []
+        self._endpoints: list[tuple[str, int]] = []
+        self._index: dict[tuple[str, int], int] = {}
+        self.requests = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._ready = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeNodes:
+        self._thread = threading.Thread(target=self._run_thread, name="fake-nodes", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout=30):
+            raise RuntimeError("fake nodes did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run_thread(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        loop.run_until_complete(self.start())
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            for server in self._servers:
+                server.close()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+    async def start(self) -> None:
+        """Bind every node's socket (call inside a running loop)."""
+        count = len(self.behaviours)
+        if self._addresses is not None:
+            if len(self._addresses) != count:
+                raise ValueError("one address per node")
+            server = await asyncio.start_server(
+                self._handle, host=self._addresses, port=self._port, backlog=1024
+            )
+            self._servers.append(server)
+            bound = {sock.getsockname()[0] for sock in server.sockets}
+            port = server.sockets[0].getsockname()[1]
+            self._endpoints = [(address, port) for address in self._addresses]
+            assert bound == set(self._addresses)
+        else:
+            for _ in range(count):
+                server = await asyncio.start_server(self._handle, host="127.0.0.1", port=0)
+                self._servers.append(server)
+                self._endpoints.append(server.sockets[0].getsockname()[:2])
+        self._index = {endpoint: i for i, endpoint in enumerate(self._endpoints)}
+        statuses = [
+            legacy_status(f"fake{i}", gpus=self._gpus, users_per_gpu=self._users)
+            for i in range(count)
+        ]
+        self._bodies = [json.dumps(status).encode() for status in statuses]
+        self._metrics = [metrics_text(status) for status in statuses]
+        self._loop = asyncio.get_running_loop()
+
+    async def serve(self) -> None:
+        await self.start()
+        await asyncio.Event().wait()
+
+    # -- what tests use ------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        return list(self._endpoints)
+
+    def hosts_lines(self) -> list[str]:
+        return [f"{address}:{port}" for address, port in self._endpoints]
+
+    def set(self, index: int, behaviour: str) -> None:
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}")
+        self.behaviours[index] = behaviour
+
+    def set_status(self, index: int, status: dict[str, Any]) -> None:
+        self._bodies[index] = json.dumps(status).encode()
+        self._metrics[index] = metrics_text(status)
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        endpoint = tuple(writer.get_extra_info("sockname")[:2])
+        index = self._index.get(endpoint, 0)  # type: ignore[arg-type]
+        try:
+            while await self._one_request(index, reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except asyncio.CancelledError:  # shutting down; ending quietly keeps the logs clean
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _one_request(
+        self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if len(head) > _MAX_HEAD:
+            return False
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip() or 0)
+        if length:
+            await reader.readexactly(min(length, 65536))
+        self.requests += 1
+        if head.split(b" ", 2)[1:2] == [b"/metrics"] and self.behaviours[index] == "ok":
+            writer.write(_response("200 OK", self._metrics[index], content_type="text/plain"))
+            await writer.drain()
+            return True
+        return await self._answer(self.behaviours[index], index, reader, writer)
+
+    async def _answer(
+        self,
+        behaviour: str,
+        index: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        if behaviour == "ok":
+            writer.write(_response("200 OK", self._bodies[index]))
+        elif behaviour == "hang":
+            await reader.read()  # until the client gives up and closes
+            return False
+        elif behaviour == "close":
+            return False
+        elif behaviour == "garbage":
+            writer.write(_response("200 OK", b"\x00\xff<html>not json</html>"))
+        elif behaviour == "wrong-shape":
+            writer.write(_response("200 OK", b'{"hostname": 5, "gpus": "many"}'))
+        elif behaviour == "forbidden":
+            writer.write(_response("403 Forbidden", b'{"error": "wrong password"}'))
+        elif behaviour == "drip":
+            await self._drip(writer, self._bodies[index])
+        else:
+            await self._flood(writer, chunked=behaviour == "huge-chunked")
+            return False
+        await writer.drain()
+        return True
+
+    async def _drip(self, writer: asyncio.StreamWriter, body: bytes) -> None:
+        for byte in _response("200 OK", body):
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    async def _flood(self, writer: asyncio.StreamWriter, *, chunked: bool) -> None:
+        """Send an endless body until the client hangs up (bounded: 1 GiB at most)."""
+        if chunked:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n")
+        block = b"[" * 65536
+        chunk = f"{len(block):x}\r\n".encode() + block + b"\r\n" if chunked else block
+        for _ in range(16384):
+            writer.write(chunk)
+            await writer.drain()
+
+
+def loopback_addresses(count: int, *, first: str = "127.1.0.1") -> list[str]:
+    """``count`` consecutive loopback addresses (Linux answers on all of 127.0.0.0/8)."""
+    start = ipaddress.IPv4Address(first)
+    addresses = [str(start + i) for i in range(count)]
+    if not all(ipaddress.IPv4Address(a) in ipaddress.IPv4Network("127.0.0.0/8") for a in addresses):
+        raise ValueError("addresses run out of 127.0.0.0/8")
+    return addresses
+
+
+def free_port_on(addresses: Sequence[str]) -> int:
+    """A port free on the first address (good enough for fresh 127.x addresses)."""
+    with socket.socket() as sock:
+        sock.bind((addresses[0], 0))
+        return int(sock.getsockname()[1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve simulated nodes on loopback addresses.")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--dead", type=int, default=0, help="nodes that never answer (spread)")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--first-address", default="127.1.0.1")
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--users-per-gpu", type=int, default=2)
+    args = parser.parse_args(argv)
+    behaviours = ["ok"] * args.count
+    if args.dead:
+        step = args.count / args.dead
+        for k in range(args.dead):
+            behaviours[int(k * step + step / 2)] = "hang"
+    nodes = FakeNodes(
+        behaviours,
+        addresses=loopback_addresses(args.count, first=args.first_address),
+        port=args.port,
+        gpus=args.gpus,
+        users_per_gpu=args.users_per_gpu,
+    )
+
+    async def run() -> None:
+        await nodes.start()
+        sys.stdout.write("READY\n")
+        sys.stdout.flush()
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

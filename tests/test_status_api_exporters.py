@@ -1,0 +1,257 @@
+"""gpu-status-api against real gpu-exporter processes on the fake NVML library.
+
+Several exporters with different scenarios, a node that refuses connections and one that never
+answers: the combined JSON shows each correctly and on time; a node that goes down turns stale
+then offline, and turns online again when it comes back; scenario changes show up. Also polling
+exporters that serve HTTPS with basic auth.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import time
+from pathlib import Path
+
+import bcrypt
+import pytest
+import trustme
+import yaml
+
+from tests.conftest import nvml_env, write_scenario
+from tests.fakenvml import scenario as fake
+from tests.support.fake_nodes import FakeNodes
+from tests.support.proc import ManagedProcess, free_port, wait_http
+from tests.support.status_service import (  # noqa: F401 - fixture
+    PASSWORD,
+    node,
+    status_service_factory,
+)
+
+MIB = 1024 * 1024
+
+
+def _entry(exporter) -> str:  # type: ignore[no-untyped-def]
+    return f"127.0.0.1:{exporter.port}"
+
+
+def test_cluster_of_real_exporters(
+    exporter_factory,
+    worker_pids,
+    status_service_factory,  # noqa: F811
+) -> None:
+    pids = worker_pids(12)
+    busy = fake.busy(4, pids, seed=3)
+    busy.gpus[2].temperature = 91
+    busy_node = exporter_factory(busy, "--hostname", "gpu-busy", password=PASSWORD)
+    idle_node = exporter_factory(fake.idle(2), "--hostname", "gpu-idle", password=PASSWORD)
+    unsupported = fake.idle(1)
+    unsupported.gpus[0].temperature = None
+    unsupported.gpus[0].power_usage = None
+    odd_node = exporter_factory(unsupported, "--hostname", "gpu-odd", password=PASSWORD)
+    wrong_password = exporter_factory(fake.idle(1), "--hostname", "gpu-locked", password="other")
+    refused = f"127.0.0.1:{free_port()}"
+    with FakeNodes(["hang"]) as silent:
+        hosts = [_entry(busy_node), _entry(idle_node), _entry(odd_node),
+                 _entry(wrong_password), refused, *silent.hosts_lines()]  # fmt: skip
+        started = time.monotonic()
+        service = status_service_factory(hosts, interval=0.5, timeout=1.0)
+        document = service.wait_for(
+            lambda d: d["summary"]["nodes_online"] == 3, timeout=10, what="exporters online"
+        )
+        # The first round already has everything; dead nodes cost at most the timeout.
+        assert time.monotonic() - started < 8
+        assert [n["node"] for n in document["nodes"]] == hosts
+
+        summary = document["summary"]
+        assert (summary["nodes_total"], summary["nodes_online"], summary["nodes_offline"]) == (
+            6, 3, 3,
+        )  # fmt: skip
+        assert summary["gpus_total"] == 4 + 2 + 1
+        assert summary["gpus_in_use"] == 4
+        assert summary["gpus_free"] == 3
+        assert summary["memory_total_mib"] == sum(
+            g.memory_total // MIB for s in (busy, fake.idle(2), unsupported) for g in s.gpus
+        )
+
+        busy_doc = node(document, hosts[0])
+        assert busy_doc["hostname"] == "gpu-busy" and busy_doc["state"] == "online"
+        for gpu_doc, gpu in zip(busy_doc["gpus"], busy.gpus):
+            assert gpu_doc["use_mem"] == gpu.memory_used // MIB
+            assert gpu_doc["tot_mem"] == gpu.memory_total // MIB
+            assert gpu_doc["utilize"] == gpu.utilization_gpu
+            assert gpu_doc["temp"] == gpu.temperature
+            assert gpu_doc["power"] == pytest.approx(gpu.power_usage / 1000, abs=0.1)
+            assert gpu_doc["power_limit"] == pytest.approx(gpu.power_limit / 1000, abs=0.1)
+            assert [u["pid"] for u in gpu_doc["users"]] == [p.pid for p in gpu.processes]
+            assert {u["username"] for u in gpu_doc["users"]} == {getpass.getuser()}
+            assert all(u["command"] == "sleep 600" for u in gpu_doc["users"])
+            assert gpu_doc["free"] is False
+        assert busy_doc["gpus"][2]["temp"] == 91
+
+        idle_doc = node(document, hosts[1])
+        assert [g["free"] for g in idle_doc["gpus"]] == [True, True]
+        odd_gpu = node(document, hosts[2])["gpus"][0]
+        assert odd_gpu["temp"] is None and odd_gpu["power"] is None and odd_gpu["free"] is True
+
+        locked = node(document, hosts[3])
+        assert locked["state"] == "offline" and locked["error"] == "HTTP 403: wrong password"
+        assert node(document, refused)["error"] == "cannot connect: Connection refused"
+        hung = node(document, hosts[5])
+        assert hung["error"] == "no answer within 1 s"
+        assert hung["poll_seconds"] < 1.0 + 0.3
+
+        # The legacy view holds each exporter's own answer, plus status and version.
+        legacy = service.legacy()["Nodes"]
+        own = busy_node.status()
+        assert {k: legacy[0][k] for k in ("hostname", "ips", "gpus")} == {
+            k: own[k] for k in ("hostname", "ips", "gpus")
+        }
+        assert legacy[0]["status"] is True and legacy[0]["version"] == busy.gpus[0].name
+        assert legacy[4] == {"hostname": refused, "status": False, "gpus": []}
+        assert legacy[3] == {"hostname": hosts[3], "status": False, "gpus": []}
+
+        # A scenario change on a node shows up within a couple of rounds.
+        idle_node.set_scenario(fake.busy(2, pids[:2], seed=9))
+        changed = service.wait_for(
+            lambda d: d["summary"]["gpus_free"] == 1, timeout=6, what="idle node taken"
+        )
+        assert not any(g["free"] for g in node(changed, hosts[1])["gpus"])
+
+
+def _start_exporter(fake_nvml: Path, tmp_path: Path, port: int, scenario_path: Path):  # type: ignore[no-untyped-def]
+    """An exporter on a fixed port, so it can come back where it was."""
+    password_file = tmp_path / "exporter-password"
+    password_file.write_text(PASSWORD + "\n")
+    command = [sys.executable, "-m", "exporter", "--port", str(port), "--listen-address",
+               "127.0.0.1", "--interval", "0.5", "--password-file", str(password_file),
+               "--hostname", "gpu-flaky"]  # fmt: skip
+    process = ManagedProcess(
+        command,
+        log_path=tmp_path / f"exporter-{time.monotonic_ns()}.log",
+        env=nvml_env(fake_nvml, scenario_path),
+    )
+    wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=20)
+    return process
+
+
+def test_node_going_down_and_coming_back(
+    fake_nvml: Path,
+    tmp_path: Path,
+    exporter_factory,
+    status_service_factory,  # noqa: F811
+) -> None:
+    steady = exporter_factory(fake.idle(1), "--hostname", "gpu-steady", password=PASSWORD)
+    scenario_path = tmp_path / "flaky.scn"
+    write_scenario(scenario_path, fake.idle(2))
+    port = free_port()
+    flaky = _start_exporter(fake_nvml, tmp_path, port, scenario_path)
+    entry = f"127.0.0.1:{port}"
+    try:
+        service = status_service_factory(
+            [_entry(steady), entry], "--stale-after", "1", "--offline-after", "2.5",
+            interval=0.3, timeout=0.6,
+        )  # fmt: skip
+        service.wait_for(lambda d: d["summary"]["nodes_online"] == 2, what="both online")
+
+        flaky.stop()
+        down = service.wait_for(lambda d: node(d, entry)["state"] == "stale", timeout=3)
+        assert node(down, entry)["error"] == "cannot connect: Connection refused"
+        assert len(node(down, entry)["gpus"]) == 2  # last known GPUs, marked stale
+        gone = service.wait_for(lambda d: node(d, entry)["state"] == "offline", timeout=5)
+        assert gone["summary"]["gpus_total"] == 1
+        assert service.legacy()["Nodes"][1]["status"] is False
+
+        flaky = _start_exporter(fake_nvml, tmp_path, port, scenario_path)
+        back = service.wait_for(lambda d: node(d, entry)["state"] == "online", timeout=5)
+        assert node(back, entry)["error"] == "" and node(back, entry)["hostname"] == "gpu-flaky"
+        assert back["summary"]["gpus_total"] == 3
+        assert service.legacy()["Nodes"][1]["status"] is True
+        assert node(back, _entry(steady))["state"] == "online"  # never disturbed
+    finally:
+        flaky.stop()
+
+
+def test_password_rotation_without_restart(
+    exporter_factory,
+    status_service_factory,  # noqa: F811
+) -> None:
+    exporter = exporter_factory(fake.idle(1), "--hostname", "gpu-rotated", password="new-secret")
+    service = status_service_factory([_entry(exporter)], password="old-secret")
+    entry = _entry(exporter)
+    assert node(service.cluster(), entry)["error"] == "HTTP 403: wrong password"
+    assert service.password_file is not None
+    service.password_file.write_text("new-secret\n")
+    service.wait_for(lambda d: node(d, entry)["state"] == "online", what="new password used")
+    assert service.process.alive()
+
+
+# ---- HTTPS and basic auth towards the nodes ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def _secure_exporter(exporter_factory, tmp_path: Path, ca: trustme.CA):  # type: ignore[no-untyped-def]
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(tmp_path / "srv.pem")
+    hashed = bcrypt.hashpw(b"scrape-secret", bcrypt.gensalt(rounds=4)).decode()
+    config = tmp_path / "web-config.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "tls_server_config": {"cert_file": "srv.pem", "key_file": "srv.pem"},
+                "basic_auth_users": {"status-api": "$2y$" + hashed[4:]},
+            }
+        )
+    )
+    exporter = exporter_factory(
+        fake.idle(2),
+        "--web-config-file", str(config), "--hostname", "gpu-secure",
+        password=PASSWORD, scheme="https", wait_ready=False,
+    )  # fmt: skip
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    wait_http(f"{exporter.url}/-/ready", timeout=20, verify=str(tmp_path / "ca.pem"))
+    return exporter
+
+
+def test_polling_over_https_with_basic_auth(
+    exporter_factory,
+    tmp_path: Path,
+    ca: trustme.CA,
+    status_service_factory,  # noqa: F811
+) -> None:
+    exporter = _secure_exporter(exporter_factory, tmp_path, ca)
+    (tmp_path / "auth").write_text("scrape-secret\n")
+    other_ca = trustme.CA()
+    other_ca.cert_pem.write_to_path(tmp_path / "other-ca.pem")
+    (tmp_path / "bad-auth").write_text("guess\n")
+    hosts = [_entry(exporter)]
+    tls = ["--node-scheme", "https"]
+    auth = ["--node-basic-auth-user", "status-api"]
+
+    good = status_service_factory(
+        hosts, *tls, "--node-ca-file", str(tmp_path / "ca.pem"),
+        *auth, "--node-basic-auth-password-file", str(tmp_path / "auth"),
+    )  # fmt: skip
+    document = good.wait_for(lambda d: d["summary"]["nodes_online"] == 1, what="secure node")
+    gpus = node(document, hosts[0])["gpus"]
+    assert len(gpus) == 2 and gpus[0]["power"] is not None  # /metrics read with the same auth
+
+    untrusted = status_service_factory(
+        hosts, *tls, "--node-ca-file", str(tmp_path / "other-ca.pem"),
+        *auth, "--node-basic-auth-password-file", str(tmp_path / "auth"),
+    )  # fmt: skip
+    error = node(untrusted.cluster(), hosts[0])["error"]
+    assert error.startswith("TLS certificate not trusted"), error
+
+    wrong = status_service_factory(
+        hosts, *tls, "--node-ca-file", str(tmp_path / "ca.pem"),
+        *auth, "--node-basic-auth-password-file", str(tmp_path / "bad-auth"),
+    )  # fmt: skip
+    assert node(wrong.cluster(), hosts[0])["error"] == "HTTP 401: authentication required"
+
+    plain = status_service_factory(hosts)
+    assert node(plain.cluster(), hosts[0])["state"] == "offline"
+    assert "Traceback" not in plain.log()

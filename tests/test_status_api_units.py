@@ -1,0 +1,299 @@
+"""The status service's pure parts: node answer checks, power parsing, node states, JSON views."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gzip
+import json
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from status_api.cluster import OFFLINE, ONLINE, STALE, Cluster, NodeState, Thresholds
+from status_api.hosts import parse_hosts
+from status_api.nodedata import NodeDataError, parse_status, validate_status
+from status_api.nodemetrics import parse_power
+from status_api.poller import PollResult
+from tests.support.fake_nodes import legacy_status
+
+
+def _status(**overrides: Any) -> dict[str, Any]:
+    status = legacy_status("gpu-a", gpus=2, users_per_gpu=2)
+    status.update(overrides)
+    return status
+
+
+# ---- node answers ----------------------------------------------------------------------------
+
+
+def test_valid_status_comes_back_in_legacy_key_order() -> None:
+    original = _status()
+    shuffled = dict(reversed(list(original.items())))
+    checked = validate_status(shuffled)
+    assert list(checked) == ["hostname", "last_update", "ips", "gpus"]
+    assert list(checked["gpus"][0]) == [
+        "index", "name", "use_mem", "tot_mem", "utilize", "temp", "users",
+    ]  # fmt: skip
+    assert list(checked["gpus"][0]["users"][0]) == ["pid", "username", "mem", "command"]
+    assert checked == original
+
+
+def test_nulls_for_unreadable_values_and_extra_keys_dropped() -> None:
+    status = _status()
+    status["gpus"][0].update(use_mem=None, tot_mem=None, utilize=None, temp=None, fan=3)
+    status["extra"] = {"x": 1}
+    checked = validate_status(status)
+    assert checked["gpus"][0]["temp"] is None
+    assert "fan" not in checked["gpus"][0]
+    assert "extra" not in checked
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: s.pop("gpus"), "status: missing 'gpus'"),
+        (lambda s: s.update(hostname=5), "hostname: expected a string, got 5"),
+        (lambda s: s.update(gpus="many"), "gpus: expected a list"),
+        (lambda s: s.update(ips=[["eth0"]]), "ips[0]: expected [interface, address]"),
+        (lambda s: s["gpus"][1].update(index="1"), "gpus[1].index: expected an integer"),
+        (lambda s: s["gpus"][1].update(index=True), "gpus[1].index: expected an integer"),
+        (lambda s: s["gpus"][0].update(temp="hot"), "gpus[0].temp: expected a number or null"),
+        (lambda s: s["gpus"][0]["users"][1].update(pid=None), "gpus[0].users[1].pid"),
+        (lambda s: s["gpus"][0]["users"][0].pop("command"), "gpus[0].users[0]: missing 'command'"),
+        (lambda s: s["gpus"].append([]), "gpus[2]: expected an object"),
+    ],
+)
+def test_wrong_shapes_name_the_field(mutate: Any, message: str) -> None:
+    status = _status()
+    mutate(status)
+    with pytest.raises(NodeDataError) as caught:
+        validate_status(status)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "not JSON"),
+        (b"<html>", "not JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[]", "expected an object"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"hostname": "a", "last_update": "x", "ips": [], "gpus": [NaN]}', "expected an object"),
+    ],
+)
+def test_bodies_that_are_not_a_status(body: bytes, message: str) -> None:
+    with pytest.raises(NodeDataError, match=message):
+        parse_status(body)
+
+
+def test_long_strings_are_cut() -> None:
+    status = _status()
+    status["gpus"][0]["users"][0]["command"] = "x" * 100_000
+    status["hostname"] = "h" * 10_000
+    checked = validate_status(status)
+    assert len(checked["gpus"][0]["users"][0]["command"]) == 4096
+    assert len(checked["hostname"]) == 256
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["hostname", "gpus", "ips", "last_update", "index", "users", "x"]),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(document=_json)
+def test_property_any_json_is_checked_or_rejected(document: object) -> None:
+    try:
+        checked = validate_status(document)
+    except NodeDataError:
+        return
+    json.dumps(checked)  # whatever passes can be served
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=200))
+def test_property_any_bytes_are_checked_or_rejected(body: bytes) -> None:
+    with contextlib.suppress(NodeDataError):
+        parse_status(body)
+
+
+# ---- power from /metrics ------------------------------------------------------------------
+
+
+def test_power_from_an_exposition() -> None:
+    text = (
+        b"# HELP gpu_power_watts Power drawn by the board.\n"
+        b"# TYPE gpu_power_watts gauge\n"
+        b'gpu_power_watts{gpu="0",uuid="GPU-a"} 312.25\n'
+        b'gpu_power_watts{uuid="GPU-b",gpu="1"} 80\n'
+        b'gpu_power_limit_watts{gpu="0",uuid="GPU-a"} 700.0\n'
+        b'gpu_process_memory_used_bytes{gpu="0",pid="1",user="gpu_power_watts{gpu=\\"3\\"} 9"} 1\n'
+        b'xgpu_power_watts{gpu="2"} 5\n'
+        b'gpu_power_watts{gpu="4"} NaN\n'
+        b'gpu_power_watts{gpu="5"} junk\n'
+        b'gpu_power_watts{nogpu="6"} 1\n'
+    )
+    assert parse_power(text) == {
+        0: {"power": 312.2, "power_limit": 700.0},
+        1: {"power": 80.0},
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.binary(max_size=300))
+def test_property_power_parsing_never_raises(text: bytes) -> None:
+    result = parse_power(b'gpu_power_watts{gpu="0"} 1\n' + text)
+    assert isinstance(result, dict)
+
+
+# ---- states and views ------------------------------------------------------------------------
+
+THRESHOLDS = Thresholds(stale_after=10, offline_after=30)
+
+
+def _result(host_text: str, status: dict | None, *, at: float, error: str = "") -> PollResult:
+    host = parse_hosts(host_text)[0]
+    return PollResult(host, status, error, at, 0.01, None)
+
+
+def test_node_states_by_age_and_latest_poll() -> None:
+    node = NodeState(parse_hosts("node1")[0])
+    assert node.state(1000.0, THRESHOLDS) == OFFLINE  # never seen
+    node.record(_result("node1", _status(), at=1000.0))
+    assert node.state(1000.0, THRESHOLDS) == ONLINE
+    assert node.state(1010.0, THRESHOLDS) == ONLINE
+    assert node.state(1010.5, THRESHOLDS) == STALE  # no new poll for too long
+    node.record(_result("node1", None, at=1003.0, error="cannot connect: Connection refused"))
+    assert node.state(1003.0, THRESHOLDS) == STALE  # last poll failed, data is recent
+    assert node.error == "cannot connect: Connection refused"
+    assert node.status is not None  # the last good status is kept
+    assert node.state(1030.5, THRESHOLDS) == OFFLINE
+    node.record(_result("node1", _status(), at=1031.0))
+    assert node.state(1031.0, THRESHOLDS) == ONLINE
+    assert node.error == ""
+    assert (node.polls, node.failures) == (3, 1)
+
+
+def _cluster_with(results: list[PollResult], hosts_text: str) -> Cluster:
+    cluster = Cluster(thresholds=THRESHOLDS, interval=2.0)
+    cluster.update(parse_hosts(hosts_text), results, 0.5)
+    return cluster
+
+
+def test_views_summary_free_gpus_and_legacy_shape() -> None:
+    now = time.time()
+    busy = _status(hostname="busy")
+    busy["gpus"][1]["use_mem"] = 600  # no process, but over the free threshold
+    idle = _status(hostname="idle")
+    for gpu in idle["gpus"]:
+        gpu.update(users=[], use_mem=3, utilize=0)
+    results = [
+        _result("busy:7080", busy, at=now),
+        _result("idle:7080", idle, at=now),
+        _result("down:7080", None, at=now, error="no answer within 1 s"),
+    ]
+    cluster = _cluster_with(results, "busy\nidle\ndown\n")
+    document = json.loads(cluster.views.cluster.body)
+    assert list(document) == ["generated_at", "interval", "thresholds", "summary", "nodes"]
+    assert document["summary"] == {
+        "nodes_total": 3, "nodes_online": 2, "nodes_stale": 0, "nodes_offline": 1,
+        "gpus_total": 4, "gpus_in_use": 1, "gpus_free": 2,
+        "memory_used_mib": 2400 + 600 + 3 + 3, "memory_total_mib": 4 * 81920,
+    }  # fmt: skip
+    busy_node, idle_node, down = document["nodes"]
+    assert [g["free"] for g in busy_node["gpus"]] == [False, False]
+    assert [g["free"] for g in idle_node["gpus"]] == [True, True]
+    assert busy_node["gpus"][0]["power"] is None
+    assert down == {
+        "node": "down", "address": "down:7080", "state": "offline", "last_seen": None,
+        "error": "no answer within 1 s", "poll_seconds": 0.01, "hostname": "down",
+        "last_update": None, "ips": [], "gpus": [],
+    }  # fmt: skip
+
+    legacy = json.loads(cluster.views.legacy.body)
+    assert list(legacy) == ["Nodes"]
+    first = legacy["Nodes"][0]
+    assert list(first) == ["hostname", "last_update", "ips", "gpus", "status", "version"]
+    assert first["status"] is True and first["version"] == "NVIDIA A100-SXM4-80GB"
+    assert first["gpus"] == busy["gpus"]  # exactly the node's own GPUs, no additions
+    assert legacy["Nodes"][2] == {"hostname": "down", "status": False, "gpus": []}
+    assert gzip.decompress(cluster.views.legacy.gzipped) == cluster.views.legacy.body
+
+
+def test_stale_node_keeps_gpus_but_offers_none_as_free() -> None:
+    now = time.time()
+    idle = _status(hostname="idle")
+    for gpu in idle["gpus"]:
+        gpu.update(users=[], use_mem=0, utilize=0)
+    cluster = Cluster(thresholds=THRESHOLDS)
+    hosts = parse_hosts("idle")
+    cluster.update(hosts, [_result("idle", idle, at=now)])
+    cluster.update(hosts, [_result("idle", None, at=now, error="HTTP 403: wrong password")])
+    document = json.loads(cluster.views.cluster.body)
+    (node,) = document["nodes"]
+    assert node["state"] == "stale"
+    assert len(node["gpus"]) == 2 and not any(g["free"] for g in node["gpus"])
+    assert document["summary"]["gpus_total"] == 2 and document["summary"]["gpus_free"] == 0
+    legacy = json.loads(cluster.views.legacy.body)["Nodes"][0]
+    assert legacy["status"] is False and legacy["hostname"] == "idle" and len(legacy["gpus"]) == 2
+
+
+def test_power_readings_merge_and_persist_between_reads() -> None:
+    now = time.time()
+    cluster = Cluster(thresholds=THRESHOLDS)
+    hosts = parse_hosts("gpu-a")
+    with_power = PollResult(hosts[0], _status(), "", now, 0.01, {1: {"power": 99.5}})
+    cluster.update(hosts, [with_power])
+    without = PollResult(hosts[0], _status(), "", now, 0.01, None)  # power not read this round
+    cluster.update(hosts, [without])
+    gpus = json.loads(cluster.views.cluster.body)["nodes"][0]["gpus"]
+    assert [(g["power"], g["power_limit"]) for g in gpus] == [(None, None), (99.5, None)]
+
+
+def test_hosts_changes_keep_state_of_remaining_nodes() -> None:
+    now = time.time()
+    cluster = Cluster(thresholds=THRESHOLDS)
+    cluster.update(
+        parse_hosts("a\nb"), [_result("a", _status(), at=now), _result("b", None, at=now)]
+    )
+    cluster.update(parse_hosts("c\na"), [])
+    nodes = json.loads(cluster.views.cluster.body)["nodes"]
+    assert [(n["node"], n["state"]) for n in nodes] == [("c", "offline"), ("a", "online")]
+
+
+def test_hostile_text_is_escaped_in_both_views() -> None:
+    status = _status(hostname='<script>alert("x")</script>\u2028')
+    status["gpus"][0]["users"][0]["command"] = 'rm -rf / \udcff "quoted" \n</script>'
+    cluster = _cluster_with([_result("gpu-a", copy.deepcopy(status), at=time.time())], "gpu-a")
+    for view in (cluster.views.cluster, cluster.views.legacy):
+        view.body.decode("ascii")  # every non-ASCII character is escaped
+        assert b"\\u2028" in view.body
+        assert json.loads(view.body)  # and it still parses
+    document = json.loads(cluster.views.cluster.body)
+    assert document["nodes"][0]["hostname"] == status["hostname"]
+
+
+def test_etags_change_every_round_and_differ_between_instances() -> None:
+    hosts = parse_hosts("a")
+    first, second = Cluster(), Cluster()
+    first.update(hosts, [])
+    tag = first.views.cluster.etag
+    first.update(hosts, [])
+    assert first.views.cluster.etag != tag
+    second.update(hosts, [])
+    second.update(hosts, [])
+    assert second.views.cluster.etag != first.views.cluster.etag

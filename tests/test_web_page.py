@@ -1,0 +1,298 @@
+"""The cluster page in a real headless Chromium, against gpu-status-api and real exporters.
+
+Asserts what a person sees: node cards, GPU rows, the offline node, free GPUs and temperatures,
+the filters and the sort, auto-refresh picking up a scenario change (one timer, no reload), the
+pause button, and that hostile text from the nodes is shown as text and never run.
+Screenshots go to build/artifacts/ (and docs/screenshot.png for the README).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.fakenvml import scenario as fake
+from tests.support.fake_nodes import FakeNodes, legacy_status
+from tests.support.proc import free_port
+from tests.support.status_service import (  # noqa: F401 - fixture
+    PASSWORD,
+    StatusService,
+    status_service_factory,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+# Counts the page's timers and cluster fetches; runs before the page's own script.
+INSTRUMENT = """
+window.__timers = {pending: 0, most: 0, intervals: 0};
+window.__fetches = 0;
+const realSetTimeout = window.setTimeout.bind(window);
+window.setTimeout = (callback, ms, ...args) => {
+  const t = window.__timers;
+  t.pending += 1;
+  t.most = Math.max(t.most, t.pending);
+  return realSetTimeout(() => { t.pending -= 1; callback(...args); }, ms);
+};
+const realSetInterval = window.setInterval.bind(window);
+window.setInterval = (...args) => {
+  window.__timers.intervals += 1;
+  return realSetInterval(...args);
+};
+const realFetch = window.fetch.bind(window);
+window.fetch = (url, ...rest) => {
+  if (String(url).includes('api/v1/cluster')) window.__fetches += 1;
+  return realFetch(url, ...rest);
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page; tests list it after the servers, so it closes before they stop."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, color_scheme="dark")
+    opened = context.new_page()
+    opened.add_init_script(INSTRUMENT)
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    opened.on(
+        "console",
+        lambda message: problems.append(message.text) if message.type == "error" else None,
+    )
+    yield opened
+    context.close()
+    assert problems == [], problems
+
+
+@dataclass
+class Cluster:
+    service: StatusService
+    exporters: dict[str, Any]
+    pids: list[int]
+    lab_box: FakeNodes
+
+
+def _lab_box_status() -> dict[str, Any]:
+    status = legacy_status("lab-box", gpus=2, users_per_gpu=0)
+    status["gpus"][0]["users"] = [
+        {"pid": 4101, "username": "alice", "mem": 20480, "command": "python finetune.py"},
+        {"pid": 4102, "username": "bob", "mem": 8192, "command": "jupyter-lab"},
+    ]
+    status["gpus"][0].update(use_mem=28800, utilize=93, temp=71)
+    status["gpus"][1]["users"] = [
+        {"pid": 4103, "username": "bob", "mem": 30000, "command": "python eval.py"},
+    ]
+    status["gpus"][1].update(use_mem=30200, utilize=64, temp=66)
+    return status
+
+
+@pytest.fixture
+def cluster(
+    exporter_factory: Callable[..., Any],
+    worker_pids: Callable[[int], list[int]],
+    status_service_factory: Callable[..., StatusService],  # noqa: F811
+) -> Iterator[Cluster]:
+    pids = worker_pids(9)
+    busy = fake.busy(4, pids[:6], seed=5)
+    busy.gpus[3] = fake.idle(4).gpus[3]  # one free GPU on the busy node
+    busy.gpus[1].temperature = 88
+    exporters = {
+        "gpu-node-01": exporter_factory(busy, "--hostname", "gpu-node-01", password=PASSWORD),
+        "gpu-node-02": exporter_factory(
+            fake.idle(2), "--hostname", "gpu-node-02", password=PASSWORD
+        ),
+        "gpu-node-03": exporter_factory(
+            fake.busy(2, pids[6:], seed=8), "--hostname", "gpu-node-03", password=PASSWORD
+        ),
+    }
+    with FakeNodes(["ok"]) as lab_box:
+        lab_box.set_status(0, _lab_box_status())
+        hosts = [f"127.0.0.1:{e.port}" for e in exporters.values()]
+        hosts += [*lab_box.hosts_lines(), f"127.0.0.1:{free_port()}"]
+        service = status_service_factory(hosts, interval=0.5, timeout=0.8)
+        service.wait_for(lambda d: d["summary"]["nodes_online"] == 4, what="four nodes online")
+        yield Cluster(service, exporters, pids, lab_box)
+
+
+def _card(page: Page, hostname: str):  # type: ignore[no-untyped-def]
+    return page.locator("article.node", has=page.locator(".node-name", has_text=hostname))
+
+
+def _visible_hostnames(page: Page) -> list[str]:
+    return page.locator("article.node .node-name").all_inner_texts()
+
+
+def test_page_shows_every_node_and_gpu(cluster: Cluster, artifacts: Path, page: Page) -> None:
+    page.goto(cluster.service.url + "/")
+    expect(page.locator("article.node")).to_have_count(5)
+    names = _visible_hostnames(page)
+    offline_entry = cluster.service.hosts_path.read_text().split()[-1]
+    assert names == [offline_entry, "gpu-node-01", "gpu-node-02", "gpu-node-03", "lab-box"]
+
+    summary = page.locator("#summary")
+    expect(summary).to_contain_text("4 / 5")
+    expect(summary).to_contain_text("1 offline")
+
+    offline = page.locator("article.node.offline")
+    expect(offline).to_have_count(1)
+    expect(offline.locator(".badge")).to_have_text("offline")
+    expect(offline.locator(".node-error")).to_have_text("cannot connect: Connection refused")
+    expect(offline.locator("tr.gpu")).to_have_count(0)
+
+    node1 = _card(page, "gpu-node-01")
+    expect(node1.locator(".badge")).to_have_text("online")
+    expect(node1.locator("tr.gpu")).to_have_count(4)
+    expect(node1.locator("tr.gpu.free")).to_have_count(1)
+    expect(node1.locator("tr.gpu.free .free-mark")).to_have_text("free")
+    expect(node1.locator("tr.gpu").nth(1).locator(".gpu-temp")).to_have_text("88 °C")
+    expect(node1.locator("tr.gpu").nth(1).locator(".gpu-temp")).to_have_class(
+        re.compile(r"\bt-critical\b")
+    )
+    expect(node1.locator("tr.gpu").nth(0).locator(".user")).to_have_count(2)
+    expect(node1.locator("tr.gpu").nth(0).locator(".gpu-power")).to_contain_text(" W")
+    expect(_card(page, "gpu-node-02").locator("tr.gpu.free")).to_have_count(2)
+    expect(_card(page, "lab-box").locator(".user-name")).to_have_text(["alice", "bob", "bob"])
+    expect(page.locator("tr.gpu.free")).to_have_count(3)
+    expect(page.locator("#updated")).to_have_text(re.compile(r"^updated \d+ s ago$"))
+
+    page.screenshot(path=str(artifacts / "status-page.png"), full_page=True)
+    docs = REPO / "docs"
+    docs.mkdir(exist_ok=True)
+    page.screenshot(path=str(docs / "screenshot.png"), full_page=True)
+
+
+def test_filters_and_sort(cluster: Cluster, page: Page) -> None:
+    page.goto(cluster.service.url + "/")
+    expect(page.locator("article.node")).to_have_count(5)
+
+    page.fill("#filter-user", "alice")
+    expect(page.locator("article.node")).to_have_count(1)
+    expect(page.locator("article.node .node-name")).to_have_text("lab-box")
+    expect(page.locator("tr.gpu")).to_have_count(1)  # only the GPU alice uses
+
+    page.fill("#filter-user", "bo")
+    expect(page.locator("tr.gpu")).to_have_count(2)
+    page.fill("#filter-user", "nobody-has-this-name")
+    expect(page.locator("article.node")).to_have_count(0)
+    expect(page.locator("#empty")).to_be_visible()
+    page.fill("#filter-user", "")
+
+    page.check("#filter-free")
+    expect(page.locator("tr.gpu")).to_have_count(3)
+    expect(page.locator("tr.gpu.free")).to_have_count(3)
+    assert sorted(_visible_hostnames(page)) == ["gpu-node-01", "gpu-node-02"]
+    assert "free=1" in page.evaluate("location.hash")
+    page.uncheck("#filter-free")
+
+    page.fill("#filter-node", "node-03")
+    expect(page.locator("article.node")).to_have_count(1)
+    expect(page.locator("article.node .node-name")).to_have_text("gpu-node-03")
+    page.fill("#filter-node", "")
+
+    page.select_option("#sort", "free")
+    expect(page.locator("article.node .node-name").first).to_have_text("gpu-node-02")
+    page.select_option("#sort", "name")
+    names = _visible_hostnames(page)
+    assert names == sorted(names)
+
+    # Filters live in the address, so a wall screen can be bookmarked with them.
+    page.goto(cluster.service.url + "/#free=1&sort=free")
+    expect(page.locator("#filter-free")).to_be_checked()
+    expect(page.locator("tr.gpu")).to_have_count(3)
+
+
+def test_auto_refresh_pause_and_one_timer(cluster: Cluster, page: Page) -> None:
+    page.goto(cluster.service.url + "/")
+    node2 = _card(page, "gpu-node-02")
+    expect(node2.locator("tr.gpu.free")).to_have_count(2)
+    page.evaluate("window.__sameDocument = true")
+
+    cluster.exporters["gpu-node-02"].set_scenario(fake.busy(2, cluster.pids[:2], seed=2))
+    expect(node2.locator("tr.gpu.free")).to_have_count(0, timeout=8000)
+    expect(node2.locator(".user")).to_have_count(2)
+    assert page.evaluate("window.__sameDocument") is True  # refreshed in place, not reloaded
+
+    page.click("#pause")
+    expect(page.locator("#pause")).to_have_text("Resume")
+    expect(page.locator("#updated")).to_contain_text("paused")
+    fetches = page.evaluate("window.__fetches")
+    cluster.exporters["gpu-node-02"].set_scenario(fake.idle(2))
+    time.sleep(3)
+    assert page.evaluate("window.__fetches") == fetches
+    expect(node2.locator("tr.gpu.free")).to_have_count(0)  # still the old picture
+
+    page.click("#pause")
+    expect(page.locator("#pause")).to_have_text("Pause")
+    expect(node2.locator("tr.gpu.free")).to_have_count(2, timeout=8000)
+
+    started = page.evaluate("window.__fetches")
+    time.sleep(4)
+    fetched = page.evaluate("window.__fetches") - started
+    assert 2 <= fetched <= 6, fetched  # about one a second (the service polls every 0.5 s)
+    timers = page.evaluate("window.__timers")
+    assert timers["intervals"] == 0
+    assert timers["most"] <= 1, timers  # one timer chain, never stacked
+
+
+def test_hostile_text_is_shown_as_text(
+    exporter_factory: Callable[..., Any],
+    status_service_factory: Callable[..., StatusService],  # noqa: F811
+    page: Page,
+) -> None:
+    hostile_name = '<img src=x onerror="window.__xss=1"> "quoted" & \\'
+    scenario = fake.idle(1)
+    scenario.gpus[0].name = hostile_name
+    exporter = exporter_factory(scenario, "--hostname", "<b>bold</b>", password=PASSWORD)
+    shipped = exporter_factory(
+        (REPO / "tests" / "scenarios" / "hostile.scn").read_bytes(),
+        "--hostname", "gpu-hostile", password=PASSWORD,
+    )  # fmt: skip
+    status = legacy_status("<script>window.__xss=2</script>", gpus=1, users_per_gpu=1)
+    status["gpus"][0]["users"][0].update(
+        username="<svg onload=window.__xss=3>", command='"; window.__xss=4; "\n<iframe>'
+    )
+    with FakeNodes(["ok"]) as evil:
+        evil.set_status(0, status)
+        hosts = [f"127.0.0.1:{exporter.port}", *evil.hosts_lines(), f"127.0.0.1:{shipped.port}"]
+        service = status_service_factory(hosts, interval=0.5, timeout=0.8)
+        service.wait_for(lambda d: d["summary"]["nodes_online"] == 3, what="all online")
+        page.goto(service.url + "/#sort=name")
+        expect(page.locator("article.node")).to_have_count(3)
+        expect(page.locator(".gpu-name").first).to_have_text(hostile_name)
+        expect(_card(page, "gpu-hostile").locator(".gpu-name").first).to_have_text(
+            "NVIDIA \"H100\" \\ <script>alert('x')</script> & %s %n ${x} # \ufffd\ufffd\ufffd"
+        )
+        expect(_card(page, "gpu-hostile").locator(".gpu-name").nth(1)).to_contain_text(
+            "日本語 ☃ 🔥"
+        )
+        expect(page.locator(".node-name", has_text="<b>bold</b>")).to_have_count(1)
+        expect(page.locator(".node-name", has_text="<script>")).to_have_count(1)
+        chip = page.locator(".user", has=page.locator(".user-name", has_text="<svg"))
+        expect(chip.locator(".user-name")).to_have_text("<svg onload=window.__xss=3>")
+        title = chip.get_attribute("title")
+        assert title is not None and title.endswith('"; window.__xss=4; "\n<iframe>')
+        time.sleep(1.5)  # a couple of refreshes
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("article.node img, article.node script, article.node svg").count() == 0
+        assert page.locator("article.node b, article.node iframe").count() == 0
