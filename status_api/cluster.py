@@ -83,9 +83,11 @@ class NodeState:
 def _is_free(gpu: dict[str, Any], thresholds: Thresholds) -> bool:
     used = gpu.get("use_mem")
     busy = gpu.get("utilize")
+    # Unknown memory (a lost GPU reports every value as null) is not evidence of a free GPU.
     return (
         not gpu["users"]
-        and (used is None or used <= thresholds.free_memory_mib)
+        and used is not None
+        and used <= thresholds.free_memory_mib
         and (busy is None or busy < thresholds.free_utilization)
     )
 

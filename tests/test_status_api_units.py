@@ -252,6 +252,18 @@ def test_stale_node_keeps_gpus_but_offers_none_as_free() -> None:
     assert legacy["status"] is False and legacy["hostname"] == "idle" and len(legacy["gpus"]) == 2
 
 
+def test_a_lost_gpu_is_never_offered_as_free() -> None:
+    status = _status(hostname="lossy")
+    status["gpus"][0].update(users=[], use_mem=0, utilize=0)
+    # The exporter reports a lost GPU with every reading null.
+    status["gpus"][1].update(users=[], use_mem=None, tot_mem=None, utilize=None, temp=None)
+    cluster = Cluster(thresholds=THRESHOLDS)
+    cluster.update(parse_hosts("lossy"), [_result("lossy", status, at=time.time())])
+    document = json.loads(cluster.views.cluster.body)
+    assert [g["free"] for g in document["nodes"][0]["gpus"]] == [True, False]
+    assert document["summary"]["gpus_free"] == 1
+
+
 def test_power_readings_merge_and_persist_between_reads() -> None:
     now = time.time()
     cluster = Cluster(thresholds=THRESHOLDS)

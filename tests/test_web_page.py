@@ -3,7 +3,7 @@
 Asserts what a person sees: node cards, GPU rows, the offline node, free GPUs and temperatures,
 the filters and the sort, auto-refresh picking up a scenario change (one timer, no reload), the
 pause button, and that hostile text from the nodes is shown as text and never run.
-Screenshots go to build/artifacts/ (and docs/screenshot.png for the README).
+Screenshots go to build/artifacts/ (docs/screenshot.png is a copy of status-page.png).
 """
 
 from __future__ import annotations
@@ -177,9 +177,6 @@ def test_page_shows_every_node_and_gpu(cluster: Cluster, artifacts: Path, page: 
     expect(page.locator("#updated")).to_have_text(re.compile(r"^updated \d+ s ago$"))
 
     page.screenshot(path=str(artifacts / "status-page.png"), full_page=True)
-    docs = REPO / "docs"
-    docs.mkdir(exist_ok=True)
-    page.screenshot(path=str(docs / "screenshot.png"), full_page=True)
 
 
 def test_filters_and_sort(cluster: Cluster, page: Page) -> None:

@@ -200,7 +200,7 @@
 
     const users = el('td', 'gpu-users');
     if (gpu.users.length) users.append(...gpu.users.map(userChip));
-    else users.append(el('span', 'no-users', gpu.free ? 'nobody' : 'no process'));
+    else users.append(el('span', 'no-users', 'no processes'));
 
     row.append(id, memory, util, temp, power, users);
     return row;

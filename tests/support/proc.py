@@ -78,7 +78,8 @@ class ManagedProcess:
         return self.process.poll() is None
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, *, timeout: float = 5.0) -> int | None:
