@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from exporter import __version__
-from exporter.httpserver import DEFAULT_MAX_REQUESTS, serve
+from exporter.httpserver import DEFAULT_MAX_REQUESTS, run_service
 from exporter.legacy import legacy_status_json
 from exporter.password import ENV_VAR, PasswordError, PasswordSource
 from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
 from exporter.sampler import Sampler
-from exporter.webconfig import WebConfigError
 
 log = logging.getLogger("exporter")
 
@@ -89,10 +87,6 @@ def _configure_logging(*, quiet: bool) -> None:
     )
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -133,24 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         passwords=passwords,
         include_processes=not args.no_processes,
     )
-    signal.signal(signal.SIGTERM, _terminate)
     sampler.start()
-    try:
-        serve(
-            app,
-            listen_address=args.listen_address,
-            port=args.port,
-            web_config_file=args.web_config_file,
-            max_requests=args.max_requests,
-        )
-    except WebConfigError as error:
-        log.error("%s", error)
-        return 2
-    except OSError as error:
-        log.error("cannot listen on %s:%d: %s", args.listen_address, args.port, error)
-        return 1
-    except KeyboardInterrupt:
-        log.info("stopping")
-    finally:
-        sampler.stop()
-    return 0
+    return run_service(
+        app,
+        listen_address=args.listen_address,
+        port=args.port,
+        web_config_file=args.web_config_file,
+        max_requests=args.max_requests,
+        on_stop=sampler.stop,
+    )

@@ -8,6 +8,7 @@ TLS version), and it serves from a fixed thread pool. Flask's development server
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ from typing import Callable
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from exporter.webconfig import BasicAuth, WebConfig, WSGIApp, load_web_config, ssl_context
+from exporter.webconfig import (
+    BasicAuth,
+    WebConfig,
+    WebConfigError,
+    WSGIApp,
+    load_web_config,
+    ssl_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +145,46 @@ def serve(app: WSGIApp, **options: object) -> None:
         server.serve()
     finally:
         server.stop()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_service(
+    app: WSGIApp,
+    *,
+    listen_address: str,
+    port: int,
+    web_config_file: Path | None,
+    max_requests: int,
+    on_stop: Callable[[], None],
+) -> int:
+    """Serve ``app`` until SIGINT or SIGTERM, then call ``on_stop``; returns the exit status.
+
+    Shared by both command lines: a bad web config exits 2 and a port that cannot be bound exits 1,
+    each with one log line and no traceback.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        serve(
+            app,
+            listen_address=listen_address,
+            port=port,
+            web_config_file=web_config_file,
+            max_requests=max_requests,
+        )
+    except WebConfigError as error:
+        log.error("%s", error)
+        return 2
+    except OSError as error:
+        log.error("cannot listen on %s:%d: %s", listen_address, port, error)
+        return 1
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        on_stop()
+    return 0
 
 
 def start_background(app: WSGIApp, **options: object) -> RunningServer:

@@ -184,10 +184,6 @@ def _configure_logging(*, quiet: bool) -> None:
     )
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _first_line(path: Path, what: str) -> str:
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -295,9 +291,8 @@ def _poll_settings(args: argparse.Namespace) -> PollSettings:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    from exporter.httpserver import serve
+    from exporter.httpserver import run_service
     from exporter.password import PasswordError
-    from exporter.webconfig import WebConfigError
     from status_api.app import create_app
     from status_api.cluster import Cluster, Thresholds
     from status_api.poller import Poller
@@ -327,27 +322,15 @@ def serve_main(args: argparse.Namespace) -> int:
         return watcher.hosts
 
     poller = Poller(hosts=hosts, settings=settings, interval=args.interval, on_round=cluster.update)
-    signal.signal(signal.SIGTERM, _terminate)
     poller.start()
-    try:
-        serve(
-            create_app(cluster),
-            listen_address=args.listen_address,
-            port=args.port,
-            web_config_file=args.web_config_file,
-            max_requests=args.max_requests,
-        )
-    except WebConfigError as error:
-        log.error("%s", error)
-        return 2
-    except OSError as error:
-        log.error("cannot listen on %s:%d: %s", args.listen_address, args.port, error)
-        return 1
-    except KeyboardInterrupt:
-        log.info("stopping")
-    finally:
-        poller.stop()
-    return 0
+    return run_service(
+        create_app(cluster),
+        listen_address=args.listen_address,
+        port=args.port,
+        web_config_file=args.web_config_file,
+        max_requests=args.max_requests,
+        on_stop=poller.stop,
+    )
 
 
 def targets_main(args: argparse.Namespace) -> int:
