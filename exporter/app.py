@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Callable
 
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 
 from exporter import __version__
 from exporter.collector import SnapshotCollector
@@ -82,8 +82,23 @@ def _text(status: int, text: str) -> Reply:
     return Reply(status, text.encode(), "text/plain; charset=utf-8")
 
 
+_MAX_CACHED_FORMATS = 8  # formats differ by the Accept header's parameters; clients choose them
+
+
+def choose_metrics_encoder(accept: str | None) -> tuple[Callable[..., bytes], str]:
+    """The encoder the Accept header asks for; the classic text format when it cannot be read."""
+    try:
+        return choose_encoder(accept)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # e.g. "version=1.x": the library compares str with int
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+
+
 class MetricsRenderer:
-    """Encodes a snapshot once per (snapshot, format, compression) and reuses the bytes."""
+    """Encodes a snapshot once per (snapshot, format, compression) and reuses the bytes.
+
+    The cache holds a few formats per snapshot at most: the content type echoes parameters of
+    the client's Accept header, so each distinct header would otherwise add a full rendering.
+    """
 
     def __init__(self, latest: Callable[[], Snapshot], *, include_processes: bool) -> None:
         self._latest = latest
@@ -94,7 +109,7 @@ class MetricsRenderer:
 
     def render(self, accept: str | None, accept_encoding: str | None) -> tuple[bytes, str, bool]:
         """Body, content type and whether the body is gzip-compressed."""
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = choose_metrics_encoder(accept)
         compress = "gzip" in (accept_encoding or "")
         snapshot = self._latest()
         key = (content_type, compress)
@@ -109,7 +124,7 @@ class MetricsRenderer:
             if compress:
                 cached = gzip.compress(cached, compresslevel=3)
             with self._lock:
-                if snapshot.sequence == self._sequence:
+                if snapshot.sequence == self._sequence and len(self._cache) < _MAX_CACHED_FORMATS:
                     self._cache[key] = cached
         return cached, content_type, compress
 
@@ -122,6 +137,8 @@ def _password(body: bytes) -> str:
         document: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"body is not valid JSON: {error}") from None
+    except RecursionError:  # "[[[[...": a few kB of brackets exhaust the parser's stack
+        raise ValueError("body is nested too deeply to be JSON of the legacy request") from None
     if not isinstance(document, dict):
         raise ValueError("body must be a JSON object")
     password = document.get("passwd")

@@ -101,16 +101,27 @@ def _throttle_reasons(handle: Any) -> int | None:
     return None if reasons is None else int(reasons)
 
 
+def _merged(first: RawProcess, second: RawProcess) -> RawProcess:
+    readings = [m for m in (first.gpu_memory_bytes, second.gpu_memory_bytes) if m is not None]
+    return RawProcess(first.pid, first.kind, max(readings) if readings else None)
+
+
 def _processes(handle: Any) -> tuple[RawProcess, ...]:
-    listed: list[RawProcess] = []
+    """Compute and graphics processes, one entry per pid.
+
+    A process with both kinds of context appears in both lists with the same memory figure;
+    it is one process holding that memory, so it is reported once, as compute.
+    """
+    by_pid: dict[int, RawProcess] = {}
     for kind, read in (
         ("compute", pynvml.nvmlDeviceGetComputeRunningProcesses),
         ("graphics", pynvml.nvmlDeviceGetGraphicsRunningProcesses),
     ):
         for info in _field(read, handle) or ():
-            used = info.usedGpuMemory
-            listed.append(RawProcess(int(info.pid), kind, None if used is None else int(used)))
-    return tuple(listed)
+            pid, used = int(info.pid), info.usedGpuMemory
+            process = RawProcess(pid, kind, None if used is None else int(used))
+            by_pid[pid] = _merged(by_pid[pid], process) if pid in by_pid else process
+    return tuple(by_pid.values())
 
 
 def _utilization(handle: Any) -> tuple[float | None, float | None]:

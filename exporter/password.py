@@ -51,6 +51,11 @@ def load_password(
     return os.environ.get(env_var) or default
 
 
+def _encoded(text: str) -> bytes:
+    """The bytes compared: any str encodes, even a lone surrogate (a JSON "\\ud800" escape)."""
+    return text.encode("utf-8", errors="surrogatepass")
+
+
 class PasswordSource:
     """The accepted passwords, re-read from the file when it changes."""
 
@@ -96,11 +101,11 @@ class PasswordSource:
     def matches(self, candidate: str) -> bool:
         """Constant-time check against every accepted password."""
         self._refresh()
-        given = candidate.encode("utf-8", errors="surrogateescape")
+        given = _encoded(candidate)
         matched = False
         for password in self._passwords:
             # No early exit: the time taken does not tell which password came close.
-            matched |= hmac.compare_digest(given, password.encode("utf-8"))
+            matched |= hmac.compare_digest(given, _encoded(password))
         return matched
 
 

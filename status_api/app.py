@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from flask import Flask, Response, request
-from prometheus_client.exposition import choose_encoder
 from werkzeug.exceptions import HTTPException
 
+from exporter.app import choose_metrics_encoder
 from status_api.cluster import Cluster, View
 from status_api.metrics import make_registry
 
 STATIC = Path(__file__).resolve().parent / "static"
+# The one description of the API: shipped as YAML, served as JSON.
+OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_BODY_BYTES = 4096  # nothing here reads a body; legacy clients may still send a small one
 
 # The page loads only its own files and talks only to this service.
@@ -82,13 +85,15 @@ def create_app(cluster: Cluster, *, static_dir: Path = STATIC) -> Flask:
     def legacy_json() -> Response:
         return _serve_view(cluster.views.legacy)
 
+    openapi_json = json.dumps(yaml.safe_load(OPENAPI.read_text(encoding="utf-8")))
+
     @app.get("/api/v1/openapi.json")
     def openapi() -> Response:
-        return app.send_static_file("openapi.json")
+        return Response(openapi_json, mimetype="application/json")
 
     @app.get("/metrics")
     def metrics() -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept"))
+        encoder, content_type = choose_metrics_encoder(request.headers.get("Accept"))
         return Response(encoder(registry), content_type=content_type)
 
     @app.get("/-/healthy")

@@ -211,3 +211,20 @@ def test_hostile_names_and_commands_are_escaped(exporter_factory, tmp_path):
     assert "\ufffd" in info["name"]
     status = exporter.status()
     assert status["gpus"][0]["name"] == info["name"]
+
+
+def test_a_process_with_compute_and_graphics_contexts_is_one_series(exporter_factory, worker_pids):
+    pid = worker_pids(1)[0]
+    gpu = dataclasses.replace(
+        fake.make_gpu(0),
+        processes=[
+            fake.FakeProcess(pid, 300 * 2**20, kind="compute"),
+            fake.FakeProcess(pid, 300 * 2**20, kind="graphics"),
+        ],
+        memory_used=300 * 2**20,
+    )
+    exporter = exporter_factory(fake.FakeScenario(gpus=[gpu]))
+    text = exporter.metrics()
+    assert values(text, "gpu_process_memory_used_bytes", pid=str(pid)) == [300 * 2**20]
+    assert len(label_sets(text, "gpu_process_info")) == 1
+    assert [u["pid"] for u in exporter.status()["gpus"][0]["users"]] == [pid]

@@ -1,0 +1,104 @@
+"""Load benchmark: concurrent clients scraping one gpu-exporter on the fake NVML library.
+
+The full run of the load test: 50 clients scrape ``/metrics`` of the 8-GPU, 64-process scenario
+for 60 s, each in a loop, over loopback. Prints p50/p99/max latency, errors, requests per second,
+and the exporter's CPU time and RSS. Run from the repository root after ``make test`` has built
+the environment::
+
+    .venv/bin/python -m benchmarks.bench_load [--clients 50] [--seconds 60] [--gpus 8] \\
+        [--processes 64] [--gzip]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from tests.conftest import REPO
+from tests.fakenvml import scenario as fake
+from tests.fakenvml.build import build
+from tests.support.exporters import Workers, start_exporter
+from tests.support.load import scrape_load
+
+
+def positive(kind: type) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=positive(int), default=50)
+    parser.add_argument("--seconds", type=positive(float), default=60.0)
+    parser.add_argument("--gpus", type=positive(int), default=8)
+    parser.add_argument("--processes", type=int, default=64)
+    parser.add_argument("--client-processes", type=positive(int), default=5)
+    parser.add_argument("--interval", type=positive(float), default=2.0, help="exporter sampling")
+    parser.add_argument("--gzip", action="store_true", help="ask for gzip, as Prometheus does")
+    parser.add_argument("exporter_args", nargs="*", help="extra gpu-exporter options, after --")
+    args = parser.parse_args(argv)
+
+    library = build(REPO / "build" / "fakenvml").parent
+    headers = {"Accept-Encoding": "gzip" if args.gzip else "identity"}
+    with tempfile.TemporaryDirectory() as tmp, Workers() as workers:
+        pids = workers.start(args.processes)
+        scenario = fake.busy(args.gpus, pids) if pids else fake.idle(args.gpus)
+        exporter = start_exporter(
+            library, Path(tmp), scenario, *args.exporter_args, interval=args.interval
+        )
+        try:
+            watched = psutil.Process(exporter.process.pid)
+            cpu_before = sum(watched.cpu_times()[:2])
+            print(
+                f"{args.clients} clients, {args.seconds:.0f} s, {args.gpus}x{args.processes}, "
+                f"{'gzip' if args.gzip else 'plain text'}",
+                file=sys.stderr,
+                flush=True,
+            )
+            result = scrape_load(
+                f"{exporter.url}/metrics",
+                clients=args.clients,
+                seconds=args.seconds,
+                client_processes=args.client_processes,
+                headers=headers,
+            )
+            cpu = sum(watched.cpu_times()[:2]) - cpu_before
+            rss = watched.memory_info().rss / 2**20
+            alive = exporter.process.alive()
+            traceback = "Traceback" in exporter.log()
+        finally:
+            exporter.stop()
+
+    print(f"scenario            {args.gpus}x{args.processes}")
+    print(f"clients             {args.clients}")
+    print(f"duration s          {result.seconds:.1f}")
+    print(f"requests            {result.requests}")
+    print(f"errors              {result.errors}")
+    print(f"requests/s          {result.requests / result.seconds:.1f}")
+    if result.latencies:
+        print(f"latency p50 ms      {result.quantile(0.50) * 1e3:.2f}")
+        print(f"latency p99 ms      {result.quantile(0.99) * 1e3:.2f}")
+        print(f"latency max ms      {max(result.latencies) * 1e3:.2f}")
+        print(f"KiB per answer      {result.bytes_received / len(result.latencies) / 1024:.1f}")
+    print(f"exporter CPU s      {cpu:.1f} ({cpu / result.seconds:.2f} cores)")
+    print(f"exporter RSS MiB    {rss:.1f}")
+    for sample in result.error_samples:
+        print(f"error: {sample}")
+    if not alive or traceback:
+        print("exporter died or logged a traceback", file=sys.stderr)
+        return 1
+    return 1 if result.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""Real exporters and worker processes beyond one test function: fuzz, load and soak runs.
+
+``conftest.exporter_factory`` starts an exporter per test; fuzzing and the benchmarks need one that
+lives for a whole module or script, and sessions that reach it as many different clients.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+from requests.adapters import HTTPAdapter
+
+from tests.conftest import ExporterProcess, nvml_env, write_scenario
+from tests.fakenvml import scenario as fake
+from tests.support.proc import ManagedProcess, free_port, wait_http
+
+PASSWORD = "test-password"
+
+
+def start_exporter(
+    library_dir: Path,
+    workdir: Path,
+    scenario: fake.FakeScenario | str | bytes,
+    *args: str,
+    password: str = PASSWORD,
+    interval: float = 0.5,
+    name: str = "exporter",
+) -> ExporterProcess:
+    """Start ``gpu-exporter`` on the fake library with its files under ``workdir``; wait ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    scenario_path = workdir / f"{name}.scn"
+    write_scenario(scenario_path, scenario)
+    password_file = workdir / f"{name}-password"
+    password_file.write_text(password + "\n")
+    port = free_port()
+    command = [
+        sys.executable, "-m", "exporter", "--port", str(port), "--listen-address", "127.0.0.1",
+        "--interval", str(interval), "--password-file", str(password_file), *args,
+    ]  # fmt: skip
+    process = ManagedProcess(
+        command, log_path=workdir / f"{name}.log", env=nvml_env(library_dir, scenario_path)
+    )
+    exporter = ExporterProcess(process, port, password, scenario_path)
+    try:
+        wait_http(f"{exporter.url}/-/ready", timeout=30)
+    except TimeoutError as error:
+        exporter.stop()
+        raise AssertionError(f"{error}\nexporter log:\n{exporter.log()}") from None
+    return exporter
+
+
+class Workers:
+    """Real processes whose pids a scenario lists; killed (and reaped) by :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self._children: list[subprocess.Popen[bytes]] = []
+
+    def start(self, n: int) -> list[int]:
+        """``n`` sleeping processes."""
+        return [self.spawn(["sleep", "3600"]) for _ in range(n)]
+
+    def spawn(self, argv: Sequence[str | bytes]) -> int:
+        """One process with exactly ``argv`` (bytes allowed, so command lines need not be UTF-8)."""
+        child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL)
+        self._children.append(child)
+        return child.pid
+
+    def retire(self, pids: Sequence[int]) -> None:
+        """Kill and reap the workers with these pids."""
+        wanted = set(pids)
+        for child in [c for c in self._children if c.pid in wanted]:
+            child.kill()
+            child.wait()
+            self._children.remove(child)
+
+    def stop(self) -> None:
+        self.retire([child.pid for child in self._children])
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class _SourceAdapter(HTTPAdapter):
+    """Connects from a chosen local address, so the server sees a different client."""
+
+    def __init__(self, source: str, **kwargs: Any) -> None:
+        self._source = source
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self._source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+class ClientAddresses:
+    """Sessions from distinct loopback addresses (127.0.0.0/8 all reaches 127.0.0.1 on Linux).
+
+    The exporter slows down an address after a few wrong passwords; a fuzzer sending hundreds of
+    wrong ones would otherwise only ever see 429 and never reach the body parser.
+    """
+
+    def __init__(self, *, base: int = 2) -> None:
+        self._counter = itertools.count(base)
+
+    def address(self) -> str:
+        n = next(self._counter) % (254 * 254 * 254)
+        return f"127.{n // 64516 % 254 + 1}.{n // 254 % 254 + 1}.{n % 254 + 1}"
+
+    def session(self) -> requests.Session:
+        """A fresh session whose connections come from a new address."""
+        session = requests.Session()
+        adapter = _SourceAdapter(self.address())
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process."""
+    return int(psutil.Process(pid).memory_info().rss)

@@ -1,0 +1,101 @@
+"""Load and a short soak against a real exporter on loopback, bounded in time.
+
+* 50 concurrent clients scrape ``/metrics`` on the 8-GPU, 64-process scenario for 10 s: no error,
+  every answer a complete scrape; p50/p99 are printed.
+* A 45 s soak with churn: every second eight of the 64 processes are replaced by fresh ones, and
+  a ten-step cycle mixes in faults (a GPU lost, fields and the process list failing, the device
+  count failing, pids gone before the lookup). A scraper runs throughout. After warm-up, the
+  series count (measured on a fault-free scenario) must not change and RSS must stay within a
+  small bound; no scrape may fail, and the log must hold no traceback.
+* 1000 scrapes with distinct Accept headers within one snapshot do not grow memory.
+
+``benchmarks/bench_load.py`` and ``benchmarks/bench_soak.py`` run the full-length versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.fakenvml import scenario as fake
+from tests.support.exporters import rss_bytes
+from tests.support.load import Churn, Scraper, checkpoint, scrape_load
+from tests.support.metrics import label_sets
+
+CLIENTS = 50
+LOAD_SECONDS = 10.0
+SOAK_WARMUP_SECONDS = 15.0
+SOAK_SECONDS = 30.0
+RSS_TOLERANCE_BYTES = 4 * 2**20
+DISTINCT_ACCEPT_HEADERS = 1000
+
+
+def test_fifty_clients_scraping_8x64(exporter_factory, worker_pids, capsys) -> None:
+    exporter = exporter_factory(fake.busy(8, worker_pids(64)))
+    assert len(label_sets(exporter.metrics(), "gpu_process_info")) == 64
+
+    result = scrape_load(f"{exporter.url}/metrics", clients=CLIENTS, seconds=LOAD_SECONDS)
+
+    with capsys.disabled():
+        print(f"\nload, {CLIENTS} clients on 8x64: {result.summary()}")
+    assert result.errors == 0, result.error_samples
+    assert result.requests > CLIENTS  # every client got answers, not just one each
+    assert exporter.process.alive()
+    assert "Traceback" not in exporter.log()
+
+
+@pytest.fixture
+def churn_exporter(exporter_factory) -> Iterator[tuple]:
+    exporter = exporter_factory(fake.idle(8))
+    with Churn(exporter.set_scenario, n_gpus=8, n_processes=64, per_step=8) as churn:
+        yield exporter, churn
+
+
+def test_soak_with_churn_and_faults_stays_flat(churn_exporter, capsys) -> None:
+    exporter, churn = churn_exporter
+    scraper = Scraper(exporter)
+    try:
+        churn.run_for(SOAK_WARMUP_SECONDS)
+        series_before, rss_before = checkpoint(exporter, churn)
+        churn.run_for(SOAK_SECONDS)
+        series_after, rss_after = checkpoint(exporter, churn)
+    finally:
+        scraped = scraper.stop()
+
+    with capsys.disabled():
+        print(
+            f"\nsoak: {churn.steps} churn steps, {churn.pids_started} processes started; "
+            f"series {series_before} -> {series_after}; RSS {rss_before / 2**20:.1f} -> "
+            f"{rss_after / 2**20:.1f} MiB; background scrapes: {scraped.summary()}"
+        )
+    assert series_after == series_before
+    assert rss_after - rss_before < RSS_TOLERANCE_BYTES
+    assert scraped.errors == 0, scraped.error_samples
+    assert scraped.requests > 100
+    assert max(scraped.latencies) < 1.0  # faults never stall a scrape
+    assert scraper.gpu_down_seen, "no scrape served the lost-GPU fault"
+    log = exporter.log()
+    assert exporter.process.alive(), log
+    assert "Traceback" not in log, log
+
+
+def test_distinct_accept_headers_do_not_grow_memory(exporter_factory, worker_pids) -> None:
+    """A client sending a new Accept header every time does not get a cached copy each time.
+
+    Renderings are cached per snapshot and format, and the format echoes the Accept header.
+    """
+    exporter = exporter_factory(fake.busy(8, worker_pids(64)), interval=60.0)  # one snapshot
+    session = requests.Session()
+    url = f"{exporter.url}/metrics"
+    session.get(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}, timeout=5)
+    before = rss_bytes(exporter.process.pid)
+    for n in range(DISTINCT_ACCEPT_HEADERS):
+        accept = f"application/openmetrics-text; version=1.0.{n}"
+        headers = {"Accept": accept, "Accept-Encoding": "identity"}
+        response = session.get(url, headers=headers, timeout=5)
+        assert response.status_code == 200
+    grown = rss_bytes(exporter.process.pid) - before
+    # Uncached, 1000 renderings of ~40 KiB would be ~40 MiB.
+    assert grown < 8 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB"
