@@ -15,25 +15,15 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
+from benchmarks import positive
 from tests.conftest import REPO
 from tests.fakenvml import scenario as fake
 from tests.fakenvml.build import build
 from tests.support.exporters import Workers, start_exporter
 from tests.support.load import scrape_load
-
-
-def positive(kind: type) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from exporter import __version__
 from exporter.httpserver import DEFAULT_MAX_REQUESTS, run_service
 from exporter.legacy import legacy_status_json
+from exporter.logsetup import configure_logging
 from exporter.password import ENV_VAR, PasswordError, PasswordSource
 from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
 from exporter.sampler import Sampler
@@ -79,14 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(*, quiet: bool) -> None:
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -95,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"passwords are not taken on the command line (ps shows it to every user); "
             f"use --password-file or {ENV_VAR}"
         )
-    _configure_logging(quiet=args.disable_log)
+    configure_logging(quiet=args.disable_log)
     sampler = Sampler(
         interval=args.interval,
         gpu_timeout=args.nvml_timeout,

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from exporter.logsetup import configure_logging
 from status_api import __version__
 from status_api.hosts import DEFAULT_NODE_PORT, Host, HostsFileError, HostsWatcher
 
@@ -174,14 +175,6 @@ def build_targets_parser() -> argparse.ArgumentParser:
         help="seconds between checks of hosts.txt with --watch (default 2)",
     )  # fmt: skip
     return parser
-
-
-def _configure_logging(*, quiet: bool) -> None:
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _first_line(path: Path, what: str) -> str:
@@ -373,10 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["targets"]:
         args = build_targets_parser().parse_args(arguments[1:])
-        _configure_logging(quiet=args.disable_log)
+        configure_logging(quiet=args.disable_log)
         return targets_main(args)
     if arguments[:1] == ["serve"]:  # explicit form of the default
         arguments = arguments[1:]
     args = build_parser().parse_args(arguments)
-    _configure_logging(quiet=args.disable_log)
+    configure_logging(quiet=args.disable_log)
     return serve_main(args)
