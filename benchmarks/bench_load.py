@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks import positive
+from exporter.cliargs import positive
 from tests.conftest import REPO
 from tests.fakenvml import scenario as fake
 from tests.fakenvml.build import build

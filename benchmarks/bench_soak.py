@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import positive
+from exporter.cliargs import positive
 from tests.conftest import REPO
 from tests.fakenvml import scenario as fake
 from tests.fakenvml.build import build

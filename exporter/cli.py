@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exporter import __version__
+from exporter.cliargs import positive, tcp_port
 from exporter.httpserver import DEFAULT_MAX_REQUESTS, run_service
 from exporter.legacy import legacy_status_json
 from exporter.logsetup import configure_logging
@@ -30,18 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export NVIDIA GPU metrics for Prometheus and the legacy /get-status JSON.",
         allow_abbrev=False,  # "--password" must not silently mean "--password-file"
     )
-    parser.add_argument("--port", type=int, default=7080, help="port to listen on (default 7080)")
+    parser.add_argument(
+        "--port",
+        type=tcp_port(allow_any=True),
+        default=7080,
+        help="port to listen on (default 7080)",
+    )
     parser.add_argument(
         "--listen-address",
         default="0.0.0.0",
         help="address to listen on (default all interfaces, so Prometheus can scrape)",
     )
     parser.add_argument(
-        "--interval", type=float, default=2.0, help="seconds between samples (default 2)"
+        "--interval", type=positive(float), default=2.0, help="seconds between samples (default 2)"
     )
     parser.add_argument(
         "--nvml-timeout",
-        type=float,
+        type=positive(float),
         default=5.0,
         help="seconds to wait for one GPU's NVML reads before reporting it down (default 5)",
     )
@@ -56,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--web.max-requests",
         dest="max_requests",
-        type=int,
+        type=positive(int),
         default=DEFAULT_MAX_REQUESTS,
         help=f"requests served at once; more get 503 (default {DEFAULT_MAX_REQUESTS})",
     )
@@ -65,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-command-length",
-        type=int,
+        type=positive(int),
         default=DEFAULT_MAX_COMMAND_LENGTH,
         help=f"cut command lines to this many characters (default {DEFAULT_MAX_COMMAND_LENGTH})",
     )

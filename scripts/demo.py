@@ -44,6 +44,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from exporter.cliargs import positive, tcp_port
 from tests.fakenvml import scenario as fake
 from tests.fakenvml.build import BuildError, build
 from tests.support.proc import ManagedProcess, wait_http
@@ -681,33 +682,17 @@ def run(args: argparse.Namespace) -> int:
         print("stopped; nothing left running.", flush=True)
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-    return value
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.demo",
         description="Run three simulated GPU nodes, the status page and Prometheus, no GPU needed.",
     )
     parser.add_argument(
-        "--port", type=_port, default=7070,
+        "--port", type=tcp_port(allow_any=True), default=7070,
         help="port of the status page (default 7070; a free one if busy; 0: any free one)",
     )  # fmt: skip
     parser.add_argument(
-        "--duration", type=_positive_seconds,
+        "--duration", type=positive(float),
         help="stop by itself after this many seconds (default: run until Ctrl-C)",
     )  # fmt: skip
     parser.add_argument(

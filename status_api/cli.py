@@ -19,8 +19,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
+from exporter.cliargs import positive, tcp_port
+from exporter.httpserver import DEFAULT_MAX_REQUESTS
 from exporter.logsetup import configure_logging
 from status_api import __version__
 from status_api.hosts import DEFAULT_NODE_PORT, Host, HostsFileError, HostsWatcher
@@ -30,27 +32,6 @@ if TYPE_CHECKING:  # the poller pulls in aiohttp, which "targets" does not need
 
 log = logging.getLogger("status_api")
 
-DEFAULT_MAX_REQUESTS = 40
-
-
-def _positive(kind: type) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-
-    return parse
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
-    return int(text)
-
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -58,7 +39,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="hosts file, one node a line (default hosts.txt)",
     )  # fmt: skip
     parser.add_argument(
-        "--node_port", "--node-port", dest="node_port", type=_port, default=DEFAULT_NODE_PORT,
+        "--node_port", "--node-port", dest="node_port", type=tcp_port(), default=DEFAULT_NODE_PORT,
         help=f"exporter port of nodes written without one (default {DEFAULT_NODE_PORT})",
     )  # fmt: skip
     parser.add_argument("--disable_log", action="store_true", help="log warnings and errors only")
@@ -67,23 +48,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _node_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("polling the nodes")
     group.add_argument(
-        "--interval", type=_positive(float), default=3.0,
+        "--interval", type=positive(float), default=3.0,
         help="seconds between polling rounds (default 3)",
     )  # fmt: skip
     group.add_argument(
-        "--timeout", type=_positive(float), default=1.5,
+        "--timeout", type=positive(float), default=1.5,
         help="seconds one node may take to answer, all included (default 1.5)",
     )  # fmt: skip
     group.add_argument(
-        "--connect-timeout", type=_positive(float), default=1.0,
+        "--connect-timeout", type=positive(float), default=1.0,
         help="seconds to establish a connection (default 1)",
     )  # fmt: skip
     group.add_argument(
-        "--concurrency", type=_positive(int), default=1024,
+        "--concurrency", type=positive(int), default=1024,
         help="nodes polled at the same time (default 1024)",
     )  # fmt: skip
     group.add_argument(
-        "--max-body-bytes", type=_positive(int), default=4 * 1024 * 1024,
+        "--max-body-bytes", type=positive(int), default=4 * 1024 * 1024,
         help="largest answer read from a node (default 4 MiB)",
     )  # fmt: skip
     group.add_argument(
@@ -113,11 +94,11 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
 def _state_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("node states and free GPUs")
     group.add_argument(
-        "--stale-after", type=_positive(float), default=10.0,
+        "--stale-after", type=positive(float), default=10.0,
         help="seconds after the last good poll a node stops being online (default 10)",
     )  # fmt: skip
     group.add_argument(
-        "--offline-after", type=_positive(float), default=30.0,
+        "--offline-after", type=positive(float), default=30.0,
         help="seconds after the last good poll a node is offline (default 30)",
     )  # fmt: skip
     group.add_argument(
@@ -137,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'gpu-status-api targets --help' for the Prometheus target generator.",
     )
     _common(parser)
-    parser.add_argument("--port", type=_port, default=7070, help="port to listen on (default 7070)")
+    parser.add_argument(
+        "--port", type=tcp_port(), default=7070, help="port to listen on (default 7070)"
+    )
     parser.add_argument(
         "--listen-address", default="0.0.0.0", help="address to listen on (default all)"
     )
@@ -145,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--web-config-file", type=Path, help="exporter-toolkit web config: TLS and basic auth"
     )
     parser.add_argument(
-        "--web.max-requests", dest="max_requests", type=_positive(int),
+        "--web.max-requests", dest="max_requests", type=positive(int),
         default=DEFAULT_MAX_REQUESTS,
         help=f"requests served at once; more get 503 (default {DEFAULT_MAX_REQUESTS})",
     )  # fmt: skip
@@ -171,7 +154,7 @@ def build_targets_parser() -> argparse.ArgumentParser:
         help="keep running and rewrite the file when hosts.txt changes",
     )
     parser.add_argument(
-        "--watch-interval", type=_positive(float), default=2.0,
+        "--watch-interval", type=positive(float), default=2.0,
         help="seconds between checks of hosts.txt with --watch (default 2)",
     )  # fmt: skip
     return parser

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import datetime, timedelta
 
+import pytest
 import requests
 
 from tests.conftest import nvml_env, write_scenario
@@ -156,3 +157,19 @@ def test_default_password_works_and_warns(exporter_factory):
     exporter = exporter_factory(fake.idle(1), password=None)
     assert exporter.status("8888")["gpus"]
     assert "no password configured" in exporter.log()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--interval", "0"), ("--interval", "-1"), ("--nvml-timeout", "x"), ("--port", "70000")],
+)
+def test_nonsense_numbers_are_refused_at_start(flag, value):
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", flag, value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert f"argument {flag}" in result.stderr
+    assert "Traceback" not in result.stderr
