@@ -11,7 +11,6 @@ import logging
 import signal
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -91,23 +90,6 @@ def _host(listen_address: str) -> str:
     return listen_address.strip("[]") or "0.0.0.0"
 
 
-@dataclass
-class RunningServer:
-    """A server started in a background thread."""
-
-    server: wsgi.Server
-    thread: threading.Thread
-    scheme: str
-
-    @property
-    def port(self) -> int:
-        return int(self.server.bind_addr[1])
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.thread.join(timeout=5)
-
-
 def make_server(
     app: WSGIApp,
     *,
@@ -185,12 +167,3 @@ def run_service(
     finally:
         on_stop()
     return 0
-
-
-def start_background(app: WSGIApp, **options: object) -> RunningServer:
-    """Start serving in a daemon thread (tests, benchmarks); ``port=0`` picks a free port."""
-    server = make_server(app, **options)  # type: ignore[arg-type]
-    server.prepare()
-    thread = threading.Thread(target=server.serve, name="http", daemon=True)
-    thread.start()
-    return RunningServer(server, thread, "https" if server.ssl_adapter else "http")

@@ -208,10 +208,6 @@ class NvmlSession:
         self.driver = DriverInfo()
         self.last_error = ""
 
-    @property
-    def initialized(self) -> bool:
-        return self._initialized
-
     def ensure(self) -> bool:
         """Initialise NVML if it is not and the backoff allows; tell whether it is usable."""
         if self._initialized:

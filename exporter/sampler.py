@@ -71,11 +71,6 @@ class Sampler:
         """True once the first sampling pass has been published."""
         return self._ready.is_set()
 
-    @property
-    def nvml_error(self) -> str:
-        """Why NVML is unavailable, or an empty string."""
-        return self._session.last_error
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -166,8 +165,3 @@ def worker_pids() -> Iterator[Callable[[int], list[int]]]:
         child.kill()
     for child in children:
         child.wait()
-
-
-def dump(value: Any) -> str:
-    """Pretty JSON for assertion messages."""
-    return json.dumps(value, indent=1, sort_keys=True)[:4000]
