@@ -6,7 +6,7 @@ test:  ## set up everything on a fresh machine and run the whole suite
 
 demo:  ## three simulated GPU nodes, the status page and Prometheus, no GPU needed; Ctrl-C stops
 	./scripts/setup.sh demo
-	.venv/bin/python -m scripts.demo $(DEMO_ARGS)
+	.venv/bin/python -m simulator.demo $(DEMO_ARGS)
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -25,10 +25,11 @@ from pathlib import Path
 import psutil
 import requests
 
-from tests.conftest import REPO, nvml_env
-from tests.fakenvml import scenario as fake
-from tests.fakenvml.build import build
-from tests.support.proc import ManagedProcess, free_port, wait_http
+from simulator import REPO
+from simulator.exporters import nvml_env
+from simulator.fakenvml import scenario as fake
+from simulator.fakenvml.build import build
+from simulator.proc import ManagedProcess, free_port, wait_http
 
 SCENARIOS = ((1, 0), (8, 64), (16, 512))
 

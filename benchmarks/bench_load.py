@@ -18,12 +18,12 @@ from pathlib import Path
 
 import psutil
 
-from exporter.cliargs import positive
-from tests.conftest import REPO
-from tests.fakenvml import scenario as fake
-from tests.fakenvml.build import build
-from tests.support.exporters import Workers, start_exporter
-from tests.support.load import scrape_load
+from servicekit.cliargs import positive
+from simulator import REPO
+from simulator.exporters import Workers, start_exporter
+from simulator.fakenvml import scenario as fake
+from simulator.fakenvml.build import build
+from simulator.load import scrape_load
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from exporter.cliargs import positive
-from tests.conftest import REPO
-from tests.fakenvml import scenario as fake
-from tests.fakenvml.build import build
-from tests.support.exporters import start_exporter
-from tests.support.load import Churn, Scraper, checkpoint
+from servicekit.cliargs import positive
+from simulator import REPO
+from simulator.exporters import start_exporter
+from simulator.fakenvml import scenario as fake
+from simulator.fakenvml.build import build
+from simulator.load import Churn, Scraper, checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

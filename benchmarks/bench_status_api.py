@@ -1,6 +1,6 @@
 """Benchmark gpu-status-api: one full poll of 10, 100 and 1000 nodes, and the JSON endpoint.
 
-Simulated nodes (``tests.support.fake_nodes``, in a process of their own) answer on one port on
+Simulated nodes (``simulator.nodes``, in a process of their own) answer on one port on
 many ``127.1.x.y`` loopback addresses with legacy JSON of 8 GPUs; 1% of them (at least one) accept
 the connection and never answer. For each size the script measures, with the service's default
 settings (1.5 s timeout, 256 polls at once):
@@ -35,12 +35,12 @@ from pathlib import Path
 import psutil
 import requests
 
+from simulator.nodes import free_port_on, loopback_addresses
+from simulator.proc import ManagedProcess, free_port, wait_http
 from status_api.cli import tune_process
 from status_api.cluster import Cluster
 from status_api.hosts import parse_hosts
 from status_api.poller import NodeClient, PollSettings
-from tests.support.fake_nodes import free_port_on, loopback_addresses
-from tests.support.proc import ManagedProcess, free_port, wait_http
 
 
 @dataclass
@@ -58,7 +58,7 @@ def fake_nodes(count: int, dead: int) -> Iterator[list[str]]:
     """Start the simulated nodes; yields their hosts.txt lines."""
     addresses = loopback_addresses(count)
     port = free_port_on(addresses)
-    command = [sys.executable, "-m", "tests.support.fake_nodes", "--count", str(count),
+    command = [sys.executable, "-m", "simulator.nodes", "--count", str(count),
                "--dead", str(dead), "--port", str(port)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:

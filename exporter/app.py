@@ -23,8 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 from exporter import __version__
 from exporter.collector import SnapshotCollector
 from exporter.legacy import legacy_status_json
-from exporter.password import FailureThrottle, PasswordSource
 from exporter.snapshot import Snapshot
+from servicekit.password import FailureThrottle, PasswordSource
 
 log = logging.getLogger(__name__)
 

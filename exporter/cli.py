@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exporter import __version__
-from exporter.cliargs import positive, tcp_port
-from exporter.httpserver import DEFAULT_MAX_REQUESTS, run_service
 from exporter.legacy import legacy_status_json
-from exporter.logsetup import configure_logging
-from exporter.password import ENV_VAR, PasswordError, PasswordSource
 from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
 from exporter.sampler import Sampler
+from servicekit.cliargs import positive, tcp_port
+from servicekit.httpserver import DEFAULT_MAX_REQUESTS, run_service
+from servicekit.logsetup import configure_logging
+from servicekit.password import ENV_VAR, PasswordError, PasswordSource
 
 log = logging.getLogger("exporter")
 

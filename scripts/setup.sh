@@ -36,4 +36,4 @@ fi
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-.venv/bin/python -m tests.fakenvml.build
+.venv/bin/python -m simulator.fakenvml.build

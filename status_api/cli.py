@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.cliargs import positive, tcp_port
-from exporter.httpserver import DEFAULT_MAX_REQUESTS
-from exporter.logsetup import configure_logging
+from servicekit.cliargs import positive, tcp_port
+from servicekit.httpserver import DEFAULT_MAX_REQUESTS
+from servicekit.logsetup import configure_logging
 from status_api import __version__
 from status_api.hosts import DEFAULT_NODE_PORT, Host, HostsFileError, HostsWatcher
 
@@ -175,7 +175,7 @@ class _Password:
     """The node password, re-read when its file changes (so a rotation needs no restart)."""
 
     def __init__(self, path: Path | None) -> None:
-        from exporter.password import PasswordError, load_password
+        from servicekit.password import PasswordError, load_password
 
         self._errors = PasswordError
         self._load = lambda: load_password(password_file=path)
@@ -267,8 +267,8 @@ def _poll_settings(args: argparse.Namespace) -> PollSettings:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    from exporter.httpserver import run_service
-    from exporter.password import PasswordError
+    from servicekit.httpserver import run_service
+    from servicekit.password import PasswordError
     from status_api.app import create_app
     from status_api.cluster import Cluster, Thresholds
     from status_api.poller import Poller

@@ -23,9 +23,9 @@ import psutil
 import pytest
 import requests
 
-from scripts.demo import job_users
-from tests.support.proc import free_port, wait_until
-from tests.support.prometheus import find_binary
+from simulator.demo import job_users
+from simulator.proc import free_port, wait_until
+from simulator.prometheus import find_binary
 
 REPO = Path(__file__).resolve().parents[1]
 READY_LINE = "Ctrl-C stops the demo."
@@ -90,7 +90,7 @@ def start_demo() -> Iterator[Any]:
     def start(*args: str) -> Demo:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         process = subprocess.Popen(
-            [sys.executable, "-m", "scripts.demo", *args],
+            [sys.executable, "-m", "simulator.demo", *args],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

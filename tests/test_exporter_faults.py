@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from tests.fakenvml import scenario as fake
+from simulator.fakenvml import scenario as fake
 from tests.support.metrics import label_sets, value, values
 
 NVML_ERROR_NOT_SUPPORTED = 3

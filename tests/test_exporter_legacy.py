@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 import pytest
 import requests
 
-from tests.conftest import nvml_env, write_scenario
-from tests.fakenvml import scenario as fake
+from simulator.exporters import nvml_env, write_scenario
+from simulator.fakenvml import scenario as fake
 
 MIB = 1024 * 1024
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.fakenvml import scenario as fake
+from simulator.fakenvml import scenario as fake
 from tests.support.metrics import label_sets, parse_samples, value, values
 
 MIB = 1024 * 1024

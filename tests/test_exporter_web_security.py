@@ -12,8 +12,8 @@ import requests
 import trustme
 import yaml
 
-from tests.fakenvml import scenario as fake
-from tests.support.proc import wait_http
+from simulator.fakenvml import scenario as fake
+from simulator.proc import wait_http
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakenvml import scenario as fake
-from tests.fakenvml.build import LIBRARY, build
+from simulator.fakenvml import scenario as fake
+from simulator.fakenvml.build import LIBRARY, build
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "tests" / "scenarios"
@@ -39,7 +39,7 @@ import ctypes, json, os, sys, threading, time
 from dataclasses import replace
 from pathlib import Path
 import pynvml as N
-from tests.fakenvml import scenario as fake
+from simulator.fakenvml import scenario as fake
 
 out = {}
 SCENARIO = Path(os.environ.get("FAKE_NVML_SCENARIO", "/nonexistent"))
@@ -149,7 +149,7 @@ def test_build_writes_the_library_and_skips_an_up_to_date_rebuild(tmp_path):
 
 
 def _build_cli(tmp_path: Path, *python_flags: str, env: dict[str, str] | None = None):
-    command = [sys.executable, *python_flags, "-m", "tests.fakenvml.build"]
+    command = [sys.executable, *python_flags, "-m", "simulator.fakenvml.build"]
     return subprocess.run(
         [*command, "--force", "--out", str(tmp_path / "out")],
         cwd=REPO,
@@ -980,7 +980,7 @@ def test_render_rejects_what_the_format_cannot_carry(change, message):
 
 def test_scenario_command_line(fake_nvml, tmp_path):
     target = tmp_path / "busy.scn"
-    command = [sys.executable, "-m", "tests.fakenvml.scenario"]
+    command = [sys.executable, "-m", "simulator.fakenvml.scenario"]
     done = subprocess.run(
         [*command, "busy", "--gpus", "8", "--pids", "1,2,3", "--out", str(target)],
         cwd=REPO,

@@ -22,9 +22,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ExporterProcess
-from tests.fakenvml import scenario as fake
-from tests.support.exporters import ClientAddresses, Workers, start_exporter
+from simulator.exporters import ClientAddresses, ExporterProcess, Workers, start_exporter
+from simulator.fakenvml import scenario as fake
 from tests.support.fuzzing import ACCEPT_HEADERS, no_traceback
 from tests.support.metrics import parse_samples
 

@@ -20,10 +20,10 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 
-from tests.fakenvml import scenario as fake
-from tests.support.exporters import Workers, start_exporter
+from simulator.exporters import Workers, start_exporter
+from simulator.fakenvml import scenario as fake
+from simulator.proc import free_port
 from tests.support.fuzzing import ACCEPT_HEADERS, no_traceback
-from tests.support.proc import free_port
 from tests.support.status_service import (  # noqa: F401 - fixtures
     PASSWORD,
     StatusService,

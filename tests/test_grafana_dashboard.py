@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from simulator.prometheus import CONFIG, PROMETHEUS_DIR, load_yaml, promtool
 from tests.support import dashboard as dash
-from tests.support.prometheus import CONFIG, PROMETHEUS_DIR, load_yaml, promtool
 
 DASHBOARD = dash.load()
 PANELS = dash.panels(DASHBOARD)

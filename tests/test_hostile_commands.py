@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fakenvml import scenario as fake
-from tests.support.exporters import Workers
+from simulator.exporters import Workers
+from simulator.fakenvml import scenario as fake
 from tests.support.metrics import label_sets
 
 SLEEP = [sys.executable.encode(), b"-c", b"import time; time.sleep(600)"]

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.fakenvml import scenario as fake
-from tests.support.exporters import rss_bytes
-from tests.support.load import Churn, Scraper, checkpoint, scrape_load
+from simulator.exporters import rss_bytes
+from simulator.fakenvml import scenario as fake
+from simulator.load import Churn, Scraper, checkpoint, scrape_load
 from tests.support.metrics import label_sets
 
 CLIENTS = 50

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.prometheus import CONFIG, PROMETHEUS_DIR, load_yaml, promtool
+from simulator.prometheus import CONFIG, PROMETHEUS_DIR, load_yaml, promtool
 
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
@@ -178,7 +178,7 @@ def test_readme_threshold_table_matches_the_alert_rules():
 
 
 def test_shorten_for_leaves_the_shipped_rules_alone(tmp_path):
-    from tests.support.prometheus import shorten_for
+    from simulator.prometheus import shorten_for
 
     path = PROMETHEUS_DIR / "rules" / "alerts.yml"
     before = path.read_bytes()

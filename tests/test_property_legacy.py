@@ -38,9 +38,8 @@ from exporter.snapshot import (
     ProcessSample,
     Snapshot,
 )
-from tests.conftest import ExporterProcess
-from tests.fakenvml import scenario as fake
-from tests.support.exporters import ClientAddresses, Workers, start_exporter
+from simulator.exporters import ClientAddresses, ExporterProcess, Workers, start_exporter
+from simulator.fakenvml import scenario as fake
 from tests.support.metrics import parse_samples
 
 # Not ASCII, and equal to another spelling only after Unicode normalisation (NFC "é").

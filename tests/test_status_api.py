@@ -1,6 +1,6 @@
 """The real gpu-status-api process against simulated nodes: API, errors, faults, hosts.txt changes.
 
-The simulated nodes (tests.support.fake_nodes) are real HTTP servers on loopback that answer, hang,
+The simulated nodes (simulator.nodes) are real HTTP servers on loopback that answer, hang,
 drip, flood or talk nonsense on purpose; the integration with real exporters is in
 test_status_api_exporters.py.
 """
@@ -20,9 +20,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.fake_nodes import FakeNodes
+from simulator.nodes import FakeNodes
+from simulator.proc import free_port
 from tests.support.metrics import value, values
-from tests.support.proc import free_port
 from tests.support.status_service import (  # noqa: F401 - fixture
     StatusService,
     child_env,

@@ -18,10 +18,10 @@ import pytest
 import trustme
 import yaml
 
-from tests.conftest import nvml_env, write_scenario
-from tests.fakenvml import scenario as fake
-from tests.support.fake_nodes import FakeNodes
-from tests.support.proc import ManagedProcess, free_port, wait_http
+from simulator.exporters import nvml_env, write_scenario
+from simulator.fakenvml import scenario as fake
+from simulator.nodes import FakeNodes
+from simulator.proc import ManagedProcess, free_port, wait_http
 from tests.support.status_service import (  # noqa: F401 - fixture
     PASSWORD,
     node,

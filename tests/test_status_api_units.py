@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.nodes import legacy_status
 from status_api.cluster import OFFLINE, ONLINE, STALE, Cluster, NodeState, Thresholds
 from status_api.hosts import parse_hosts
 from status_api.nodedata import NodeDataError, parse_status, validate_status
 from status_api.nodemetrics import parse_power
 from status_api.poller import PollResult
-from tests.support.fake_nodes import legacy_status
 
 
 def _status(**overrides: Any) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from simulator.proc import ManagedProcess, wait_until
 from status_api.hosts import parse_hosts
 from status_api.targets import render, target_groups, write_atomically
-from tests.support.proc import ManagedProcess, wait_until
 
 HOSTS = """# lab
 node1

@@ -18,9 +18,9 @@ from typing import Any, Callable
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.fakenvml import scenario as fake
-from tests.support.fake_nodes import FakeNodes, legacy_status
-from tests.support.proc import free_port
+from simulator.fakenvml import scenario as fake
+from simulator.nodes import FakeNodes, legacy_status
+from simulator.proc import free_port
 from tests.support.status_service import (  # noqa: F401 - fixture
     PASSWORD,
     StatusService,

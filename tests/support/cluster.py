@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.fakenvml import scenario as fake
-from tests.support.prometheus import PrometheusServer, running_prometheus
+from simulator.fakenvml import scenario as fake
+from simulator.prometheus import PrometheusServer, running_prometheus
 
 GIB = 1024**3
 # No process has this pid (above the usual pid_max), so its owner cannot be read.

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from tests.support.proc import ManagedProcess, free_port, wait_http, wait_until
+from simulator.proc import ManagedProcess, free_port, wait_http, wait_until
 
 PASSWORD = "test-password"
 

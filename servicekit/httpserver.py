@@ -17,7 +17,7 @@ from typing import Callable
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from exporter.webconfig import (
+from servicekit.webconfig import (
     BasicAuth,
     WebConfig,
     WebConfigError,

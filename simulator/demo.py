@@ -1,9 +1,9 @@
 """The one-command demo: a small GPU cluster, simulated on a machine without a GPU.
 
-Run it from the repository root as ``python -m scripts.demo`` (``make demo`` sets up the
+Run it from the repository root as ``python -m simulator.demo`` (``make demo`` sets up the
 environment first). The pieces, each started here and stopped here:
 
-* **The fake NVML library** (``tests/fakenvml``), built into ``build/fakenvml``: every exporter
+* **The fake NVML library** (``simulator/fakenvml``), built into ``build/fakenvml``: every exporter
   loads it instead of the driver's ``libnvidia-ml.so.1`` and serves the GPUs of its own scenario
   file, which the library re-reads whenever it changes.
 * **Three simulated nodes**, one ``gpu-exporter`` process each, on their own loopback address and
@@ -44,10 +44,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from exporter.cliargs import positive, tcp_port
-from tests.fakenvml import scenario as fake
-from tests.fakenvml.build import BuildError, build
-from tests.support.proc import ManagedProcess, wait_http
+from servicekit.cliargs import positive, tcp_port
+from simulator.fakenvml import scenario as fake
+from simulator.fakenvml.build import BuildError, build
+from simulator.proc import ManagedProcess, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = fake.MIB
@@ -541,7 +541,7 @@ def prometheus_installed() -> bool:
 @contextlib.contextmanager
 def running_prometheus(directory: Path, *, hosts: Path) -> Iterator[str]:
     """Prometheus with the shipped config and rules (their ``for:`` kept); yields its URL."""
-    from tests.support.prometheus import running_prometheus as run
+    from simulator.prometheus import running_prometheus as run
 
     targets = directory / "targets.json"
     write_targets(hosts, targets)
@@ -684,7 +684,7 @@ def run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.demo",
+        prog="python -m simulator.demo",
         description="Run three simulated GPU nodes, the status page and Prometheus, no GPU needed.",
     )
     parser.add_argument(

@@ -5,8 +5,8 @@ field leaves it out of the file, which the library answers with NVML_ERROR_NOT_S
 
 Command line, for demos and benchmarks::
 
-    python -m tests.fakenvml.scenario busy --gpus 8 --pids 101,102,103 --out busy.scn
-    python -m tests.fakenvml.scenario idle --gpus 2 --out idle.scn
+    python -m simulator.fakenvml.scenario busy --gpus 8 --pids 101,102,103 --out busy.scn
+    python -m simulator.fakenvml.scenario idle --gpus 2 --out idle.scn
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Build the fake ``libnvidia-ml.so.1`` from ``fake_nvml.c`` against the packaged ``nvml.h``.
 
-``python -m tests.fakenvml.build [--out DIR]`` builds into ``build/fakenvml/`` by default and
+``python -m simulator.fakenvml.build [--out DIR]`` builds into ``build/fakenvml/`` by default and
 prints the library's path. The build is skipped when the library is newer than its sources.
 """
 

@@ -13,7 +13,7 @@ Each fake node is a listening address (``127.0.0.1`` with its own port, or one p
 
 In a test: ``with FakeNodes(["ok", "hang"]) as nodes: nodes.hosts_lines() ...`` runs the server in
 a thread; ``nodes.set(i, "hang")`` changes a node's behaviour while it runs. The benchmark runs it
-as its own process: ``python -m tests.support.fake_nodes --count 1000 --dead 10 --port 17080``
+as its own process: ``python -m simulator.nodes --count 1000 --dead 10 --port 17080``
 prints one line ``READY`` and then serves until killed.
 """
 

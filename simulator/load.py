@@ -21,9 +21,8 @@ from typing import Callable
 
 import requests
 
-from tests.conftest import ExporterProcess
-from tests.fakenvml import scenario as fake
-from tests.support.exporters import Workers, rss_bytes
+from simulator.exporters import ExporterProcess, Workers, rss_bytes
+from simulator.fakenvml import scenario as fake
 from tests.support.metrics import label_sets, values
 
 MAX_ERRORS_KEPT = 20

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import requests
 import yaml
 
-from tests.support.proc import ManagedProcess, free_port, wait_http
+from simulator.proc import ManagedProcess, free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "prometheus"

@@ -1,1 +1,0 @@
-"""Developer scripts run from the repository root, such as ``python -m scripts.demo``."""
