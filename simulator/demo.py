@@ -49,7 +49,6 @@ from simulator.fakenvml import scenario as fake
 from simulator.fakenvml.build import BuildError, build
 from simulator.proc import ManagedProcess, wait_http
 
-REPO = Path(__file__).resolve().parents[1]
 MIB = fake.MIB
 GIB = fake.GIB
 

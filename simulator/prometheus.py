@@ -25,9 +25,9 @@ from typing import Any, Callable
 import requests
 import yaml
 
+from simulator import REPO
 from simulator.proc import ManagedProcess, free_port, wait_http
 
-REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 
