@@ -18,7 +18,7 @@ from exporter.cliargs import positive, tcp_port
 from exporter.httpserver import DEFAULT_MAX_REQUESTS, run_service
 from exporter.legacy import legacy_status_json
 from exporter.logsetup import configure_logging
-from exporter.password import ENV_VAR, PasswordError, PasswordSource
+from exporter.password import ENV_VAR, PasswordError, PasswordSource, warn_if_exposed
 from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
 from exporter.sampler import Sampler
 
@@ -111,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PasswordError as error:
         log.error("%s", error)
         return 2
+    if args.password_file is not None:
+        warn_if_exposed(args.password_file, what="--password-file")
     if passwords.is_default:
         log.warning(
             "no password configured: /get-status accepts the old default; set --password-file "

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 from exporter.cliargs import positive, tcp_port
 from exporter.httpserver import DEFAULT_MAX_REQUESTS
 from exporter.logsetup import configure_logging
-from exporter.password import PasswordError, load_password
+from exporter.password import PasswordError, load_password, warn_if_exposed
 from status_api import __version__
 from status_api.hosts import DEFAULT_NODE_PORT, Host, HostsFileError, HostsWatcher
 
@@ -255,10 +255,13 @@ def _poll_settings(args: argparse.Namespace) -> PollSettings:
     auth = None
     if args.node_basic_auth_user:
         auth = _basic_auth(args.node_basic_auth_user, args.node_basic_auth_password_file)
+        warn_if_exposed(args.node_basic_auth_password_file, what="--node-basic-auth-password-file")
     for path in (args.node_ca_file, args.node_client_cert, args.node_client_key):
         if path is not None and not path.is_file():
             raise ValueError(f"no such file: {path}")
     password = _node_password(args.password_file)
+    if args.password_file is not None:
+        warn_if_exposed(args.password_file, what="--password-file")
     settings = PollSettings(
         password=password,
         scheme=args.node_scheme,
