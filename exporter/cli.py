@@ -20,7 +20,7 @@ from exporter.sampler import Sampler
 from servicekit.cliargs import positive, tcp_port
 from servicekit.httpserver import DEFAULT_MAX_REQUESTS, run_service
 from servicekit.logsetup import configure_logging
-from servicekit.password import ENV_VAR, PasswordError, PasswordSource
+from servicekit.password import ENV_VAR, PasswordError, PasswordSource, warn_if_exposed
 
 log = logging.getLogger("exporter")
 
@@ -111,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PasswordError as error:
         log.error("%s", error)
         return 2
+    if args.password_file is not None:
+        warn_if_exposed(args.password_file, what="--password-file")
     if passwords.is_default:
         log.warning(
             "no password configured: /get-status accepts the old default; set --password-file "

@@ -51,6 +51,36 @@ def load_password(
     return os.environ.get(env_var) or default
 
 
+def warn_if_exposed(path: Path, *, what: str) -> None:
+    """Warn (once, at start) when a password file is open to other users.
+
+    Group or world permissions let others read (or change) the password; a file owned by another
+    user can be opened up by that user at any time. root is not "another user": it can read any
+    file anyway. The file is still used: a warning, not a refusal, so an upgrade never stops a
+    service that ran before.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return  # reading the file reports this with its own error
+    problems = []
+    others = [
+        who for bit, who in ((0o060, "its group"), (0o006, "every user")) if stat.st_mode & bit
+    ]
+    if others:
+        problems.append(f"open to {' and '.join(others)} (mode {stat.st_mode & 0o7777:04o})")
+    if stat.st_uid not in (os.geteuid(), 0):
+        problems.append(f"owned by another user (uid {stat.st_uid})")
+    if problems:
+        log.warning(
+            "%s %s is %s: other users may read the password; make it mode 0600 and owned by the "
+            "user running this service",
+            what,
+            path,
+            " and ".join(problems),
+        )
+
+
 def _encoded(text: str) -> bytes:
     """The bytes compared: any str encodes, even a lone surrogate (a JSON "\\ud800" escape)."""
     return text.encode("utf-8", errors="surrogatepass")

@@ -109,6 +109,7 @@ def start_exporter(
     write_scenario(scenario_path, scenario)
     password_file = workdir / f"{name}-password"
     password_file.write_text(password + "\n")
+    password_file.chmod(0o600)  # as documented; a wider mode is warned about
     port = free_port()
     command = [
         sys.executable, "-m", "exporter", "--port", str(port), "--listen-address", "127.0.0.1",

@@ -9,7 +9,12 @@ Each fake node is a listening address (``127.0.0.1`` with its own port, or one p
 * ``garbage``: 200 with bytes that are not JSON; ``wrong-shape``: JSON that is not a status;
 * ``forbidden``: a 403 JSON error; ``close``: close the connection without answering;
 * ``drip``: a valid answer, one byte every 0.2 s;
-* ``huge``: an endless body with a huge Content-Length; ``huge-chunked``: an endless chunked one.
+* ``huge``: an endless body with a huge Content-Length; ``huge-chunked``: an endless chunked one;
+* ``redirect``: a 307 to ``redirect_to`` for every request; ``redirect-metrics``: ``ok``, except
+  that ``/metrics`` is a 307 to ``redirect_to``.
+
+:class:`RecordingListener` stands for another local service a redirect could point at: it records
+every connection and every byte it receives.
 
 In a test: ``with FakeNodes(["ok", "hang"]) as nodes: nodes.hosts_lines() ...`` runs the server in
 a thread; ``nodes.set(i, "hang")`` changes a node's behaviour while it runs. The benchmark runs it
@@ -27,6 +32,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +46,8 @@ BEHAVIOURS = (
     "huge",
     "huge-chunked",
     "close",
+    "redirect",
+    "redirect-metrics",
 )
 _MAX_HEAD = 16 * 1024
 
@@ -127,6 +135,7 @@ class FakeNodes:
         self._endpoints: list[tuple[str, int]] = []
         self._index: dict[tuple[str, int], int] = {}
         self.requests = 0
+        self.redirect_to = "http://127.0.0.1:9/"  # where the redirect behaviours point
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -245,11 +254,21 @@ class FakeNodes:
         if length:
             await reader.readexactly(min(length, 65536))
         self.requests += 1
-        if head.split(b" ", 2)[1:2] == [b"/metrics"] and self.behaviours[index] == "ok":
-            writer.write(_response("200 OK", self._metrics[index], content_type="text/plain"))
+        behaviour = self.behaviours[index]
+        if head.split(b" ", 2)[1:2] == [b"/metrics"] and behaviour in ("ok", "redirect-metrics"):
+            if behaviour == "ok":
+                writer.write(_response("200 OK", self._metrics[index], content_type="text/plain"))
+            else:
+                writer.write(self._redirect())
             await writer.drain()
             return True
-        return await self._answer(self.behaviours[index], index, reader, writer)
+        return await self._answer(behaviour, index, reader, writer)
+
+    def _redirect(self) -> bytes:
+        return (
+            "HTTP/1.1 307 Temporary Redirect\r\nContent-Length: 0\r\n"
+            f"Location: {self.redirect_to}\r\nConnection: keep-alive\r\n\r\n"
+        ).encode("ascii")
 
     async def _answer(
         self,
@@ -258,8 +277,10 @@ class FakeNodes:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
-        if behaviour == "ok":
+        if behaviour in ("ok", "redirect-metrics"):
             writer.write(_response("200 OK", self._bodies[index]))
+        elif behaviour == "redirect":
+            writer.write(self._redirect())
         elif behaviour == "hang":
             await reader.read()  # until the client gives up and closes
             return False
@@ -296,6 +317,72 @@ class FakeNodes:
         for _ in range(16384):
             writer.write(chunk)
             await writer.drain()
+
+
+class RecordingListener:
+    """A TCP listener on 127.0.0.1 that records every connection and byte; use as a context
+    manager. It answers each request with an error naming itself, as a real service would."""
+
+    ANSWER = (
+        b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: 40\r\n"
+        b"Connection: close\r\n\r\n" + b'{"error": "internal admin service says"}'
+    )
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket.settimeout(0.1)
+        self.port = int(self._socket.getsockname()[1])
+        self.connections = 0
+        self._received: list[bytes] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="recorder", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def received(self) -> bytes:
+        with self._lock:
+            return b"".join(self._received)
+
+    def __enter__(self) -> RecordingListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._socket.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except (TimeoutError, OSError):
+                continue
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._record, args=(connection,), daemon=True).start()
+
+    def _record(self, connection: socket.socket) -> None:
+        connection.settimeout(0.5)
+        deadline = time.monotonic() + 5
+        with connection:
+            while time.monotonic() < deadline:
+                try:
+                    data = connection.recv(65536)
+                except TimeoutError:
+                    break
+                except OSError:
+                    return
+                if not data:
+                    return
+                with self._lock:
+                    self._received.append(data)
+            with contextlib.suppress(OSError):
+                connection.sendall(self.ANSWER)
 
 
 def loopback_addresses(count: int, *, first: str = "127.1.0.1") -> list[str]:

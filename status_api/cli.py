@@ -19,11 +19,12 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from servicekit.cliargs import positive, tcp_port
 from servicekit.httpserver import DEFAULT_MAX_REQUESTS
 from servicekit.logsetup import configure_logging
+from servicekit.password import PasswordError, load_password, warn_if_exposed
 from status_api import __version__
 from status_api.hosts import DEFAULT_NODE_PORT, Host, HostsFileError, HostsWatcher
 
@@ -171,23 +172,28 @@ def _first_line(path: Path, what: str) -> str:
     raise ValueError(f"{what} {path} is empty")
 
 
-class _Password:
-    """The node password, re-read when its file changes (so a rotation needs no restart)."""
+class _Reloaded:
+    """A password read from a file, re-read when the file changes (so a rotation needs no restart).
 
-    def __init__(self, path: Path | None) -> None:
-        from servicekit.password import PasswordError, load_password
+    ``load`` reads it; a file that turns unreadable or empty keeps the previous password, with an
+    error in the log, so a half-done edit does not lock every node out.
+    """
 
-        self._errors = PasswordError
-        self._load = lambda: load_password(password_file=path)
+    def __init__(self, path: Path | None, load: Callable[[], str]) -> None:
         self._path = path
+        self._load = load
         self._stamp = self._file_stamp()
-        self._value = self._load()
+        self._value = load()
 
-    def _file_stamp(self) -> int | None:
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        if self._path is None:
+            return None
         try:
-            return os.stat(self._path).st_mtime_ns if self._path else None
+            stat = os.stat(self._path)
         except OSError:
             return None
+        # The inode too: an editor or a rename replaces the file, maybe within one mtime tick.
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
     def __call__(self) -> str:
         stamp = self._file_stamp()
@@ -195,9 +201,22 @@ class _Password:
             self._stamp = stamp
             try:
                 self._value = self._load()
-            except self._errors as error:
+            except (PasswordError, ValueError) as error:
                 log.error("%s; keeping the previous password", error)
         return self._value
+
+
+def _node_password(path: Path | None) -> _Reloaded:
+    """The /get-status password: ``path``'s first line, else the environment, else the default."""
+    return _Reloaded(path, lambda: load_password(password_file=path))
+
+
+def _basic_auth(user: str, path: Path) -> Callable[[], tuple[str, str]]:
+    """The exporters' basic-auth credentials, the password re-read when its file changes."""
+    if ":" in user:  # the header joins user and password with ":"
+        raise ValueError(f"--node-basic-auth-user {user!r} must not contain ':'")
+    password = _Reloaded(path, lambda: _first_line(path, "basic-auth password file"))
+    return lambda: (user, password())
 
 
 def _raise_file_limit() -> None:
@@ -235,13 +254,16 @@ def _poll_settings(args: argparse.Namespace) -> PollSettings:
         raise ValueError("--node-basic-auth-user and --node-basic-auth-password-file go together")
     auth = None
     if args.node_basic_auth_user:
-        password = _first_line(args.node_basic_auth_password_file, "basic-auth password file")
-        auth = (args.node_basic_auth_user, password)
+        auth = _basic_auth(args.node_basic_auth_user, args.node_basic_auth_password_file)
+        warn_if_exposed(args.node_basic_auth_password_file, what="--node-basic-auth-password-file")
     for path in (args.node_ca_file, args.node_client_cert, args.node_client_key):
         if path is not None and not path.is_file():
             raise ValueError(f"no such file: {path}")
+    password = _node_password(args.password_file)
+    if args.password_file is not None:
+        warn_if_exposed(args.password_file, what="--password-file")
     settings = PollSettings(
-        password=_Password(args.password_file),
+        password=password,
         scheme=args.node_scheme,
         timeout=args.timeout,
         connect_timeout=min(args.connect_timeout, args.timeout),

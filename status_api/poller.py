@@ -11,6 +11,11 @@ round much cheaper than the first.
 
 The legacy JSON has no power readings, so every ``power_interval`` seconds a node's ``/metrics``
 is read too (in the same time budget) for ``gpu_power_watts`` and ``gpu_power_limit_watts``.
+
+Redirects are never followed: any user can bind a node's unprivileged port, and a redirect would
+hand the password (request body) and the basic-auth header to whatever the answer points at. A
+3xx answer fails the poll. What the client remembers about a node (parsed URLs, when to read its
+power next, that it has no ``/metrics``) is forgotten when the node leaves hosts.txt.
 """
 
 from __future__ import annotations
@@ -45,12 +50,14 @@ _CHUNK = 64 * 1024
 _KEEPALIVE_SECONDS = 5.0
 # A node without /metrics (an old node_info.py) is asked again only after this long.
 _NO_METRICS_RETRY_SECONDS = 600.0
-MAX_CACHED_URLS = 100_000
+# A Location header is the node's text, shown on a public page: this much of it, printable ASCII.
+_MAX_LOCATION_SHOWN = 100
 
 
 @dataclass(frozen=True)
 class PollSettings:
-    """How to reach the nodes. ``password`` is called once per round, so a rotated file is seen."""
+    """How to reach the nodes. ``password`` and ``basic_auth`` (user, password) are called once
+    per round, so a rotated file is seen."""
 
     password: Callable[[], str]
     scheme: str = "http"
@@ -61,7 +68,7 @@ class PollSettings:
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    basic_auth: tuple[str, str] | None = None
+    basic_auth: Callable[[], tuple[str, str]] | None = None
     path: str = "/get-status"
     fetch_power: bool = True  # also read power from the node's /metrics ...
     power_interval: float = 10.0  # ... at most this often per node (0: every round)
@@ -86,6 +93,10 @@ class PollResult:
 
 class PollError(Exception):
     """A poll failed for a reason worth showing to a person as is."""
+
+
+class RedirectRefused(PollError):
+    """A node answered with a redirect, which is never followed."""
 
 
 def ssl_context(settings: PollSettings) -> ssl.SSLContext | None:
@@ -138,6 +149,23 @@ def _refusal(status: int, body: bytes) -> str:
     return text[:200]
 
 
+def _shown_location(location: str) -> str:
+    """The Location header as safe to show: printable ASCII only, cut to a sane length."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in location[: _MAX_LOCATION_SHOWN + 1])
+    return text if len(text) <= _MAX_LOCATION_SHOWN else text[:_MAX_LOCATION_SHOWN] + "..."
+
+
+def _refuse_redirect(response: aiohttp.ClientResponse, path: str) -> None:
+    """Raise :class:`RedirectRefused` for a 3xx answer (its body is never read)."""
+    if not 300 <= response.status < 400:
+        return
+    location = response.headers.get("Location", "")
+    target = f" to {_shown_location(location)}" if location else ""
+    raise RedirectRefused(
+        f"{path}: HTTP {response.status} redirect{target} refused: redirects are never followed"
+    )
+
+
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     if response.content_length is not None and response.content_length > limit:
         raise PollError(f"answer of {response.content_length} bytes is over the {limit} byte cap")
@@ -151,15 +179,25 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass
+class _NodeMemo:
+    """What the client remembers about one node between rounds."""
+
+    netloc: str
+    status_url: URL
+    metrics_url: URL
+    next_power: float | None = None  # monotonic time the next power read is due
+    no_metrics_until: float = 0.0  # the node answered /metrics with 404: ask again after this
+
+
 class NodeClient:
     """Polls nodes over one aiohttp session; create and use it inside a running loop."""
 
     def __init__(self, settings: PollSettings) -> None:
         self.settings = settings
         self._semaphore = asyncio.Semaphore(settings.concurrency)
-        self._no_metrics: dict[tuple[str, int], float] = {}
-        self._next_power: dict[tuple[str, int], float] = {}
-        self._urls: dict[tuple[str, str], URL] = {}
+        # Per node, by Host.key; only nodes of the latest poll_all() (see forget_others()).
+        self._memos: dict[tuple[str, int], _NodeMemo] = {}
         context = ssl_context(settings)
         connector = aiohttp.TCPConnector(
             limit=0,  # the semaphore bounds concurrency; idle keep-alive sockets are cheap
@@ -167,10 +205,9 @@ class NodeClient:
             keepalive_timeout=_KEEPALIVE_SECONDS,
             ttl_dns_cache=60,
         )
-        auth = aiohttp.BasicAuth(*settings.basic_auth) if settings.basic_auth else None
+        self._connector = connector
         self._session = aiohttp.ClientSession(
             connector=connector,
-            auth=auth,
             timeout=aiohttp.ClientTimeout(
                 total=settings.timeout, sock_connect=settings.connect_timeout
             ),
@@ -181,25 +218,52 @@ class NodeClient:
     async def close(self) -> None:
         await self._session.close()
 
-    def _url(self, host: Host, path: str) -> URL:
+    @property
+    def remembered(self) -> set[tuple[str, int]]:
+        """The nodes (Host.key) this client keeps any state about."""
+        return set(self._memos)
+
+    def forget_others(self, hosts: Sequence[Host]) -> None:
+        """Drop everything remembered about nodes not in ``hosts``: a node that comes back later
+        is polled afresh (power read at once, /metrics asked again, its name resolved again)."""
+        wanted = {host.key for host in hosts}
+        for key, memo in list(self._memos.items()):
+            if key not in wanted:
+                del self._memos[key]
+                name, port = memo.status_url.raw_host, memo.status_url.port
+                if name is not None and port is not None:
+                    self._connector.clear_dns_cache(name, port)
+
+    def _memo(self, host: Host) -> _NodeMemo:
         """Parsed once per node: parsing a URL (host checks included) costs more than the poll."""
-        key = (host.netloc, path)
-        url = self._urls.get(key)
-        if url is None:
-            if len(self._urls) > 4 * MAX_CACHED_URLS:  # hosts.txt changed a lot; start over
-                self._urls.clear()
-            url = self._urls[key] = URL(host.url(path, scheme=self.settings.scheme))
-        return url
+        memo = self._memos.get(host.key)
+        if memo is None or memo.netloc != host.netloc:  # new, or spelled differently now
+            scheme = self.settings.scheme
+            memo = self._memos[host.key] = _NodeMemo(
+                netloc=host.netloc,
+                status_url=URL(host.url(self.settings.path, scheme=scheme)),
+                metrics_url=URL(host.url("/metrics", scheme=scheme)),
+            )
+        return memo
+
+    def _request(
+        self, method: str, url: URL, *, auth: aiohttp.BasicAuth | None, **options: Any
+    ) -> Any:
+        """Every request to a node goes through here: never follow a redirect."""
+        return self._session.request(method, url, auth=auth, allow_redirects=False, **options)
 
     async def _fetch(
-        self, host: Host, body: bytes, deadline: float
+        self, host: Host, body: bytes, auth: aiohttp.BasicAuth | None, deadline: float
     ) -> tuple[dict[str, Any], dict[int, dict[str, float]] | None]:
-        url = self._url(host, self.settings.path)
+        memo = self._memo(host)
         timeout = max(0.05, deadline - time.monotonic())
         limits = aiohttp.ClientTimeout(
             total=timeout, sock_connect=min(timeout, self.settings.connect_timeout)
         )
-        async with self._session.post(url, data=body, timeout=limits) as response:
+        async with self._request(
+            "POST", memo.status_url, auth=auth, data=body, timeout=limits
+        ) as response:
+            _refuse_redirect(response, self.settings.path)
             data = await _read_capped(response, self.settings.max_body)
             if response.status != 200:
                 raise PollError(_refusal(response.status, data[:4096]))
@@ -207,43 +271,54 @@ class NodeClient:
             status = parse_status(data)
         except NodeDataError as error:
             raise PollError(f"bad answer: {error}") from None
-        return status, await self._power(host, deadline)
+        return status, await self._power(memo, auth, deadline)
 
-    def _power_due(self, host: Host, now: float) -> bool:
+    def _power_due(self, memo: _NodeMemo, now: float) -> bool:
         if not self.settings.fetch_power:
             return False
-        due = self._next_power.get(host.key)
+        due = memo.next_power
         if due is not None and due > now:
             return False
         # After the first reading, spread the nodes' readings over the rounds.
         spread = random.uniform(0.5, 1.0) if due is None else 1.0
-        self._next_power[host.key] = now + self.settings.power_interval * spread
+        memo.next_power = now + self.settings.power_interval * spread
         return True
 
-    async def _power(self, host: Host, deadline: float) -> dict[int, dict[str, float]] | None:
-        """Power per GPU from the node's /metrics, when due; {} (never an error) when
-        unavailable. A scrape costs as much as the status itself, hence not every round."""
+    async def _power(
+        self, memo: _NodeMemo, auth: aiohttp.BasicAuth | None, deadline: float
+    ) -> dict[int, dict[str, float]] | None:
+        """Power per GPU from the node's /metrics, when due; {} when unavailable. A scrape costs
+        as much as the status itself, hence not every round. Only a redirect is an error: the
+        node (or whatever holds its port) tried to send the credentials elsewhere."""
         now = time.monotonic()
-        if not self._power_due(host, now):
+        if not self._power_due(memo, now):
             return None
-        if self._no_metrics.get(host.key, 0.0) > now or deadline - now < 0.05:
+        if memo.no_metrics_until > now or deadline - now < 0.05:
             return {}
-        url = self._url(host, "/metrics")
+        limits = aiohttp.ClientTimeout(total=deadline - now)
         try:
-            async with self._session.get(
-                url, timeout=aiohttp.ClientTimeout(total=deadline - now)
+            async with self._request(
+                "GET", memo.metrics_url, auth=auth, timeout=limits
             ) as response:
+                _refuse_redirect(response, "/metrics")
                 if response.status == 404:
-                    self._no_metrics[host.key] = now + _NO_METRICS_RETRY_SECONDS
+                    memo.no_metrics_until = now + _NO_METRICS_RETRY_SECONDS
                     return {}
                 if response.status != 200:
                     return {}
                 return parse_power(await _read_capped(response, self.settings.max_body))
+        except RedirectRefused:
+            raise
         except (aiohttp.ClientError, asyncio.TimeoutError, PollError):
             return {}
 
     async def poll(
-        self, host: Host, body: bytes, *, round_start: float | None = None
+        self,
+        host: Host,
+        body: bytes,
+        *,
+        auth: aiohttp.BasicAuth | None = None,
+        round_start: float | None = None,
     ) -> PollResult:
         """Poll one node. The timeout runs from ``round_start`` unless the poll had to wait for
         a free slot: starting a thousand tasks takes a while, and the last one started should
@@ -256,7 +331,7 @@ class NodeClient:
             try:
                 # The request timeout covers the exchange; this guard also covers the parse.
                 status, power = await asyncio.wait_for(
-                    self._fetch(host, body, deadline), self.settings.timeout + 1.0
+                    self._fetch(host, body, auth, deadline), self.settings.timeout + 1.0
                 )
                 error = ""
             except asyncio.CancelledError:
@@ -269,10 +344,13 @@ class NodeClient:
             return PollResult(host, status, error, time.time(), duration, power)
 
     async def poll_all(self, hosts: Sequence[Host]) -> list[PollResult]:
-        """Poll every host once; results come back in the order of ``hosts``."""
+        """One round: poll every host once; results come back in the order of ``hosts``.
+        ``hosts`` is the whole list: whatever is remembered about other nodes is forgotten."""
+        self.forget_others(hosts)
         body = json.dumps({"passwd": self.settings.password()}).encode("utf-8")
+        auth = aiohttp.BasicAuth(*self.settings.basic_auth()) if self.settings.basic_auth else None
         start = time.monotonic()
-        polls = (self.poll(host, body, round_start=start) for host in hosts)
+        polls = (self.poll(host, body, auth=auth, round_start=start) for host in hosts)
         return list(await asyncio.gather(*polls))
 
 

@@ -60,6 +60,7 @@ def exporter_factory(fake_nvml: Path, tmp_path: Path) -> Iterator[Callable[..., 
         if password is not None:
             password_file = tmp_path / f"password-{n}"
             password_file.write_text(password + "\n")
+            password_file.chmod(0o600)  # as documented; a wider mode is warned about
             command += ["--password-file", str(password_file)]
         environment = nvml_env(fake_nvml, scenario_path)
         environment.update(env or {})

@@ -20,7 +20,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulator.nodes import FakeNodes
+from simulator.nodes import FakeNodes, RecordingListener
 from simulator.proc import free_port
 from tests.support.metrics import value, values
 from tests.support.status_service import (  # noqa: F401 - fixture
@@ -246,6 +246,41 @@ def test_misbehaving_nodes_cost_bounded_time_and_memory(status_service_factory) 
         assert service.process.alive()
 
 
+def test_redirects_are_never_followed(status_service_factory, tmp_path: Path) -> None:  # noqa: F811
+    """Any user can bind a node's port and answer 307 towards another local service: that
+    service must never see the password, the basic-auth header or anything else."""
+    auth_file = tmp_path / "basic-auth"
+    auth_file.write_text("scrape-secret\n")
+    auth_file.chmod(0o600)
+    with RecordingListener() as target, FakeNodes(["redirect", "redirect-metrics", "ok"]) as fake:
+        # Hostile text in Location: an escape sequence and far too much of it.
+        fake.redirect_to = f"{target.url}/steal\x1b[2J" + "A" * 5000
+        service = status_service_factory(
+            fake.hosts_lines(), "--power-interval", "0",
+            "--node-basic-auth-user", "status-api", "--node-basic-auth-password-file",
+            str(auth_file),
+        )  # fmt: skip
+        redirect, redirect_metrics, ok = fake.hosts_lines()
+        shown = (f"{target.url}/steal?[2J" + "A" * 5000)[:100] + "..."
+        refused = f"HTTP 307 redirect to {shown} refused: redirects are never followed"
+
+        def settled(document: dict) -> bool:
+            good = node(document, ok)
+            return good["state"] == "online" and good["gpus"][0]["power"] is not None
+
+        document = service.wait_for(settled, what="the good node online with power")
+        time.sleep(1.5)  # a few more rounds, each reading every node's /metrics
+        document = service.cluster()
+        assert node(document, redirect)["error"] == f"/get-status: {refused}"
+        assert node(document, redirect_metrics)["error"] == f"/metrics: {refused}"
+        for entry in (redirect, redirect_metrics):
+            assert node(document, entry)["state"] == "offline"
+        assert "internal admin service" not in service.get("/api/v1/cluster").text
+        assert "internal admin service" not in service.get("/get-status").text
+        assert target.connections == 0 and target.received == b""
+        assert service.process.alive()
+
+
 def test_flapping_node_goes_stale_offline_and_back(status_service_factory) -> None:  # noqa: F811
     with FakeNodes(["ok", "ok"], gpus=1) as fake:
         service = status_service_factory(
@@ -332,6 +367,11 @@ def _start_and_fail(tmp_path: Path, hosts_text: str | None, *args: str) -> tuple
         ("node1\n", ("--node-ca-file", "/etc/hostname"), "need --node-scheme https"),
         ("node1\n", ("--node-scheme", "https", "--node-ca-file", "/etc/hostname"), "hostname"),
         ("node1\n", ("--node-basic-auth-user", "prom"), "go together"),
+        (
+            "node1\n",
+            ("--node-basic-auth-user", "a:b", "--node-basic-auth-password-file", "/etc/hostname"),
+            "--node-basic-auth-user 'a:b' must not contain ':'",
+        ),
     ],
 )
 def test_service_refuses_to_start_on_bad_input(

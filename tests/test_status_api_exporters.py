@@ -9,6 +9,7 @@ exporters that serve HTTPS with basic auth.
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 import time
 from pathlib import Path
@@ -119,13 +120,16 @@ def test_cluster_of_real_exporters(
         assert not any(g["free"] for g in node(changed, hosts[1])["gpus"])
 
 
-def _start_exporter(fake_nvml: Path, tmp_path: Path, port: int, scenario_path: Path):  # type: ignore[no-untyped-def]
+def _start_exporter(
+    fake_nvml: Path, tmp_path: Path, port: int, scenario_path: Path, *args: str
+) -> ManagedProcess:
     """An exporter on a fixed port, so it can come back where it was."""
     password_file = tmp_path / "exporter-password"
     password_file.write_text(PASSWORD + "\n")
+    password_file.chmod(0o600)
     command = [sys.executable, "-m", "exporter", "--port", str(port), "--listen-address",
                "127.0.0.1", "--interval", "0.5", "--password-file", str(password_file),
-               "--hostname", "gpu-flaky"]  # fmt: skip
+               "--hostname", "gpu-flaky", *args]  # fmt: skip
     process = ManagedProcess(
         command,
         log_path=tmp_path / f"exporter-{time.monotonic_ns()}.log",
@@ -184,6 +188,59 @@ def test_password_rotation_without_restart(
     service.password_file.write_text("new-secret\n")
     service.wait_for(lambda d: node(d, entry)["state"] == "online", what="new password used")
     assert service.process.alive()
+
+
+def _basic_auth_config(path: Path, password: str) -> None:
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"status-api": hashed}}))
+
+
+def test_basic_auth_rotation_without_restarting_the_status_service(
+    fake_nvml: Path,
+    tmp_path: Path,
+    status_service_factory,  # noqa: F811
+) -> None:
+    scenario_path = tmp_path / "node.scn"
+    write_scenario(scenario_path, fake.idle(1))
+    web_config = tmp_path / "web-config.yml"
+    _basic_auth_config(web_config, "scrape-secret-1")
+    port = free_port()
+    entry = f"127.0.0.1:{port}"
+    exporter_args = (fake_nvml, tmp_path, port, scenario_path, "--web-config-file", str(web_config))
+    exporter = _start_exporter(*exporter_args)
+    auth_file = tmp_path / "basic-auth"
+    auth_file.write_text("scrape-secret-1\n")
+    auth_file.chmod(0o600)
+    try:
+        service = status_service_factory(
+            [entry], "--node-basic-auth-user", "status-api",
+            "--node-basic-auth-password-file", str(auth_file), interval=0.3,
+        )  # fmt: skip
+        service.wait_for(lambda d: node(d, entry)["state"] == "online", what="node online")
+        pid = service.process.pid
+
+        # The exporter takes the new password (its web config is read at start: restart it) ...
+        exporter.stop()
+        _basic_auth_config(web_config, "scrape-secret-2")
+        exporter = _start_exporter(*exporter_args)
+        service.wait_for(
+            lambda d: node(d, entry)["error"] == "HTTP 401: authentication required",
+            what="old basic-auth password refused",
+        )
+        # ... then the status service's file changes, and the node comes back by itself.
+        rotated = tmp_path / "basic-auth.new"
+        rotated.write_text("scrape-secret-2\n")
+        rotated.chmod(0o600)
+        os.replace(rotated, auth_file)
+        back = service.wait_for(
+            lambda d: node(d, entry)["state"] == "online" and node(d, entry)["error"] == "",
+            what="node online with the new basic-auth password",
+        )
+        assert node(back, entry)["hostname"] == "gpu-flaky"
+        assert service.process.alive() and service.process.pid == pid
+        assert "Traceback" not in service.log()
+    finally:
+        exporter.stop()
 
 
 # ---- HTTPS and basic auth towards the nodes ------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import gzip
@@ -13,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.nodes import legacy_status
+from simulator.nodes import FakeNodes, legacy_status
 from status_api.cluster import OFFLINE, ONLINE, STALE, Cluster, NodeState, Thresholds
 from status_api.hosts import parse_hosts
 from status_api.nodedata import NodeDataError, parse_status, validate_status
 from status_api.nodemetrics import parse_power
-from status_api.poller import PollResult
+from status_api.poller import NodeClient, PollResult, PollSettings
 
 
 def _status(**overrides: Any) -> dict[str, Any]:
@@ -285,6 +286,20 @@ def test_hosts_changes_keep_state_of_remaining_nodes() -> None:
     cluster.update(parse_hosts("c\na"), [])
     nodes = json.loads(cluster.views.cluster.body)["nodes"]
     assert [(n["node"], n["state"]) for n in nodes] == [("c", "offline"), ("a", "online")]
+    # b left hosts.txt; when it comes back it is a new node, nothing carried over.
+    cluster.update(parse_hosts("c\na\nb"), [])
+    back = json.loads(cluster.views.cluster.body)["nodes"][2]
+    assert (back["node"], back["state"], back["error"], back["last_seen"]) == (
+        "b",
+        "offline",
+        "",
+        None,
+    )
+    assert [(n.host.text, n.polls) for n, _ in cluster.views.nodes] == [
+        ("c", 0),
+        ("a", 1),
+        ("b", 0),
+    ]
 
 
 def test_hostile_text_is_escaped_in_both_views() -> None:
@@ -309,3 +324,32 @@ def test_etags_change_every_round_and_differ_between_instances() -> None:
     second.update(hosts, [])
     second.update(hosts, [])
     assert second.views.cluster.etag != first.views.cluster.etag
+
+
+# ---- the poller's memory of nodes ------------------------------------------------------------
+
+
+async def _rounds_leaving_and_coming_back(hosts_text: str) -> tuple[list, list, set, list]:
+    a, b = parse_hosts(hosts_text)
+    client = NodeClient(PollSettings(password=lambda: "x", power_interval=600.0))
+    try:
+        first = await client.poll_all([a, b])
+        second = await client.poll_all([a, b])
+        await client.poll_all([a])  # b left hosts.txt
+        remembered = client.remembered
+        back = await client.poll_all([a, b])  # and came back
+    finally:
+        await client.close()
+    return first, second, remembered, back
+
+
+def test_a_node_that_leaves_hosts_txt_is_forgotten_and_polled_afresh() -> None:
+    with FakeNodes(["ok", "ok"], gpus=1) as nodes:
+        hosts_text = "\n".join(nodes.hosts_lines())
+        first, second, remembered, back = asyncio.run(_rounds_leaving_and_coming_back(hosts_text))
+    a = parse_hosts(hosts_text)[0]
+    assert all(result.ok and result.power for result in first)  # power read on the first poll
+    assert [result.power for result in second] == [None, None]  # not due again for 600 s
+    assert remembered == {a.key}  # nothing about b is left
+    assert back[1].ok and back[1].power == first[1].power  # b is new again: power read at once
+    assert back[0].power is None  # a is still remembered

@@ -134,6 +134,7 @@ class ServiceStarter:
         if password is not None:
             password_file = self.directory / f"node-password-{n}"
             password_file.write_text(password + "\n")
+            password_file.chmod(0o600)  # as documented; a wider mode is warned about
             options += ["--password-file", str(password_file)]
         process = ManagedProcess(
             status_command(hosts_path, port, *options),
