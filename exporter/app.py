@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encode
 
 from exporter import __version__
 from exporter.collector import SnapshotCollector
+from exporter.encoding import VARY, accepts_gzip
 from exporter.legacy import legacy_status_json
 from exporter.password import FailureThrottle, PasswordSource
 from exporter.snapshot import Snapshot
@@ -110,7 +111,7 @@ class MetricsRenderer:
     def render(self, accept: str | None, accept_encoding: str | None) -> tuple[bytes, str, bool]:
         """Body, content type and whether the body is gzip-compressed."""
         encoder, content_type = choose_metrics_encoder(accept)
-        compress = "gzip" in (accept_encoding or "")
+        compress = accepts_gzip(accept_encoding)
         snapshot = self._latest()
         key = (content_type, compress)
         with self._lock:
@@ -222,7 +223,7 @@ class ExporterApp:
         body, content_type, compressed = self._renderer.render(
             environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
         )
-        headers = [("Content-Encoding", "gzip")] if compressed else []
+        headers = [VARY, ("Content-Encoding", "gzip")] if compressed else [VARY]
         return Reply(200, body, content_type, headers)
 
     def get_status(self, environ: dict[str, Any]) -> Reply:
