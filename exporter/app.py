@@ -24,7 +24,7 @@ from exporter import __version__
 from exporter.collector import SnapshotCollector
 from exporter.encoding import VARY, accepts_gzip
 from exporter.legacy import legacy_status_json
-from exporter.password import FailureThrottle, PasswordSource
+from exporter.password import FailureThrottle, PasswordSource, client_key
 from exporter.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -227,19 +227,25 @@ class ExporterApp:
         return Reply(200, body, content_type, headers)
 
     def get_status(self, environ: dict[str, Any]) -> Reply:
-        address = environ.get("REMOTE_ADDR") or "unknown"
-        wait = self._throttle.retry_after(address)
+        key = client_key(environ)
+        # The token is taken before the body is read, so requests racing in together cannot all
+        # pass the check first; only a wrong password keeps it.
+        wait = self._throttle.take(key)
         if wait > 0:
             retry = [("Retry-After", str(int(wait) + 1))]
             return _json_error(429, "too many wrong passwords, retry later", retry)
+        wrong = False
         try:
             password = _password(_read_body(environ))
+            wrong = not self._passwords.matches(password)
         except OverflowError:
             return _json_error(413, f"request body over {MAX_BODY_BYTES} bytes")
         except ValueError as error:
             return _json_error(400, str(error))
-        if not self._passwords.matches(password):
-            self._throttle.record_failure(address)
+        finally:
+            if not wrong:
+                self._throttle.give_back(key)
+        if wrong:
             return _json_error(403, "wrong password")
         return Reply(200, legacy_status_json(self._latest()), "application/json")
 
