@@ -24,7 +24,8 @@ from exporter import __version__
 from exporter.collector import SnapshotCollector
 from exporter.legacy import legacy_status_json
 from exporter.snapshot import Snapshot
-from servicekit.password import FailureThrottle, PasswordSource
+from servicekit.encoding import VARY, accepts_gzip
+from servicekit.password import FailureThrottle, PasswordSource, client_key
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class MetricsRenderer:
     def render(self, accept: str | None, accept_encoding: str | None) -> tuple[bytes, str, bool]:
         """Body, content type and whether the body is gzip-compressed."""
         encoder, content_type = choose_metrics_encoder(accept)
-        compress = "gzip" in (accept_encoding or "")
+        compress = accepts_gzip(accept_encoding)
         snapshot = self._latest()
         key = (content_type, compress)
         with self._lock:
@@ -222,23 +223,29 @@ class ExporterApp:
         body, content_type, compressed = self._renderer.render(
             environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
         )
-        headers = [("Content-Encoding", "gzip")] if compressed else []
+        headers = [VARY, ("Content-Encoding", "gzip")] if compressed else [VARY]
         return Reply(200, body, content_type, headers)
 
     def get_status(self, environ: dict[str, Any]) -> Reply:
-        address = environ.get("REMOTE_ADDR") or "unknown"
-        wait = self._throttle.retry_after(address)
+        key = client_key(environ)
+        # The token is taken before the body is read, so requests racing in together cannot all
+        # pass the check first; only a wrong password keeps it.
+        wait = self._throttle.take(key)
         if wait > 0:
             retry = [("Retry-After", str(int(wait) + 1))]
             return _json_error(429, "too many wrong passwords, retry later", retry)
+        wrong = False
         try:
             password = _password(_read_body(environ))
+            wrong = not self._passwords.matches(password)
         except OverflowError:
             return _json_error(413, f"request body over {MAX_BODY_BYTES} bytes")
         except ValueError as error:
             return _json_error(400, str(error))
-        if not self._passwords.matches(password):
-            self._throttle.record_failure(address)
+        finally:
+            if not wrong:
+                self._throttle.give_back(key)
+        if wrong:
             return _json_error(403, "wrong password")
         return Reply(200, legacy_status_json(self._latest()), "application/json")
 

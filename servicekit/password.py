@@ -4,19 +4,25 @@ The password never comes from the command line (``ps`` would show it): it is rea
 (``--password-file``) or the ``GPU_MONITOR_PASSWORD`` environment variable, else the old default.
 A password file may hold several passwords, one per line, all accepted: that is how a password is
 rotated without downtime (add the new one, switch the clients, remove the old). The file is re-read
-when it changes. Comparison is constant-time, and an address that keeps guessing wrong is
-answered 429 for a while, with bounded bookkeeping.
+when it changes. Comparison is constant-time, and a client that keeps guessing wrong is answered
+429 for a while, with bounded bookkeeping: an address (an IPv6 /64), or the user or certificate
+the web configuration authenticated.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,11 @@ def _read_file(path: Path) -> list[str]:
     if not passwords:
         raise PasswordError(f"password file {path} holds no password")
     return passwords
+
+
+def uses_default(*, password_file: Path | None, env_var: str = ENV_VAR) -> bool:
+    """Whether neither a file nor the environment gives a password, so the old default applies."""
+    return password_file is None and not os.environ.get(env_var)
 
 
 def load_password(
@@ -81,9 +92,14 @@ def warn_if_exposed(path: Path, *, what: str) -> None:
         )
 
 
-def _encoded(text: str) -> bytes:
-    """The bytes compared: any str encodes, even a lone surrogate (a JSON "\\ud800" escape)."""
-    return text.encode("utf-8", errors="surrogatepass")
+# Keyed per process, so the digests kept in memory are no use outside it.
+_DIGEST_KEY = secrets.token_bytes(32)
+
+
+def _digest(text: str) -> bytes:
+    """A fixed-size digest of a password; any str encodes, even a lone surrogate ("\\ud800")."""
+    encoded = text.encode("utf-8", errors="surrogatepass")
+    return hmac.new(_DIGEST_KEY, encoded, hashlib.sha256).digest()
 
 
 class PasswordSource:
@@ -94,14 +110,14 @@ class PasswordSource:
         self._stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
         if password_file is not None:
-            self._passwords = _read_file(password_file)
+            self._set(_read_file(password_file))
             self._stamp = self._file_stamp()
             self.origin = f"file {password_file}"
         elif os.environ.get(env_var):
-            self._passwords = [os.environ[env_var]]
+            self._set([os.environ[env_var]])
             self.origin = f"environment variable {env_var}"
         else:
-            self._passwords = [DEFAULT_PASSWORD]
+            self._set([DEFAULT_PASSWORD])
             self.origin = "built-in default"
 
     @property
@@ -123,24 +139,71 @@ class PasswordSource:
             return
         with self._lock:
             try:
-                self._passwords = _read_file(self._file)
+                self._set(_read_file(self._file))
             except PasswordError as error:
                 log.error("%s; keeping the previous passwords", error)
             self._stamp = stamp
 
+    def _set(self, passwords: list[str]) -> None:
+        self._digests = [_digest(password) for password in passwords]
+
     def matches(self, candidate: str) -> bool:
-        """Constant-time check against every accepted password."""
+        """Constant-time check against every accepted password.
+
+        Digests of equal size are compared, so neither the time nor an early mismatch tells how
+        long an accepted password is.
+        """
         self._refresh()
-        given = _encoded(candidate)
+        given = _digest(candidate)
         matched = False
-        for password in self._passwords:
+        for expected in self._digests:
             # No early exit: the time taken does not tell which password came close.
-            matched |= hmac.compare_digest(given, _encoded(password))
+            matched |= hmac.compare_digest(given, expected)
         return matched
 
 
+def address_key(address: str) -> str:
+    """The limiter's key for a client address: an IPv4 address, or the /64 of an IPv6 one.
+
+    One IPv6 host usually holds a whole /64 and may pick any address in it, so a per-address
+    limit would not limit it at all. IPv4-mapped addresses count as the IPv4 address.
+    """
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an address (a Unix socket, a test): limited as written
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(parsed) >> 64 << 64, 64)))
+    return str(parsed)
+
+
+def client_key(environ: Mapping[str, Any]) -> str:
+    """Whose wrong passwords a request counts against.
+
+    A client the web configuration authenticated (basic auth sets ``REMOTE_USER``; a verified
+    client certificate sets ``SSL_CLIENT_VERIFY``) has a bucket of its own: another client
+    guessing from the same address, for instance any user logged in on the main node, cannot
+    lock ``gpu-status-api`` out. Everyone else is limited by address.
+    """
+    user = environ.get("REMOTE_USER")
+    if user:
+        return f"user {user}"
+    if environ.get("SSL_CLIENT_VERIFY") == "SUCCESS" and environ.get("SSL_CLIENT_CERT"):
+        fingerprint = hashlib.sha256(environ["SSL_CLIENT_CERT"].encode("ascii", "replace"))
+        return f"certificate {fingerprint.hexdigest()}"
+    return address_key(environ.get("REMOTE_ADDR") or "unknown")
+
+
 class FailureThrottle:
-    """Per-address token bucket for wrong passwords, in an LRU of bounded size."""
+    """Per-client token bucket for wrong passwords, in an LRU of bounded size.
+
+    A request takes its token before its body is read (:meth:`take`) and hands it back when it
+    turns out not to be a wrong password (:meth:`give_back`). Checking first and counting the
+    failure afterwards would let many connections that send their bodies at the same moment all
+    pass the check before any failure is counted.
+    """
 
     def __init__(
         self, *, burst: int = 5, refill_per_second: float = 0.2, max_addresses: int = 4096
@@ -151,22 +214,28 @@ class FailureThrottle:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _tokens(self, address: str, now: float) -> float:
-        tokens, stamp = self._buckets.get(address, (self._burst, now))
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, stamp = self._buckets.get(key, (self._burst, now))
         return min(self._burst, tokens + (now - stamp) * self._refill)
 
-    def retry_after(self, address: str) -> float:
-        """Seconds this address must wait before it may try again; 0 when it may try now."""
-        now = time.monotonic()
-        with self._lock:
-            tokens = self._tokens(address, now)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._refill
+    def _store(self, key: str, tokens: float, now: float) -> None:
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
 
-    def record_failure(self, address: str) -> None:
+    def take(self, key: str) -> float:
+        """Take a token: 0 when taken, else the seconds to wait before one is available."""
         now = time.monotonic()
         with self._lock:
-            tokens = self._tokens(address, now)
-            self._buckets[address] = (max(0.0, tokens - 1.0), now)
-            self._buckets.move_to_end(address)
-            while len(self._buckets) > self._max:
-                self._buckets.popitem(last=False)
+            tokens = self._tokens(key, now)
+            if tokens < 1.0:
+                return (1.0 - tokens) / self._refill
+            self._store(key, tokens - 1.0, now)
+        return 0.0
+
+    def give_back(self, key: str) -> None:
+        """Return a token taken by :meth:`take` for a request that was not a wrong password."""
+        now = time.monotonic()
+        with self._lock:
+            self._store(key, min(self._burst, self._tokens(key, now) + 1.0), now)

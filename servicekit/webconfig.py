@@ -183,7 +183,22 @@ def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
     return context
 
 
-_DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=4))
+def _cost(hashed: bytes) -> int:
+    """The cost (log2 rounds) of a bcrypt hash ``$2b$NN$...``; 4, the minimum, when unreadable."""
+    try:
+        return max(4, min(31, int(hashed.split(b"$")[2])))
+    except (IndexError, ValueError):
+        return 4
+
+
+def dummy_hash(users: dict[str, bytes]) -> bytes:
+    """A hash unknown users are checked against, as costly as the costliest real one.
+
+    A cheaper one would answer an unknown user faster than a known user with a wrong password,
+    and so tell a stranger which user names exist.
+    """
+    cost = max((_cost(hashed) for hashed in users.values()), default=4)
+    return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost))
 
 
 class BasicAuth:
@@ -196,6 +211,7 @@ class BasicAuth:
     def __init__(self, app: WSGIApp, users: dict[str, bytes], *, cache_size: int = 1024) -> None:
         self._app = app
         self._users = users
+        self._dummy = dummy_hash(users)
         self._verified: dict[bytes, None] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -211,33 +227,38 @@ class BasicAuth:
         user, separator, password = decoded.partition(":")
         return (user, password) if separator else None
 
-    def check(self, header: str) -> bool:
+    def user(self, header: str) -> str | None:
+        """The user the Authorization header authenticates, or None."""
         credentials = self._credentials(header)
         if credentials is None:
-            return False
+            return None
         user, password = credentials
         hashed = self._users.get(user)
         key = hashlib.sha256(b"\0".join([user.encode(), password.encode(), hashed or b""])).digest()
         with self._lock:
             if hashed is not None and key in self._verified:
-                return True
-        # Unknown users still pay for a bcrypt check, so timing does not reveal valid names.
+                return user
+        # Unknown users pay for a check as costly as a real one: timing does not reveal names.
         try:
-            matched = bcrypt.checkpw(password.encode("utf-8"), hashed or _DUMMY_HASH)
+            matched = bcrypt.checkpw(password.encode("utf-8"), hashed or self._dummy)
         except ValueError:  # bcrypt 5 refuses passwords over 72 bytes
             matched = False
-        valid = matched and hashed is not None
-        if valid:
-            with self._lock:
-                if len(self._verified) >= self._cache_size:
-                    self._verified.pop(next(iter(self._verified)))
-                self._verified[key] = None
-        return valid
+        if not (matched and hashed is not None):
+            return None
+        with self._lock:
+            if len(self._verified) >= self._cache_size:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[key] = None
+        return user
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") in UNAUTHENTICATED_PATHS:
             return self._app(environ, start_response)
-        if self.check(environ.get("HTTP_AUTHORIZATION", "")):
+        user = self.user(environ.get("HTTP_AUTHORIZATION", ""))
+        if user is not None:
+            # Tells the app who this is: the legacy password limiter keeps a bucket per user.
+            environ["REMOTE_USER"] = user
+            environ["AUTH_TYPE"] = "Basic"
             return self._app(environ, start_response)
         body = b'{"error": "authentication required"}'
         start_response(

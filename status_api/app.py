@@ -1,13 +1,14 @@
 """The status service's HTTP endpoints: the page, the two JSON views, ``/metrics``, health.
 
 The JSON views are rendered once per polling round (:mod:`status_api.cluster`); requests only
-pick the cached bytes (gzip when the client accepts it) and answer 304 to a matching ETag, so a
-wall of browsers costs next to nothing. Errors are JSON ``{"error": "..."}``; tracebacks stay in
-the log.
+pick the cached bytes (gzip when the client accepts it, decided by :mod:`servicekit.encoding` as
+for the exporter) and answer 304 to a matching ETag, so a wall of browsers costs next to nothing.
+Errors are JSON ``{"error": "..."}``; tracebacks stay in the log.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from exporter.app import choose_metrics_encoder
+from servicekit.encoding import VARY, accepts_gzip
 from status_api.cluster import Cluster, View
 from status_api.metrics import make_registry
 
@@ -35,16 +37,20 @@ def _json_error(status: int, message: str) -> Response:
     return Response(json.dumps({"error": message}), status=status, mimetype="application/json")
 
 
+def _gzip_requested() -> bool:
+    return accepts_gzip(request.headers.get("Accept-Encoding"))
+
+
 def _serve_view(view: View) -> Response:
     if request.if_none_match.contains(view.etag):
         response = Response(status=304)
     else:
-        gzip_ok = "gzip" in request.accept_encodings
+        gzip_ok = _gzip_requested()
         response = Response(view.gzipped if gzip_ok else view.body, mimetype="application/json")
         if gzip_ok:
             response.headers["Content-Encoding"] = "gzip"
     response.set_etag(view.etag)
-    response.headers["Vary"] = "Accept-Encoding"
+    response.headers[VARY[0]] = VARY[1]
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -94,7 +100,12 @@ def create_app(cluster: Cluster, *, static_dir: Path = STATIC) -> Flask:
     @app.get("/metrics")
     def metrics() -> Response:
         encoder, content_type = choose_metrics_encoder(request.headers.get("Accept"))
-        return Response(encoder(registry), content_type=content_type)
+        body = encoder(registry)
+        headers = [VARY]
+        if _gzip_requested():
+            body = gzip.compress(body, compresslevel=3)
+            headers.append(("Content-Encoding", "gzip"))
+        return Response(body, content_type=content_type, headers=headers)
 
     @app.get("/-/healthy")
     def healthy() -> Response:

@@ -290,7 +290,7 @@ def _poll_settings(args: argparse.Namespace) -> PollSettings:
 
 def serve_main(args: argparse.Namespace) -> int:
     from servicekit.httpserver import run_service
-    from servicekit.password import PasswordError
+    from servicekit.password import DEFAULT_PASSWORD, ENV_VAR, PasswordError, uses_default
     from status_api.app import create_app
     from status_api.cluster import Cluster, Thresholds
     from status_api.poller import Poller
@@ -305,6 +305,13 @@ def serve_main(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 2
     log.info("%d nodes from %s", len(watcher.hosts), args.config)
+    if uses_default(password_file=args.password_file):
+        log.warning(
+            "no node password configured: the nodes are polled with the old default %s; set "
+            "--password-file or %s",
+            DEFAULT_PASSWORD,
+            ENV_VAR,
+        )
     tune_process()
     thresholds = Thresholds(
         stale_after=args.stale_after,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import getpass
 import json
+import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -104,6 +106,44 @@ def test_repeated_wrong_passwords_are_slowed_down(exporter_factory):
     locked = requests.post(url, json={"passwd": exporter.password}, timeout=5)
     assert locked.status_code == 429  # even the right password waits: guessing gains nothing
     assert int(locked.headers["Retry-After"]) >= 1
+
+
+def _status_code(sock: socket.socket) -> int:
+    """The status of the HTTP response arriving on ``sock``."""
+    received = b""
+    while b"\r\n" not in received:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"connection closed after {received!r}")
+        received += chunk
+    return int(received.split(b" ", 2)[1])
+
+
+def test_concurrent_wrong_guesses_cannot_race_the_limiter(exporter_factory):
+    exporter = exporter_factory(fake.idle(1))
+    body = json.dumps({"passwd": "guess"}).encode()
+    head = (
+        f"POST /get-status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sockets = [
+        socket.create_connection(("127.0.0.1", exporter.port), timeout=20) for _ in range(30)
+    ]
+    try:
+        for sock in sockets:
+            sock.sendall(head)
+        # Every request is now past its headers and in the app, waiting for its body; before the
+        # fix all of them passed the limiter's check here, and all 30 passwords were tried.
+        time.sleep(0.5)
+        for sock in sockets:
+            sock.sendall(body)
+        codes = [_status_code(sock) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert set(codes) <= {403, 429}, codes
+    assert codes.count(403) <= 5, codes
+    assert codes.count(429) >= 25, codes
 
 
 def test_password_file_rotation_without_restart(exporter_factory, tmp_path):

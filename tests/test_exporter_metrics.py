@@ -10,6 +10,7 @@ import time
 import pytest
 
 from simulator.fakenvml import scenario as fake
+from tests.support.encoding import GZIP_NEGOTIATION, check_negotiated, encoding_header
 from tests.support.metrics import label_sets, parse_samples, value, values
 
 MIB = 1024 * 1024
@@ -144,6 +145,16 @@ def test_openmetrics_negotiation(exporter_factory):
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     assert response.text.rstrip().endswith("# EOF")
     assert "gpu_energy_joules_total" in response.text
+
+
+def test_gzip_only_when_accepted_and_always_varying(exporter_factory):
+    exporter = exporter_factory(fake.idle(1), interval=30)
+    for header, gzipped in GZIP_NEGOTIATION:
+        response = exporter.session.get(
+            f"{exporter.url}/metrics", headers=encoding_header(header), stream=True, timeout=5
+        )
+        body = check_negotiated(response, gzipped=gzipped, what=f"Accept-Encoding: {header!r}")
+        assert b"gpu_up{" in body
 
 
 def test_promtool_check_metrics_is_clean_on_8x64(exporter_factory, busy_8x64):

@@ -107,6 +107,46 @@ def test_client_certificates_are_required_when_configured(exporter_factory, tmp_
     assert response.status_code == 200
 
 
+def test_a_verified_client_certificate_has_its_own_password_limit(exporter_factory, tmp_path, ca):
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(tmp_path / "srv.pem")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    for name in ("status-api", "guesser"):
+        cert = ca.issue_cert(f"{name}@example.org")
+        cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / f"{name}.pem")
+    config = write_web_config(
+        tmp_path,
+        {
+            "tls_server_config": {
+                "cert_file": "srv.pem",
+                "key_file": "srv.pem",
+                "client_ca_file": "ca.pem",
+                "client_auth_type": "VerifyClientCertIfGiven",
+            }
+        },
+    )
+    exporter = exporter_factory(
+        fake.idle(1), "--web-config-file", config, scheme="https", wait_ready=False
+    )
+    ca_file = str(tmp_path / "ca.pem")
+    wait_http(f"{exporter.url}/-/ready", verify=ca_file)
+
+    def post(password: str, cert: str | None) -> requests.Response:
+        return requests.post(
+            f"{exporter.url}/get-status",
+            json={"passwd": password},
+            verify=ca_file,
+            cert=str(tmp_path / f"{cert}.pem") if cert else None,
+            timeout=5,
+        )
+
+    # All three clients connect from 127.0.0.1.
+    guesses = [post("guess", "guesser").status_code for _ in range(7)]
+    assert guesses == [403] * 5 + [429] * 2
+    anonymous = [post("guess", None).status_code for _ in range(7)]
+    assert anonymous == [403] * 5 + [429] * 2
+    assert post(exporter.password, "status-api").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("document", "message"),
     [

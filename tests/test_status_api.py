@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simulator.nodes import FakeNodes, RecordingListener
-from simulator.proc import free_port
+from simulator.proc import free_port, wait_http
+from tests.support.encoding import GZIP_NEGOTIATION, check_negotiated, encoding_header
 from tests.support.metrics import value, values
 from tests.support.status_service import (  # noqa: F401 - fixture
     StatusService,
@@ -113,6 +114,23 @@ def test_etag_gzip_and_head(service: StatusService) -> None:
     assert head.status_code == 200 and head.content == b""
     time.sleep(1.2)  # a new round renders a new document with a new tag
     assert service.get("/api/v1/cluster", headers={"If-None-Match": etag}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api/v1/cluster", b'{"generated_at":'),
+        ("/get-status", b'{"Nodes":'),
+        ("/metrics", b"# HELP gpu_status_api_"),
+    ],
+)
+def test_gzip_only_when_accepted_and_always_varying(
+    service: StatusService, path: str, expected: bytes
+) -> None:
+    for header, gzipped in GZIP_NEGOTIATION:
+        response = service.get(path, headers=encoding_header(header), stream=True)
+        body = check_negotiated(response, gzipped=gzipped, what=f"{path}, {header!r}")
+        assert body.startswith(expected), (path, header, body[:80])
 
 
 def test_metrics(service: StatusService, nodes: FakeNodes) -> None:
@@ -381,6 +399,36 @@ def test_service_refuses_to_start_on_bad_input(
     assert code == 2, stderr
     assert message in stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "warned"),
+    [({}, True), ({"GPU_MONITOR_PASSWORD": "from-env"}, False)],
+)
+def test_default_node_password_is_warned_about_on_stderr(
+    tmp_path: Path, nodes: FakeNodes, env: dict[str, str], warned: bool
+) -> None:
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("\n".join(nodes.hosts_lines()) + "\n")
+    port = free_port()
+    stderr_path = tmp_path / "stderr"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            status_command(hosts, port, "--interval", "0.5"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=child_env(env),
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=20)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    text = stderr_path.read_text()
+    assert ("no node password configured" in text) is warned, text
+    if warned:
+        assert "8888" in text and "--password-file" in text
 
 
 def test_help_and_version() -> None:

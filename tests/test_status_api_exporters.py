@@ -11,11 +11,13 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import bcrypt
 import pytest
+import requests
 import trustme
 import yaml
 
@@ -312,3 +314,66 @@ def test_polling_over_https_with_basic_auth(
     plain = status_service_factory(hosts)
     assert node(plain.cluster(), hosts[0])["state"] == "offline"
     assert "Traceback" not in plain.log()
+
+
+# ---- guessing from the main node -----------------------------------------------------------
+
+
+def test_guessing_from_the_same_address_cannot_blank_the_page(
+    exporter_factory,
+    tmp_path: Path,
+    status_service_factory,  # noqa: F811
+) -> None:
+    """Any user logged in on the main node shares its address with gpu-status-api."""
+    users = {
+        name: "$2y$" + bcrypt.hashpw(secret, bcrypt.gensalt(rounds=4)).decode()[4:]
+        for name, secret in (("status-api", b"scrape-secret"), ("prom", b"prom-secret"))
+    }
+    config = tmp_path / "web-config.yml"
+    config.write_text(yaml.safe_dump({"basic_auth_users": users}))
+    exporter = exporter_factory(
+        fake.idle(2), "--web-config-file", str(config), password=PASSWORD, wait_ready=False
+    )
+    wait_http(f"{exporter.url}/-/ready", timeout=20)
+    (tmp_path / "auth").write_text("scrape-secret\n")
+    entry = _entry(exporter)
+    service = status_service_factory(
+        [entry], "--node-basic-auth-user", "status-api",
+        "--node-basic-auth-password-file", str(tmp_path / "auth"),
+        "--stale-after", "1.5", "--offline-after", "3",
+    )  # fmt: skip
+    service.wait_for(lambda d: node(d, entry)["state"] == "online", what="node online")
+
+    stop = threading.Event()
+    guesses: dict[str, list[int]] = {"prom": [], "anonymous": []}
+
+    def guess(who: str, auth: tuple[str, str] | None) -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                response = session.post(
+                    f"{exporter.url}/get-status", json={"passwd": "guess"}, auth=auth, timeout=5
+                )
+                guesses[who].append(response.status_code)
+
+    threads = [
+        threading.Thread(target=guess, args=("prom", ("prom", "prom-secret"))),
+        threading.Thread(target=guess, args=("anonymous", None)),
+    ]
+    for thread in threads:
+        thread.start()
+    views = []
+    try:
+        deadline = time.monotonic() + 6  # a dozen polling rounds
+        while time.monotonic() < deadline:
+            views.append(node(service.cluster(), entry))
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    for view in views:
+        assert (view["state"], view["error"], len(view["gpus"])) == ("online", "", 2), view
+    # The guesser itself is still limited: a wrong password every few seconds at most.
+    assert guesses["prom"][:6] == [403] * 5 + [429], guesses["prom"][:10]
+    assert guesses["prom"].count(403) <= 8 and set(guesses["prom"]) == {403, 429}
+    assert set(guesses["anonymous"]) == {401}
