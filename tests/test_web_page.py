@@ -96,12 +96,12 @@ class Cluster:
 def _lab_box_status() -> dict[str, Any]:
     status = legacy_status("lab-box", gpus=2, users_per_gpu=0)
     status["gpus"][0]["users"] = [
-        {"pid": 4101, "username": "alice", "mem": 20480, "command": "python finetune.py"},
-        {"pid": 4102, "username": "bob", "mem": 8192, "command": "jupyter-lab"},
+        {"pid": 4101, "username": "alice", "mem(MiB)": 20480, "command": "python finetune.py"},
+        {"pid": 4102, "username": "bob", "mem(MiB)": 8192, "command": "jupyter-lab"},
     ]
     status["gpus"][0].update(use_mem=28800, utilize=93, temp=71)
     status["gpus"][1]["users"] = [
-        {"pid": 4103, "username": "bob", "mem": 30000, "command": "python eval.py"},
+        {"pid": 4103, "username": "bob", "mem(MiB)": 30000, "command": "python eval.py"},
     ]
     status["gpus"][1].update(use_mem=30200, utilize=64, temp=66)
     return status
