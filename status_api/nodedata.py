@@ -25,6 +25,9 @@ MAX_GPUS = 1024
 MAX_USERS = 65536
 MAX_IPS = 1024
 
+USER_MEMORY = "mem(MiB)"  # a process's GPU memory, as node_info.py named it
+_USER_MEMORY_0_1 = "mem"  # what gpu-exporter 0.1.0 sent instead
+
 
 class NodeDataError(ValueError):
     """The node's answer is not the legacy status JSON; the message names the field."""
@@ -82,12 +85,8 @@ def _field(document: dict[str, Any], key: str, where: str) -> Any:
         raise NodeDataError(f"{where}: missing {key!r}") from None
 
 
-USER_MEMORY = "mem(MiB)"
-# What gpu-exporter 0.1.0 sent instead of USER_MEMORY.
-_USER_MEMORY_0_1 = "mem"
-
-
 def _user_memory(user: dict[str, Any], where: str) -> int | float | None:
+    """The process's memory under either name; the error names the one the node used."""
     for key in (USER_MEMORY, _USER_MEMORY_0_1):
         if key in user:
             return _number(user[key], f"{where}.{key}")
