@@ -1,7 +1,8 @@
 """The legacy JSON view of a snapshot, as the old node_info.py answered ``/get-status``.
 
-Keys and their order are exactly the old ones; memory is in MiB, utilisation in percent. A value
-NVML cannot give for a GPU is ``null`` (the old script would have failed instead).
+Keys and their order are exactly the old ones, a process's memory included: ``mem(MiB)``, the
+key old clients read. Memory is in MiB, utilisation in percent. A value NVML cannot give for a
+GPU is ``null`` (the old script would have failed instead).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _gpu(gpu: GpuSample) -> dict[str, Any]:
             {
                 "pid": process.pid,
                 "username": process.user,
-                "mem": _mib(process.gpu_memory_bytes),
+                "mem(MiB)": _mib(process.gpu_memory_bytes),
                 "command": process.command,
             }
             for process in gpu.processes

@@ -70,7 +70,7 @@ def legacy_status(hostname: str, *, gpus: int = 8, users_per_gpu: int = 2) -> di
                     {
                         "pid": 10000 + index * 100 + u,
                         "username": f"user{u}",
-                        "mem": 1200,
+                        "mem(MiB)": 1200,
                         "command": f"python train.py --gpu {index} --run {u}",
                     }
                     for u in range(users_per_gpu if index % 2 == 0 else 0)
@@ -98,7 +98,7 @@ def metrics_text(status: dict[str, Any]) -> bytes:
     for gpu in status["gpus"]:
         for user in gpu["users"]:
             labels = f'gpu="{gpu["index"]}",pid="{user["pid"]}",user="{user["username"]}"'
-            lines.append(f"gpu_process_memory_used_bytes{{{labels}}} {user['mem'] * 1048576}")
+            lines.append(f"gpu_process_memory_used_bytes{{{labels}}} {user['mem(MiB)'] * 1048576}")
     return ("\n".join(lines) + "\n").encode()
 
 

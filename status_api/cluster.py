@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from status_api.hosts import Host
+from status_api.nodedata import USER_MEMORY
 from status_api.poller import PollResult
 
 ONLINE, STALE, OFFLINE = "online", "stale", "offline"
@@ -148,12 +149,27 @@ class Views:
 _NO_POWER = {"power": None, "power_limit": None}
 
 
+def _cluster_users(users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The processes as /api/v1/cluster documents them: memory is ``mem`` there, not the legacy
+    ``mem(MiB)`` (the two views keep their own published schemas)."""
+    return [
+        {
+            "pid": user["pid"],
+            "username": user["username"],
+            "mem": user[USER_MEMORY],
+            "command": user["command"],
+        }
+        for user in users
+    ]
+
+
 def _node_document(node: NodeState, state: str, now: float, thresholds: Thresholds) -> dict:
     status = node.status or {}
     online = state == ONLINE
     gpus = [
         {
             **gpu,
+            "users": _cluster_users(gpu["users"]),
             **_NO_POWER,
             **node.power.get(gpu["index"], {}),
             "free": online and _is_free(gpu, thresholds),
@@ -195,7 +211,8 @@ def _summarise(documents: list[dict[str, Any]]) -> Summary:
 
 
 def _legacy_node(node: NodeState, state: str) -> dict[str, Any]:
-    """A node in the old api.py shape: its /get-status JSON plus ``status`` and ``version``."""
+    """A node in the old api.py shape: its /get-status JSON (users with ``mem(MiB)``, as checked
+    by nodedata) plus ``status`` and ``version``."""
     if node.status is None:
         return {"hostname": node.host.text, "status": False, "gpus": []}
     gpus = node.status["gpus"]

@@ -10,6 +10,10 @@ this module, so the two can never disagree. The format::
     [fd00::12]:7080       # an IPv6 address, always in brackets, optionally with :port
 
 A line that is none of these raises :class:`HostsFileError` naming the file and the line number.
+That includes the other spellings of an IPv4 address that the C resolver accepts (``127.1``,
+``0x7f.1``, ``0177.0.0.1``, ``2130706433``): they would be polled at an address nobody wrote, so
+an address must be a dotted quad and a host name's last label is never all digits (RFC 1123).
+A UTF-8 byte order mark at the start of the file (as some Windows editors write) is ignored.
 Two lines naming the same node (same host, same port) are an error too: a duplicate is almost
 always a typo, and polling a node twice would count its GPUs twice.
 """
@@ -33,6 +37,9 @@ MAX_HOSTS = 100_000
 _LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
 _PORT = re.compile(r"^[0-9]{1,5}$")
 _DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
+# A part of an IPv4 address as inet_aton(3) reads it: hexadecimal, octal (leading 0) or decimal.
+_INET_PART = re.compile(r"^(?:0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*)$")
+_BYTE_ORDER_MARK = "\ufeff"
 
 
 class HostsFileError(ValueError):
@@ -90,13 +97,51 @@ def _port(text: str, *, default: int) -> int:
     return port
 
 
-def _check_host_name(name: str) -> None:
+def _is_dotted_quad(name: str) -> bool:
+    """Four decimal numbers 0-255 without leading zeros (older Pythons accept those)."""
+    try:
+        return str(ipaddress.IPv4Address(name)) == name
+    except ValueError:
+        return False
+
+
+def _inet_part(part: str) -> int:
+    if part[:2] in ("0x", "0X"):
+        return int(part[2:], 16)
+    return int(part, 8 if part.startswith("0") else 10)
+
+
+def _inet_aton(name: str) -> ipaddress.IPv4Address | None:
+    """The address the C resolver reads ``name`` as without asking DNS, as inet_aton(3) does:
+    one to four parts, the last one filling the remaining bytes; None if it reads none."""
+    parts = name.split(".")
+    if len(parts) > 4 or not all(_INET_PART.match(part) for part in parts):
+        return None
+    *head, last = [_inet_part(part) for part in parts]
+    if any(value > 0xFF for value in head) or last >= 1 << (8 * (4 - len(head))):
+        return None
+    number = last
+    for position, value in enumerate(head):
+        number |= value << (8 * (3 - position))
+    return ipaddress.IPv4Address(number)
+
+
+def _check_address_spelling(name: str) -> None:
+    """Refuse every numeric spelling of an IPv4 address except the dotted quad."""
+    address = _inet_aton(name)
+    if address is not None:
+        raise ValueError(
+            f"{name!r} is not a valid IPv4 address: the resolver would read it as {address}; "
+            f"write {address} if that is the node"
+        )
     if _DOTTED_NUMBERS.match(name):
-        try:
-            ipaddress.IPv4Address(name)
-        except ValueError:
-            raise ValueError(f"{name!r} is not a valid IPv4 address") from None
+        raise ValueError(f"{name!r} is not a valid IPv4 address")
+
+
+def _check_host_name(name: str) -> None:
+    if _is_dotted_quad(name):
         return
+    _check_address_spelling(name)
     if len(name) > 253:
         raise ValueError("host name is longer than 253 characters")
     labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
@@ -106,6 +151,10 @@ def _check_host_name(name: str) -> None:
                 f"{name!r} is not a valid host name (letters, digits, '-', '_' and dots; "
                 "IPv6 addresses go in brackets)"
             )
+    if labels[-1].isdigit():
+        # RFC 1123 2.1: the top-level label is never all digits, so a name cannot pass for an
+        # address; resolvers treat such names as (malformed) addresses.
+        raise ValueError(f"{name!r} is not a valid host name: its last label is all digits")
 
 
 def _parse_bracketed(entry: str, *, default_port: int) -> tuple[str, int]:
@@ -152,6 +201,8 @@ def parse_hosts(
     """The nodes of a hosts.txt text in file order; HostsFileError on the first bad line."""
     hosts: list[Host] = []
     seen: dict[tuple[str, int], Host] = {}
+    if text.startswith(_BYTE_ORDER_MARK):
+        text = text[len(_BYTE_ORDER_MARK) :]
     # Only "\n" ends a line (as in editors and wc -l), so line numbers match what people see.
     for number, raw in enumerate(text.split("\n"), start=1):
         if len(raw) > MAX_LINE_LENGTH:

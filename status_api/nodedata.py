@@ -6,6 +6,10 @@ something else listening on the port. :func:`validate_status` accepts exactly th
 returns a fresh dict in the legacy key order with bounded strings and lists, or raises
 :class:`NodeDataError` saying which field is wrong. Nothing a node sends can crash the service.
 
+A process's memory is ``mem(MiB)``, as node_info.py wrote it; gpu-exporter 0.1.0 wrote ``mem``,
+which is accepted too so that a fleet can be upgraded node by node. The result always says
+``mem(MiB)``. Key order in the answer never matters (node_info.py sorted its keys).
+
 Keys beyond the legacy schema are dropped.
 """
 
@@ -20,6 +24,9 @@ MAX_SHORT_STRING = 256
 MAX_GPUS = 1024
 MAX_USERS = 65536
 MAX_IPS = 1024
+
+USER_MEMORY = "mem(MiB)"  # a process's GPU memory, as node_info.py named it
+_USER_MEMORY_0_1 = "mem"  # what gpu-exporter 0.1.0 sent instead
 
 
 class NodeDataError(ValueError):
@@ -78,12 +85,20 @@ def _field(document: dict[str, Any], key: str, where: str) -> Any:
         raise NodeDataError(f"{where}: missing {key!r}") from None
 
 
+def _user_memory(user: dict[str, Any], where: str) -> int | float | None:
+    """The process's memory under either name; the error names the one the node used."""
+    for key in (USER_MEMORY, _USER_MEMORY_0_1):
+        if key in user:
+            return _number(user[key], f"{where}.{key}")
+    raise NodeDataError(f"{where}: missing {USER_MEMORY!r}")
+
+
 def _user(value: object, where: str) -> dict[str, Any]:
     user = _object(value, where)
     return {
         "pid": _integer(_field(user, "pid", where), f"{where}.pid"),
         "username": _string(_field(user, "username", where), f"{where}.username"),
-        "mem": _number(_field(user, "mem", where), f"{where}.mem"),
+        USER_MEMORY: _user_memory(user, where),
         "command": _string(_field(user, "command", where), f"{where}.command", MAX_STRING),
     }
 

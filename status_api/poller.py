@@ -138,6 +138,9 @@ def _error_text(error: BaseException, settings: PollSettings) -> str:
     return f"poll failed: {type(error).__name__}: {error}"[:200]
 
 
+OLD_NODE_WRONG_PASSWORD = "an old node_info.py answers 404 to a wrong password; check the password"
+
+
 def _refusal(status: int, body: bytes) -> str:
     """The text for a non-200 answer, with the node's JSON error message when it gave one."""
     message = ""
@@ -145,6 +148,10 @@ def _refusal(status: int, body: bytes) -> str:
         message = str(json.loads(body).get("error", ""))
     if status == 403 and not message:
         message = "wrong password"
+    if status == 404:
+        # node_info.py answers a wrong password with Flask's 404 page, not with 403; a real
+        # missing path is unlikely, since every version of the node serves this one.
+        message = f"{message[:80] or 'not found'} ({OLD_NODE_WRONG_PASSWORD})"
     text = f"HTTP {status}" + (f": {message}" if message else "")
     return text[:200]
 

@@ -44,9 +44,10 @@ def test_schema_and_key_order(exporter_factory, worker_pids):
         assert gpu_json["temp"] == gpu.temperature
         assert [u["pid"] for u in gpu_json["users"]] == [p.pid for p in gpu.processes]
         for user, process in zip(gpu_json["users"], gpu.processes):
-            assert list(user) == ["pid", "username", "mem", "command"]
+            # "mem(MiB)", as node_info.py wrote it: old clients read exactly that key.
+            assert list(user) == ["pid", "username", "mem(MiB)", "command"]
             assert user["username"] == getpass.getuser()
-            assert user["mem"] == process.used_bytes // MIB
+            assert user["mem(MiB)"] == process.used_bytes // MIB
             assert user["command"] == "sleep 600"
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.proc import free_port
 from status_api.hosts import (
     Host,
     HostsFileError,
@@ -18,6 +22,7 @@ from status_api.hosts import (
     parse_entry,
     parse_hosts,
 )
+from tests.support.status_service import child_env, status_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,6 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
         ("[fd00::12]:7081", "fd00::12", 7081, True, "[fd00::12]:7081"),
         ("[2001:db8::1]:1", "2001:db8::1", 1, True, "[2001:db8::1]:1"),
         ("n:65535", "n", 65535, False, "n:65535"),
+        ("1node", "1node", 7080, False, "1node:7080"),
+        ("10.0.0.12.lab", "10.0.0.12.lab", 7080, False, "10.0.0.12.lab:7080"),
+        ("gpu.0x7f", "gpu.0x7f", 7080, False, "gpu.0x7f:7080"),
+        ("0.0.0.0", "0.0.0.0", 7080, False, "0.0.0.0:7080"),
     ],
 )  # fmt: skip
 def test_valid_entries(entry: str, name: str, port: int, ipv6: bool, netloc: str) -> None:
@@ -80,6 +89,17 @@ def test_windows_line_endings() -> None:
     assert [h.text for h in parse_hosts("node1\r\nnode2\r\n")] == ["node1", "node2"]
 
 
+def test_byte_order_mark_at_the_start_is_ignored(tmp_path: Path) -> None:
+    """Notepad and other Windows editors start a UTF-8 file with a BOM."""
+    path = tmp_path / "hosts.txt"
+    path.write_bytes(b"\xef\xbb\xbfnode1\r\nnode2:7081\r\n")
+    hosts = load_hosts(path)
+    assert [(h.name, h.port, h.line) for h in hosts] == [("node1", 7080, 1), ("node2", 7081, 2)]
+    assert [h.text for h in parse_hosts("\ufeff# comment\nnode1\n")] == ["node1"]
+    with pytest.raises(HostsFileError, match=r"hosts\.txt:2: .*not a valid host name"):
+        parse_hosts("node1\n\ufeffnode2\n")  # only at the very start
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -104,6 +124,19 @@ def test_windows_line_endings() -> None:
         ("999.1.1.1", "not a valid IPv4 address"),
         ("10.0.0", "not a valid IPv4 address"),
         ("1234", "not a valid IPv4 address"),
+        # Numeric spellings the C resolver reads as an address nobody wrote.
+        ("0x7f.1", "resolver would read it as 127.0.0.1"),
+        ("127.1", "resolver would read it as 127.0.0.1"),
+        ("0177.0.0.1", "resolver would read it as 127.0.0.1"),
+        ("2130706433", "resolver would read it as 127.0.0.1"),
+        ("0x7f.0.0.1:7081", "resolver would read it as 127.0.0.1"),
+        ("010.0.0.12", "resolver would read it as 8.0.0.12"),
+        ("0x7f", "resolver would read it as 0.0.0.127"),
+        ("08.1.1.1", "not a valid IPv4 address"),
+        ("1.2.3.4.5", "not a valid IPv4 address"),
+        # RFC 1123: the last label of a host name is never all digits.
+        ("node.123", "its last label is all digits"),
+        ("0x100.1", "its last label is all digits"),
         ("-node", "not a valid host name"),
         ("node-", "not a valid host name"),
         ("no..de", "not a valid host name"),
@@ -212,7 +245,8 @@ def test_watcher_survives_the_file_disappearing(tmp_path: Path) -> None:
 # ---- properties ------------------------------------------------------------------------------
 
 _label = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True).filter(
-    lambda label: not label.isdigit()
+    # All digits, or hexadecimal: the resolver could read the name as an address.
+    lambda label: not label.isdigit() and not re.fullmatch(r"0x[0-9a-f]+", label)
 )
 _hostname = st.lists(_label, min_size=1, max_size=4).map(".".join)
 _ipv4 = st.ip_addresses(v=4).map(str)
@@ -236,6 +270,44 @@ def test_property_valid_entries_round_trip(entry: tuple[str, int | None], defaul
     assert host.port == (default if port is None else port)
     reparsed = parse_entry(host.netloc, default_port=default)
     assert reparsed.key == host.key
+
+
+@st.composite
+def _numeric_spellings(draw: st.DrawFn) -> tuple[str, ipaddress.IPv4Address]:
+    """An IPv4 address written as inet_aton(3) reads it: 1 to 4 parts, each in any base."""
+    address = draw(st.ip_addresses(v=4))
+    value = int(address)
+    count = draw(st.integers(min_value=1, max_value=4))
+    head = [(value >> (8 * (3 - i))) & 0xFF for i in range(count - 1)]
+    last = value & ((1 << (8 * (4 - len(head)))) - 1)
+    spelled = [draw(st.sampled_from(["{:d}", "0{:o}", "0x{:x}", "0X{:X}"])).format(part)
+               for part in [*head, last]]  # fmt: skip
+    return ".".join(spelled), address
+
+
+@settings(max_examples=300, deadline=None)
+@given(spelling=_numeric_spellings())
+def test_property_only_the_dotted_quad_spelling_is_accepted(
+    spelling: tuple[str, ipaddress.IPv4Address],
+) -> None:
+    text, address = spelling
+    if text == str(address):
+        assert parse_entry(text).name == text
+        return
+    with pytest.raises(ValueError, match=re.escape(f"resolver would read it as {address};")):
+        parse_entry(text)
+
+
+def test_a_numeric_spelling_stops_the_service_at_start(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("# lab\nnode1\n0x7f.1:7081\n")
+    result = subprocess.run(
+        status_command(hosts, free_port()),
+        capture_output=True, text=True, timeout=30, env=child_env(), check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"{hosts}:3: '0x7f.1' is not a valid IPv4 address" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @settings(max_examples=500, deadline=None)

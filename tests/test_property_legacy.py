@@ -340,6 +340,10 @@ def test_legacy_json_round_trips(snapshot: Snapshot) -> None:
         assert [(u["pid"], u["username"], u["command"]) for u in rendered["users"]] == [
             (p.pid, p.user, p.command) for p in gpu.processes
         ]
+        for user, process in zip(rendered["users"], gpu.processes):
+            assert list(user) == ["pid", "username", "mem(MiB)", "command"]
+            memory = process.gpu_memory_bytes
+            assert user["mem(MiB)"] == (None if memory is None else memory // 2**20)
 
 
 def _labels(samples: list[tuple[str, dict[str, str], float]], name: str) -> list[dict[str, str]]:

@@ -2,8 +2,9 @@
 
 Several exporters with different scenarios, a node that refuses connections and one that never
 answers: the combined JSON shows each correctly and on time; a node that goes down turns stale
-then offline, and turns online again when it comes back; scenario changes show up. Also polling
-exporters that serve HTTPS with basic auth.
+then offline, and turns online again when it comes back; scenario changes show up. A mixed fleet:
+nodes that still run the old node_info.py beside new exporters. Also polling exporters that serve
+HTTPS with basic auth.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ from simulator.exporters import nvml_env, write_scenario
 from simulator.fakenvml import scenario as fake
 from simulator.nodes import FakeNodes
 from simulator.proc import ManagedProcess, free_port, wait_http
+import schemathesis
+import trustme
+import yaml
+
+from simulator.exporters import nvml_env, write_scenario
+from simulator.fakenvml import scenario as fake
+from simulator.nodes import FakeNodes
+from tests.support.old_node import OldNode, node_info_status, sample_gpus
+from simulator.proc import ManagedProcess, free_port, wait_http
 from tests.support.status_service import (  # noqa: F401 - fixture
     PASSWORD,
     node,
@@ -32,6 +42,8 @@ from tests.support.status_service import (  # noqa: F401 - fixture
 )
 
 MIB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[1]
+USER_KEYS = ["pid", "username", "mem(MiB)", "command"]
 
 
 def _entry(exporter) -> str:  # type: ignore[no-untyped-def]
@@ -125,6 +137,100 @@ def test_cluster_of_real_exporters(
 def _start_exporter(
     fake_nvml: Path, tmp_path: Path, port: int, scenario_path: Path, *args: str
 ) -> ManagedProcess:
+# ---- a fleet mid-upgrade: old node_info.py nodes beside new exporters -----------------------
+
+
+def test_mixed_fleet_of_old_node_info_and_new_exporters(
+    exporter_factory,
+    worker_pids,
+    status_service_factory,  # noqa: F811
+) -> None:
+    scenario = fake.busy(2, worker_pids(2), seed=4)
+    new = exporter_factory(scenario, "--hostname", "gpu-new", password=PASSWORD)
+    old_status = node_info_status("gpu-old", sample_gpus())
+    locked_status = node_info_status("gpu-old-locked", sample_gpus())
+    with (
+        OldNode(old_status, password=PASSWORD) as old,
+        OldNode(locked_status, password="other") as locked,
+    ):
+        hosts = [_entry(new), old.entry, locked.entry]
+        service = status_service_factory(hosts, "--power-interval", "0", interval=0.5)
+        document = service.wait_for(
+            lambda d: d["summary"]["nodes_online"] == 2, what="the old and the new node online"
+        )
+
+        old_doc = node(document, old.entry)
+        assert (old_doc["state"], old_doc["error"], old_doc["hostname"]) == (
+            "online", "", "gpu-old",
+        )  # fmt: skip
+        assert old_doc["ips"] == [["eth0", "10.0.0.9"]]
+        assert old_doc["last_update"] == "2023-04-29T21:17:41.419592"
+        busy, idle = old_doc["gpus"]
+        assert (busy["index"], busy["use_mem"], busy["tot_mem"], busy["utilize"], busy["temp"]) == (
+            0, 20000, 24576, 97, 78,
+        )  # fmt: skip
+        # The cluster view keeps its own schema ("mem"); the unreadable process was never sent.
+        assert busy["users"] == [
+            {"pid": 31337, "username": "alice", "mem": 12288,
+             "command": "python train.py --epochs 90"},
+            {"pid": 31338, "username": "bob", "mem": 6144, "command": "python -m jupyter lab"},
+        ]  # fmt: skip
+        assert (busy["free"], idle["free"], idle["users"]) == (False, True, [])
+        assert (busy["power"], busy["power_limit"]) == (None, None)  # node_info.py has none
+        assert old.paths.count("/metrics") == 1  # asked once, then left alone for a while
+
+        new_doc = node(document, hosts[0])
+        assert new_doc["state"] == "online" and new_doc["hostname"] == "gpu-new"
+        for gpu_doc, gpu in zip(new_doc["gpus"], scenario.gpus):
+            assert [u["mem"] for u in gpu_doc["users"]] == [
+                p.used_bytes // MIB for p in gpu.processes
+            ]
+
+        locked_doc = node(document, locked.entry)
+        assert locked_doc["state"] == "offline"
+        assert locked_doc["error"] == (
+            "HTTP 404: not found "
+            "(an old node_info.py answers 404 to a wrong password; check the password)"
+        )
+
+        # The legacy view speaks node_info.py's JSON for every node, old and new alike.
+        response = service.get("/get-status")
+        legacy = response.json()["Nodes"]
+        assert legacy[1] == {**old_status, "status": True, "version": "NVIDIA GeForce RTX 3090"}
+        assert list(legacy[1]) == ["hostname", "last_update", "ips", "gpus", "status", "version"]
+        assert [list(u) for u in legacy[1]["gpus"][0]["users"]] == [USER_KEYS, USER_KEYS]
+        assert legacy[0]["gpus"] == new.status()["gpus"]
+        assert all(list(u) == USER_KEYS for g in legacy[0]["gpus"] for u in g["users"])
+        assert legacy[2] == {"hostname": locked.entry, "status": False, "gpus": []}
+
+        # Both documents are what status_api/openapi.yaml describes.
+        described = schemathesis.openapi.from_path(REPO / "status_api" / "openapi.yaml")
+        described["/get-status"]["GET"].validate_response(response)
+        cluster = service.get("/api/v1/cluster")
+        described["/api/v1/cluster"]["GET"].validate_response(cluster)
+
+
+def test_an_old_node_answering_mem_is_still_read(
+    status_service_factory,  # noqa: F811
+) -> None:
+    """gpu-exporter 0.1.0 answered ``mem``; until upgraded, such a node stays online."""
+    status = node_info_status("gpu-0-1", sample_gpus())
+    for gpu in status["gpus"]:
+        for user in gpu["users"]:
+            user["mem"] = user.pop("mem(MiB)")
+    with OldNode(status, password=PASSWORD) as early:
+        service = status_service_factory([early.entry])
+        document = service.wait_for(lambda d: d["summary"]["nodes_online"] == 1, what="online")
+        users = node(document, early.entry)["gpus"][0]["users"]
+        assert [(u["username"], u["mem"]) for u in users] == [("alice", 12288), ("bob", 6144)]
+        legacy_users = service.legacy()["Nodes"][0]["gpus"][0]["users"]
+        assert [(u["username"], u["mem(MiB)"]) for u in legacy_users] == [
+            ("alice", 12288), ("bob", 6144),
+        ]  # fmt: skip
+        assert all(list(u) == USER_KEYS for u in legacy_users)
+
+
+def _start_exporter(fake_nvml: Path, tmp_path: Path, port: int, scenario_path: Path):  # type: ignore[no-untyped-def]
     """An exporter on a fixed port, so it can come back where it was."""
     password_file = tmp_path / "exporter-password"
     password_file.write_text(PASSWORD + "\n")

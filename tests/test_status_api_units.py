@@ -20,12 +20,19 @@ from status_api.hosts import parse_hosts
 from status_api.nodedata import NodeDataError, parse_status, validate_status
 from status_api.nodemetrics import parse_power
 from status_api.poller import NodeClient, PollResult, PollSettings
+from tests.support.old_node import jsonify, node_info_status, sample_gpus
 
 
 def _status(**overrides: Any) -> dict[str, Any]:
     status = legacy_status("gpu-a", gpus=2, users_per_gpu=2)
     status.update(overrides)
     return status
+
+
+def _spell_mem_as_0_1(user: dict[str, Any], value: object) -> None:
+    """The process as gpu-exporter 0.1.0 wrote it: ``mem``, not ``mem(MiB)``."""
+    del user["mem(MiB)"]
+    user["mem"] = value
 
 
 # ---- node answers ----------------------------------------------------------------------------
@@ -39,8 +46,31 @@ def test_valid_status_comes_back_in_legacy_key_order() -> None:
     assert list(checked["gpus"][0]) == [
         "index", "name", "use_mem", "tot_mem", "utilize", "temp", "users",
     ]  # fmt: skip
-    assert list(checked["gpus"][0]["users"][0]) == ["pid", "username", "mem", "command"]
+    assert list(checked["gpus"][0]["users"][0]) == ["pid", "username", "mem(MiB)", "command"]
     assert checked == original
+
+
+def test_old_node_info_answer_is_accepted_as_sent() -> None:
+    """node_info.py sorted its keys (Flask's jsonify) and wrote ``mem(MiB)``."""
+    original = node_info_status("gpu-old", sample_gpus())
+    checked = parse_status(jsonify(original))
+    assert list(checked) == ["hostname", "last_update", "ips", "gpus"]
+    assert list(checked["gpus"][0]["users"][0]) == ["pid", "username", "mem(MiB)", "command"]
+    assert checked == original
+    assert [u["mem(MiB)"] for u in checked["gpus"][0]["users"]] == [12288, 6144]
+
+
+def test_mem_of_0_1_exporters_is_read_as_mem_mib() -> None:
+    """gpu-exporter 0.1.0 wrote ``mem``; a fleet being upgraded sends both spellings."""
+    status = _status()
+    for user in status["gpus"][0]["users"]:
+        _spell_mem_as_0_1(user, user["mem(MiB)"])
+    checked = validate_status(status)
+    assert [list(u) for u in checked["gpus"][0]["users"]] == [
+        ["pid", "username", "mem(MiB)", "command"]
+    ] * 2
+    assert [u["mem(MiB)"] for u in checked["gpus"][0]["users"]] == [1200, 1200]
+    assert checked == _status()
 
 
 def test_nulls_for_unreadable_values_and_extra_keys_dropped() -> None:
@@ -65,6 +95,18 @@ def test_nulls_for_unreadable_values_and_extra_keys_dropped() -> None:
         (lambda s: s["gpus"][0].update(temp="hot"), "gpus[0].temp: expected a number or null"),
         (lambda s: s["gpus"][0]["users"][1].update(pid=None), "gpus[0].users[1].pid"),
         (lambda s: s["gpus"][0]["users"][0].pop("command"), "gpus[0].users[0]: missing 'command'"),
+        (
+            lambda s: s["gpus"][0]["users"][1].pop("mem(MiB)"),
+            "gpus[0].users[1]: missing 'mem(MiB)'",
+        ),
+        (
+            lambda s: s["gpus"][0]["users"][0].update({"mem(MiB)": "1 GiB"}),
+            "gpus[0].users[0].mem(MiB): expected a number or null, got '1 GiB'",
+        ),
+        (
+            lambda s: _spell_mem_as_0_1(s["gpus"][0]["users"][0], [1]),
+            "gpus[0].users[0].mem: expected a number or null, got [1]",
+        ),
         (lambda s: s["gpus"].append([]), "gpus[2]: expected an object"),
     ],
 )
@@ -219,6 +261,11 @@ def test_views_summary_free_gpus_and_legacy_shape() -> None:
     assert [g["free"] for g in busy_node["gpus"]] == [False, False]
     assert [g["free"] for g in idle_node["gpus"]] == [True, True]
     assert busy_node["gpus"][0]["power"] is None
+    # /api/v1/cluster keeps its own schema: a process's memory is "mem" there.
+    assert busy_node["gpus"][0]["users"][0] == {
+        "pid": 10000, "username": "user0", "mem": 1200,
+        "command": "python train.py --gpu 0 --run 0",
+    }  # fmt: skip
     assert down == {
         "node": "down", "address": "down:7080", "state": "offline", "last_seen": None,
         "error": "no answer within 1 s", "poll_seconds": 0.01, "hostname": "down",
@@ -231,6 +278,7 @@ def test_views_summary_free_gpus_and_legacy_shape() -> None:
     assert list(first) == ["hostname", "last_update", "ips", "gpus", "status", "version"]
     assert first["status"] is True and first["version"] == "NVIDIA A100-SXM4-80GB"
     assert first["gpus"] == busy["gpus"]  # exactly the node's own GPUs, no additions
+    assert list(first["gpus"][0]["users"][0]) == ["pid", "username", "mem(MiB)", "command"]
     assert legacy["Nodes"][2] == {"hostname": "down", "status": False, "gpus": []}
     assert gzip.decompress(cluster.views.legacy.gzipped) == cluster.views.legacy.body
 

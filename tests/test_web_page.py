@@ -2,7 +2,8 @@
 
 Asserts what a person sees: node cards, GPU rows, the offline node, free GPUs and temperatures,
 the filters and the sort, auto-refresh picking up a scenario change (one timer, no reload), the
-pause button, and that hostile text from the nodes is shown as text and never run.
+pause button, a node still running the old node_info.py shown like the others, and that hostile
+text from the nodes is shown as text and never run.
 Screenshots go to build/artifacts/ (docs/screenshot.png is a copy of status-page.png).
 """
 
@@ -21,6 +22,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from simulator.fakenvml import scenario as fake
 from simulator.nodes import FakeNodes, legacy_status
 from simulator.proc import free_port
+from tests.support.old_node import OldNode, node_info_status, sample_gpus
 from tests.support.status_service import (  # noqa: F401 - fixture
     PASSWORD,
     StatusService,
@@ -96,12 +98,12 @@ class Cluster:
 def _lab_box_status() -> dict[str, Any]:
     status = legacy_status("lab-box", gpus=2, users_per_gpu=0)
     status["gpus"][0]["users"] = [
-        {"pid": 4101, "username": "alice", "mem": 20480, "command": "python finetune.py"},
-        {"pid": 4102, "username": "bob", "mem": 8192, "command": "jupyter-lab"},
+        {"pid": 4101, "username": "alice", "mem(MiB)": 20480, "command": "python finetune.py"},
+        {"pid": 4102, "username": "bob", "mem(MiB)": 8192, "command": "jupyter-lab"},
     ]
     status["gpus"][0].update(use_mem=28800, utilize=93, temp=71)
     status["gpus"][1]["users"] = [
-        {"pid": 4103, "username": "bob", "mem": 30000, "command": "python eval.py"},
+        {"pid": 4103, "username": "bob", "mem(MiB)": 30000, "command": "python eval.py"},
     ]
     status["gpus"][1].update(use_mem=30200, utilize=64, temp=66)
     return status
@@ -250,6 +252,44 @@ def test_auto_refresh_pause_and_one_timer(cluster: Cluster, page: Page) -> None:
     timers = page.evaluate("window.__timers")
     assert timers["intervals"] == 0
     assert timers["most"] <= 1, timers  # one timer chain, never stacked
+
+
+def test_old_node_info_node_in_a_mixed_fleet(
+    exporter_factory: Callable[..., Any],
+    status_service_factory: Callable[..., StatusService],  # noqa: F811
+    page: Page,
+) -> None:
+    exporter = exporter_factory(fake.idle(1), "--hostname", "gpu-new", password=PASSWORD)
+    old_status = node_info_status("gpu-old", sample_gpus())
+    locked_status = node_info_status("gpu-old-locked", sample_gpus())
+    with (
+        OldNode(old_status, password=PASSWORD) as old,
+        OldNode(locked_status, password="other") as locked,
+    ):
+        hosts = [f"127.0.0.1:{exporter.port}", old.entry, locked.entry]
+        service = status_service_factory(hosts, interval=0.5, timeout=0.8)
+        service.wait_for(lambda d: d["summary"]["nodes_online"] == 2, what="two nodes online")
+        page.goto(service.url + "/")
+        expect(page.locator("article.node")).to_have_count(3)
+
+        card = _card(page, "gpu-old")
+        expect(card.locator(".badge")).to_have_text("online")
+        expect(card.locator("tr.gpu")).to_have_count(2)
+        busy = card.locator("tr.gpu").nth(0)
+        expect(busy.locator(".user-name")).to_have_text(["alice", "bob"])
+        expect(busy.locator(".user-mem")).to_have_text(["12 GiB", "6.0 GiB"])
+        expect(busy.locator(".gpu-temp")).to_have_text("78 °C")
+        expect(busy.locator(".gpu-power")).to_have_text("\u2013")  # node_info.py reports no power
+        expect(card.locator("tr.gpu.free")).to_have_count(1)
+        expect(_card(page, "gpu-new").locator(".badge")).to_have_text("online")
+
+        offline = page.locator("article.node.offline")
+        expect(offline).to_have_count(1)
+        expect(offline.locator(".node-name")).to_have_text(locked.entry)
+        expect(offline.locator(".node-error")).to_have_text(
+            "HTTP 404: not found "
+            "(an old node_info.py answers 404 to a wrong password; check the password)"
+        )
 
 
 def test_hostile_text_is_shown_as_text(
