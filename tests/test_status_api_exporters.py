@@ -19,13 +19,6 @@ from pathlib import Path
 import bcrypt
 import pytest
 import requests
-import trustme
-import yaml
-
-from simulator.exporters import nvml_env, write_scenario
-from simulator.fakenvml import scenario as fake
-from simulator.nodes import FakeNodes
-from simulator.proc import ManagedProcess, free_port, wait_http
 import schemathesis
 import trustme
 import yaml
@@ -33,8 +26,8 @@ import yaml
 from simulator.exporters import nvml_env, write_scenario
 from simulator.fakenvml import scenario as fake
 from simulator.nodes import FakeNodes
-from tests.support.old_node import OldNode, node_info_status, sample_gpus
 from simulator.proc import ManagedProcess, free_port, wait_http
+from tests.support.old_node import OldNode, node_info_status, sample_gpus
 from tests.support.status_service import (  # noqa: F401 - fixture
     PASSWORD,
     node,
@@ -134,9 +127,6 @@ def test_cluster_of_real_exporters(
         assert not any(g["free"] for g in node(changed, hosts[1])["gpus"])
 
 
-def _start_exporter(
-    fake_nvml: Path, tmp_path: Path, port: int, scenario_path: Path, *args: str
-) -> ManagedProcess:
 # ---- a fleet mid-upgrade: old node_info.py nodes beside new exporters -----------------------
 
 
@@ -230,7 +220,9 @@ def test_an_old_node_answering_mem_is_still_read(
         assert all(list(u) == USER_KEYS for u in legacy_users)
 
 
-def _start_exporter(fake_nvml: Path, tmp_path: Path, port: int, scenario_path: Path):  # type: ignore[no-untyped-def]
+def _start_exporter(
+    fake_nvml: Path, tmp_path: Path, port: int, scenario_path: Path, *args: str
+) -> ManagedProcess:
     """An exporter on a fixed port, so it can come back where it was."""
     password_file = tmp_path / "exporter-password"
     password_file.write_text(PASSWORD + "\n")
