@@ -275,24 +275,31 @@ def test_configured_cipher_suite_is_the_one_negotiated(exporter_factory, tmp_pat
         handshake(exporter.port, ca_file, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")
 
 
-@pytest.mark.parametrize(("prefer", "expected"), [(True, "A"), (False, "B")])
+_AES128 = ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256")
+_AES256 = ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384")
+
+
+# Each layout lands on AES-128 only if the option is applied: by default the server's own order,
+# which puts AES-256 first, would win.
+@pytest.mark.parametrize(
+    ("prefer", "server_order", "client_order"),
+    [
+        (True, [_AES128, _AES256], [_AES256, _AES128]),
+        (False, [_AES256, _AES128], [_AES128, _AES256]),
+    ],
+)
 def test_prefer_server_cipher_suites_decides_whose_order_wins(
-    exporter_factory, tmp_path, ca, prefer, expected
+    exporter_factory, tmp_path, ca, prefer, server_order, client_order
 ):
-    suites = {
-        "A": ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256"),
-        "B": ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384"),
-    }
     exporter = _tls_exporter(
         exporter_factory,
         tmp_path,
         ca,
-        cipher_suites=[suites["A"][0], suites["B"][0]],
+        cipher_suites=[go for go, _ in server_order],
         prefer_server_cipher_suites=prefer,
     )
-    client_order = f"{suites['B'][1]}:{suites['A'][1]}"
-    negotiated = handshake(exporter.port, tmp_path / "ca.pem", ciphers=client_order)
-    assert negotiated == suites[expected][1]
+    ciphers = ":".join(openssl for _, openssl in client_order)
+    assert handshake(exporter.port, tmp_path / "ca.pem", ciphers=ciphers) == _AES128[1]
 
 
 def test_curve_preferences_limit_the_key_exchange(exporter_factory, tmp_path, ca):
