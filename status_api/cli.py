@@ -17,7 +17,7 @@ import signal
 import ssl
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,7 +87,8 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--node-basic-auth-user", help="basic-auth user for the exporters")
     group.add_argument(
         "--node-basic-auth-password-file", type=Path,
-        help="file whose first line is the basic-auth password for the exporters",
+        help="file whose first line is the basic-auth password for the exporters (re-read when "
+        "it changes)",
     )  # fmt: skip
 
 
@@ -171,33 +172,46 @@ def _first_line(path: Path, what: str) -> str:
     raise ValueError(f"{what} {path} is empty")
 
 
-class _Password:
-    """The node password, re-read when its file changes (so a rotation needs no restart)."""
+class _Secret:
+    """A password read from a file, re-read when the file changes (so a rotation needs no
+    restart); a file that cannot be read then is logged and the previous password kept."""
 
-    def __init__(self, path: Path | None) -> None:
-        from exporter.password import PasswordError, load_password
-
-        self._errors = PasswordError
-        self._load = lambda: load_password(password_file=path)
+    def __init__(self, path: Path | None, load: Callable[[], str]) -> None:
+        self._load = load
         self._path = path
         self._stamp = self._file_stamp()
         self._value = self._load()
 
-    def _file_stamp(self) -> int | None:
+    def _file_stamp(self) -> tuple[int, int] | None:
         try:
-            return os.stat(self._path).st_mtime_ns if self._path else None
+            stat = os.stat(self._path) if self._path else None
         except OSError:
             return None
+        return None if stat is None else (stat.st_mtime_ns, stat.st_size)
 
     def __call__(self) -> str:
+        from exporter.password import PasswordError
+
         stamp = self._file_stamp()
         if stamp != self._stamp:
             self._stamp = stamp
             try:
                 self._value = self._load()
-            except self._errors as error:
+            except (PasswordError, ValueError) as error:
                 log.error("%s; keeping the previous password", error)
         return self._value
+
+
+def _node_password(path: Path | None) -> _Secret:
+    """The legacy password sent to the nodes: the file, else the environment, else the default."""
+    from exporter.password import load_password
+
+    return _Secret(path, lambda: load_password(password_file=path))
+
+
+def _basic_auth_password(path: Path) -> _Secret:
+    """The password for the nodes' basic auth: the first line of its file."""
+    return _Secret(path, lambda: _first_line(path, "basic-auth password file"))
 
 
 def _raise_file_limit() -> None:
@@ -235,13 +249,12 @@ def _poll_settings(args: argparse.Namespace) -> PollSettings:
         raise ValueError("--node-basic-auth-user and --node-basic-auth-password-file go together")
     auth = None
     if args.node_basic_auth_user:
-        password = _first_line(args.node_basic_auth_password_file, "basic-auth password file")
-        auth = (args.node_basic_auth_user, password)
+        auth = (args.node_basic_auth_user, _basic_auth_password(args.node_basic_auth_password_file))
     for path in (args.node_ca_file, args.node_client_cert, args.node_client_key):
         if path is not None and not path.is_file():
             raise ValueError(f"no such file: {path}")
     settings = PollSettings(
-        password=_Password(args.password_file),
+        password=_node_password(args.password_file),
         scheme=args.node_scheme,
         timeout=args.timeout,
         connect_timeout=min(args.connect_timeout, args.timeout),

@@ -50,7 +50,8 @@ MAX_CACHED_URLS = 100_000
 
 @dataclass(frozen=True)
 class PollSettings:
-    """How to reach the nodes. ``password`` is called once per round, so a rotated file is seen."""
+    """How to reach the nodes. ``password`` and the basic-auth password are called once per round,
+    so a rotated file is seen."""
 
     password: Callable[[], str]
     scheme: str = "http"
@@ -61,7 +62,7 @@ class PollSettings:
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    basic_auth: tuple[str, str] | None = None
+    basic_auth: tuple[str, Callable[[], str]] | None = None  # user, password
     path: str = "/get-status"
     fetch_power: bool = True  # also read power from the node's /metrics ...
     power_interval: float = 10.0  # ... at most this often per node (0: every round)
@@ -167,16 +168,21 @@ class NodeClient:
             keepalive_timeout=_KEEPALIVE_SECONDS,
             ttl_dns_cache=60,
         )
-        auth = aiohttp.BasicAuth(*settings.basic_auth) if settings.basic_auth else None
+        self._auth = self._basic_auth()
         self._session = aiohttp.ClientSession(
             connector=connector,
-            auth=auth,
             timeout=aiohttp.ClientTimeout(
                 total=settings.timeout, sock_connect=settings.connect_timeout
             ),
             headers={"User-Agent": "gpu-status-api", "Content-Type": "application/json"},
             raise_for_status=False,
         )
+
+    def _basic_auth(self) -> aiohttp.BasicAuth | None:
+        if self.settings.basic_auth is None:
+            return None
+        user, password = self.settings.basic_auth
+        return aiohttp.BasicAuth(user, password())
 
     async def close(self) -> None:
         await self._session.close()
@@ -199,7 +205,7 @@ class NodeClient:
         limits = aiohttp.ClientTimeout(
             total=timeout, sock_connect=min(timeout, self.settings.connect_timeout)
         )
-        async with self._session.post(url, data=body, timeout=limits) as response:
+        async with self._session.post(url, data=body, timeout=limits, auth=self._auth) as response:
             data = await _read_capped(response, self.settings.max_body)
             if response.status != 200:
                 raise PollError(_refusal(response.status, data[:4096]))
@@ -231,7 +237,7 @@ class NodeClient:
         url = self._url(host, "/metrics")
         try:
             async with self._session.get(
-                url, timeout=aiohttp.ClientTimeout(total=deadline - now)
+                url, timeout=aiohttp.ClientTimeout(total=deadline - now), auth=self._auth
             ) as response:
                 if response.status == 404:
                     self._no_metrics[host.key] = now + _NO_METRICS_RETRY_SECONDS
@@ -271,6 +277,7 @@ class NodeClient:
     async def poll_all(self, hosts: Sequence[Host]) -> list[PollResult]:
         """Poll every host once; results come back in the order of ``hosts``."""
         body = json.dumps({"passwd": self.settings.password()}).encode("utf-8")
+        self._auth = self._basic_auth()
         start = time.monotonic()
         polls = (self.poll(host, body, round_start=start) for host in hosts)
         return list(await asyncio.gather(*polls))

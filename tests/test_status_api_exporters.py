@@ -9,6 +9,7 @@ exporters that serve HTTPS with basic auth.
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 from tests.conftest import nvml_env, write_scenario
 from tests.fakenvml import scenario as fake
 from tests.support.fake_nodes import FakeNodes
-from tests.support.proc import ManagedProcess, free_port, wait_http
+from tests.support.proc import ManagedProcess, free_port, wait_http, wait_until
 from tests.support.status_service import (  # noqa: F401 - fixture
     PASSWORD,
     node,
@@ -255,3 +256,68 @@ def test_polling_over_https_with_basic_auth(
     plain = status_service_factory(hosts)
     assert node(plain.cluster(), hosts[0])["state"] == "offline"
     assert "Traceback" not in plain.log()
+
+
+def _replace(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def test_basic_auth_rotation_on_both_sides_without_restart(
+    exporter_factory,
+    tmp_path: Path,
+    status_service_factory,  # noqa: F811
+) -> None:
+    def users(password: str) -> str:
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        return yaml.safe_dump({"basic_auth_users": {"status-api": hashed}})
+
+    config = tmp_path / "exporter-web-config.yml"
+    config.write_text(users("first"))
+    exporter = exporter_factory(
+        fake.idle(1), "--web-config-file", str(config), password=PASSWORD, wait_ready=False
+    )
+    wait_http(f"{exporter.url}/-/ready")
+    auth_file = tmp_path / "node-auth"
+    auth_file.write_text("first\n")
+    service = status_service_factory(
+        [_entry(exporter)],
+        "--node-basic-auth-user", "status-api", "--node-basic-auth-password-file", str(auth_file),
+    )  # fmt: skip
+    entry = _entry(exporter)
+    service.wait_for(lambda d: node(d, entry)["state"] == "online", what="node online")
+    # The exporter takes its new password from the next request on; the service still sends
+    # the old one ...
+    _replace(config, users("second"))
+    service.wait_for(
+        lambda d: node(d, entry)["error"].startswith("HTTP 401"), timeout=15, what="refused"
+    )
+    # ... until its own file says the new one.
+    _replace(auth_file, "second\n")
+    service.wait_for(
+        lambda d: node(d, entry)["state"] == "online" and not node(d, entry)["error"],
+        timeout=15,
+        what="new basic-auth password used",
+    )
+    assert service.process.alive() and exporter.process.alive()
+
+
+def test_status_service_web_config_is_reloaded(
+    tmp_path: Path,
+    status_service_factory,  # noqa: F811
+) -> None:
+    def users(*names: str) -> str:
+        hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+        return yaml.safe_dump({"basic_auth_users": {name: hashed for name in names}})
+
+    config = tmp_path / "status-web-config.yml"
+    config.write_text(users("alice"))
+    service = status_service_factory([], "--web-config-file", str(config))
+    assert service.get("/api/v1/cluster", auth=("bob", "pw")).status_code == 401
+    _replace(config, users("alice", "bob"))
+    wait_until(
+        lambda: service.get("/api/v1/cluster", auth=("bob", "pw")).status_code == 200,
+        timeout=15,
+        what="the new user to be accepted",
+    )
