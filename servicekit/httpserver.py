@@ -3,6 +3,8 @@
 cheroot (CherryPy's server) is used rather than waitress because it terminates TLS itself, which
 the exporter-toolkit web configuration needs (server certificates, client certificates, minimum
 TLS version), and it serves from a fixed thread pool. Flask's development server is never used.
+The web configuration is re-read when it changes: basic-auth users and headers apply from the next
+request, certificates from the next connection.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from servicekit.webconfig import (
     BasicAuth,
+    LoadedWebConfig,
     WebConfig,
     WebConfigError,
+    WebConfigFile,
     WSGIApp,
-    load_web_config,
-    ssl_context,
 )
 
 log = logging.getLogger(__name__)
@@ -76,14 +78,56 @@ class ExtraHeaders:
         return self._app(environ, with_headers)
 
 
-def wrap_app(app: WSGIApp, config: WebConfig, *, max_requests: int) -> WSGIApp:
-    """Apply the limit, basic auth and headers around ``app``; the limit runs first."""
+def _protect(app: WSGIApp, config: WebConfig) -> WSGIApp:
+    """Basic auth and headers around ``app``."""
     wrapped: WSGIApp = app
     if config.headers:
         wrapped = ExtraHeaders(wrapped, config.headers)
     if config.users:
         wrapped = BasicAuth(wrapped, config.users)
-    return InFlightLimit(wrapped, max_requests)
+    return wrapped
+
+
+class ReloadingProtection:
+    """Basic auth and headers from the web config file as it is now, rebuilt when it changes."""
+
+    def __init__(self, app: WSGIApp, source: WebConfigFile) -> None:
+        self._app = app
+        self._source = source
+        loaded = source.current()
+        self._built: tuple[LoadedWebConfig, WSGIApp] = (loaded, _protect(app, loaded.config))
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        loaded = self._source.current()
+        built_for, protected = self._built
+        if loaded is not built_for:
+            protected = _protect(self._app, loaded.config)
+            self._built = (loaded, protected)  # one assignment: readers see a consistent pair
+        return protected(environ, start_response)
+
+
+class ReloadingSSLAdapter(BuiltinSSLAdapter):
+    """cheroot's adapter wraps each new connection with ``self.context``: keep it current."""
+
+    def __init__(self, source: WebConfigFile) -> None:
+        tls = source.current().config.tls
+        assert tls is not None
+        super().__init__(str(tls.cert_file), str(tls.key_file))
+        self._source = source
+        self.context = source.current().context
+
+    def wrap(self, sock: object) -> tuple:
+        context = self._source.current().context
+        if context is not self.context:
+            self.context = context  # the setter also installs cheroot's SNI callback
+        return super().wrap(sock)
+
+
+def wrap_app(app: WSGIApp, config: WebConfig | WebConfigFile, *, max_requests: int) -> WSGIApp:
+    """Apply the limit, basic auth and headers around ``app``; the limit runs first."""
+    if isinstance(config, WebConfigFile):
+        return InFlightLimit(ReloadingProtection(app, config), max_requests)
+    return InFlightLimit(_protect(app, config), max_requests)
 
 
 def _host(listen_address: str) -> str:
@@ -100,7 +144,7 @@ def make_server(
     threads: int = 16,
 ) -> wsgi.Server:
     """Build (not start) the server; raises ``WebConfigError`` on a bad web config."""
-    config = load_web_config(web_config_file) if web_config_file else WebConfig()
+    config = WebConfigFile(web_config_file) if web_config_file else WebConfig()
     server = wsgi.Server(
         (_host(listen_address), port),
         wrap_app(app, config, max_requests=max_requests),
@@ -110,10 +154,8 @@ def make_server(
         timeout=10,
         server_name="gpu-cluster-monitor",
     )
-    if config.tls is not None:
-        adapter = BuiltinSSLAdapter(str(config.tls.cert_file), str(config.tls.key_file))
-        adapter.context = ssl_context(config.tls)
-        server.ssl_adapter = adapter
+    if isinstance(config, WebConfigFile) and config.current().config.tls is not None:
+        server.ssl_adapter = ReloadingSSLAdapter(config)
     return server
 
 

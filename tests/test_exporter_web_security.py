@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import bcrypt
 import pytest
@@ -158,6 +161,85 @@ def test_a_verified_client_certificate_has_its_own_password_limit(exporter_facto
             "min_version",
         ),
         ({"tls_server_config": {"cert_file": "missing.pem", "key_file": "missing.pem"}}, "TLS"),
+        (
+            {"tls_server_config": {"cert_file": "x", "key_file": "x", "client_ca_file": "ca.pem"}},
+            "Client CA's have been configured without a Client Auth Policy",
+        ),
+        (
+            {
+                "tls_server_config": {
+                    "cert_file": "x",
+                    "key_file": "x",
+                    "client_ca_file": "ca.pem",
+                    "client_auth_type": "NoClientCert",
+                }
+            },
+            "client_ca_file is set without client_auth_type",
+        ),
+        (
+            {"tls_server_config": {"cert_file": "x", "key_file": "x", "cipher_suites": ["AES"]}},
+            "unknown suite 'AES'; valid: TLS_RSA_WITH_RC4_128_SHA",
+        ),
+        (
+            {
+                "tls_server_config": {
+                    "cert_file": "x",
+                    "key_file": "x",
+                    "cipher_suites": ["TLS_AES_128_GCM_SHA256"],
+                }
+            },
+            "TLS_AES_128_GCM_SHA256 is a TLS 1.3 suite",
+        ),
+        (
+            {
+                "tls_server_config": {
+                    "cert_file": "x",
+                    "key_file": "x",
+                    "cipher_suites": ["TLS_RSA_WITH_RC4_128_SHA"],
+                }
+            },
+            "cipher_suites: TLS_RSA_WITH_RC4_128_SHA not available in OpenSSL",
+        ),
+        (
+            {
+                "tls_server_config": {
+                    "cert_file": "x",
+                    "key_file": "x",
+                    "cipher_suites": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                }
+            },
+            "cipher_suites must be a list of names",
+        ),
+        (
+            {
+                "tls_server_config": {
+                    "cert_file": "x",
+                    "key_file": "x",
+                    "curve_preferences": ["P256"],
+                }
+            },
+            "unknown curve 'P256'; valid: CurveP256, CurveP384, CurveP521, X25519",
+        ),
+        (
+            {
+                "tls_server_config": {
+                    "cert_file": "x",
+                    "key_file": "x",
+                    "curve_preferences": ["X25519", "CurveP256"],
+                }
+            },
+            "only one can be applied",
+        ),
+        (
+            {
+                "tls_server_config": {
+                    "cert_file": "x",
+                    "key_file": "x",
+                    "prefer_server_cipher_suites": "yes",
+                }
+            },
+            "prefer_server_cipher_suites must be true or false",
+        ),
     ],
 )
 def test_bad_web_config_stops_the_exporter_with_a_clear_error(
@@ -173,6 +255,108 @@ def test_bad_web_config_stops_the_exporter_with_a_clear_error(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _tls_exporter(  # type: ignore[no-untyped-def]
+    exporter_factory,
+    tmp_path: Path,
+    ca: trustme.CA,
+    *,
+    key_type: trustme.KeyType = trustme.KeyType.ECDSA,
+    **tls: object,
+):
+    """An exporter serving HTTPS with ``tls`` added to its tls_server_config."""
+    server = ca.issue_cert("127.0.0.1", key_type=key_type)
+    server.private_key_and_cert_chain_pem.write_to_path(tmp_path / "srv.pem")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    section = {"cert_file": "srv.pem", "key_file": "srv.pem", **tls}
+    config = write_web_config(tmp_path, {"tls_server_config": section})
+    exporter = exporter_factory(
+        fake.idle(1), "--web-config-file", config, scheme="https", wait_ready=False
+    )
+    wait_http(f"{exporter.url}/-/ready", verify=str(tmp_path / "ca.pem"))
+    return exporter
+
+
+def handshake(
+    port: int,
+    ca_file: Path,
+    *,
+    ciphers: str | None = None,
+    curve: str | None = None,
+    max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+) -> str:
+    """Connect over TLS, ask /-/healthy, and return the negotiated cipher (OpenSSL's name)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.maximum_version = max_version
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
+    if curve is not None:
+        context.set_ecdh_curve(curve)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with raw, context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert tls.recv(64).startswith(b"HTTP/1.1 200")
+        return tls.cipher()[0]
+
+
+def test_configured_cipher_suite_is_the_one_negotiated(exporter_factory, tmp_path, ca):
+    # Not what the client would pick from its defaults (an AES-GCM suite), so only the
+    # server's configuration can make the handshake land on it.
+    exporter = _tls_exporter(
+        exporter_factory,
+        tmp_path,
+        ca,
+        cipher_suites=["TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256"],
+    )
+    ca_file = tmp_path / "ca.pem"
+    assert handshake(exporter.port, ca_file) == "ECDHE-ECDSA-AES128-SHA256"
+    with pytest.raises(ssl.SSLError):
+        handshake(exporter.port, ca_file, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")
+
+
+_AES128 = ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "ECDHE-ECDSA-AES128-GCM-SHA256")
+_AES256 = ("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "ECDHE-ECDSA-AES256-GCM-SHA384")
+
+
+# Each layout lands on AES-128 only if the option is applied: by default the server's own order,
+# which puts AES-256 first, would win.
+@pytest.mark.parametrize(
+    ("prefer", "server_order", "client_order"),
+    [
+        (True, [_AES128, _AES256], [_AES256, _AES128]),
+        (False, [_AES256, _AES128], [_AES128, _AES256]),
+    ],
+)
+def test_prefer_server_cipher_suites_decides_whose_order_wins(
+    exporter_factory, tmp_path, ca, prefer, server_order, client_order
+):
+    exporter = _tls_exporter(
+        exporter_factory,
+        tmp_path,
+        ca,
+        cipher_suites=[go for go, _ in server_order],
+        prefer_server_cipher_suites=prefer,
+    )
+    ciphers = ":".join(openssl for _, openssl in client_order)
+    assert handshake(exporter.port, tmp_path / "ca.pem", ciphers=ciphers) == _AES128[1]
+
+
+def test_curve_preferences_limit_the_key_exchange(exporter_factory, tmp_path, ca):
+    # An RSA certificate: with TLS 1.2, OpenSSL also requires an ECDSA certificate's own curve
+    # among the client's groups, which would blur what this test looks at.
+    exporter = _tls_exporter(
+        exporter_factory,
+        tmp_path,
+        ca,
+        key_type=trustme.KeyType.RSA,
+        curve_preferences=["CurveP384"],
+    )
+    ca_file = tmp_path / "ca.pem"
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        assert handshake(exporter.port, ca_file, curve="secp384r1", max_version=version)
+        with pytest.raises(ssl.SSLError):
+            handshake(exporter.port, ca_file, curve="prime256v1", max_version=version)
 
 
 def test_requests_beyond_the_limit_get_503_at_once(exporter_factory, tmp_path):

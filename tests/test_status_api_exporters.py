@@ -26,7 +26,7 @@ import yaml
 from simulator.exporters import nvml_env, write_scenario
 from simulator.fakenvml import scenario as fake
 from simulator.nodes import FakeNodes
-from simulator.proc import ManagedProcess, free_port, wait_http
+from simulator.proc import ManagedProcess, free_port, wait_http, wait_until
 from tests.support.old_node import OldNode, node_info_status, sample_gpus
 from tests.support.status_service import (  # noqa: F401 - fixture
     PASSWORD,
@@ -475,3 +475,71 @@ def test_guessing_from_the_same_address_cannot_blank_the_page(
     assert guesses["prom"][:6] == [403] * 5 + [429], guesses["prom"][:10]
     assert guesses["prom"].count(403) <= 8 and set(guesses["prom"]) == {403, 429}
     assert set(guesses["anonymous"]) == {401}
+
+
+# ---- rotation of the web config and basic-auth passwords ---------------------------------
+
+
+def _replace(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def test_basic_auth_rotation_on_both_sides_without_restart(
+    exporter_factory,
+    tmp_path: Path,
+    status_service_factory,  # noqa: F811
+) -> None:
+    def users(password: str) -> str:
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        return yaml.safe_dump({"basic_auth_users": {"status-api": hashed}})
+
+    config = tmp_path / "exporter-web-config.yml"
+    config.write_text(users("first"))
+    exporter = exporter_factory(
+        fake.idle(1), "--web-config-file", str(config), password=PASSWORD, wait_ready=False
+    )
+    wait_http(f"{exporter.url}/-/ready")
+    auth_file = tmp_path / "node-auth"
+    auth_file.write_text("first\n")
+    service = status_service_factory(
+        [_entry(exporter)],
+        "--node-basic-auth-user", "status-api", "--node-basic-auth-password-file", str(auth_file),
+    )  # fmt: skip
+    entry = _entry(exporter)
+    service.wait_for(lambda d: node(d, entry)["state"] == "online", what="node online")
+    # The exporter takes its new password from the next request on; the service still sends
+    # the old one ...
+    _replace(config, users("second"))
+    service.wait_for(
+        lambda d: node(d, entry)["error"].startswith("HTTP 401"), timeout=15, what="refused"
+    )
+    # ... until its own file says the new one.
+    _replace(auth_file, "second\n")
+    service.wait_for(
+        lambda d: node(d, entry)["state"] == "online" and not node(d, entry)["error"],
+        timeout=15,
+        what="new basic-auth password used",
+    )
+    assert service.process.alive() and exporter.process.alive()
+
+
+def test_status_service_web_config_is_reloaded(
+    tmp_path: Path,
+    status_service_factory,  # noqa: F811
+) -> None:
+    def users(*names: str) -> str:
+        hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+        return yaml.safe_dump({"basic_auth_users": {name: hashed for name in names}})
+
+    config = tmp_path / "status-web-config.yml"
+    config.write_text(users("alice"))
+    service = status_service_factory([], "--web-config-file", str(config))
+    assert service.get("/api/v1/cluster", auth=("bob", "pw")).status_code == 401
+    _replace(config, users("alice", "bob"))
+    wait_until(
+        lambda: service.get("/api/v1/cluster", auth=("bob", "pw")).status_code == 200,
+        timeout=15,
+        what="the new user to be accepted",
+    )
