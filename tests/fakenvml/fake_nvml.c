@@ -5,7 +5,8 @@
  * (device, inode, size, mtime, ctime) signature changes, so tests can change the GPUs while a
  * process keeps NVML open. Every entry point runs the same prologue: init check, reload
  * check, `block` (sleep, with no lock held), then `fail` and `lost`. The file format is in
- * README.md, its parser in scenario_parse.c.
+ * README.md, its parser in scenario_parse.c; MIG and utilization sampling are in
+ * fake_nvml_mig.c and fake_nvml_utilization.c.
  *
  * Locking: `source_lock` guards the init refcount and the file signature (held briefly,
  * never while sleeping); `state_lock` guards the parsed state, read-locked while an entry

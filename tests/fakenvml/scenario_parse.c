@@ -115,7 +115,7 @@ int token_is(const char *token, size_t length, const char *word)
 
 /* Decimal, or hexadecimal with 0x; never octal, so "010" is ten. */
 int parse_number(const char *token, size_t length, unsigned long long max,
-                        unsigned long long *value)
+                 unsigned long long *value)
 {
     unsigned int base = 10;
     if (length > 2 && token[0] == '0' && (token[1] == 'x' || token[1] == 'X')) {
