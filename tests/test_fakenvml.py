@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -699,6 +700,377 @@ out["seconds"] = time.monotonic() - started
     assert result.out["seconds"] < 1.0
 
 
+# ---------------------------------------------------------------- process and video utilization
+
+NOT_FOUND = 6
+HOUR_US = 3600 * 1_000_000
+
+UTILIZATION_PRELUDE = """
+def samples(h, last_seen):
+    got = value(N.nvmlDeviceGetProcessUtilization, h, last_seen)
+    if isinstance(got, dict):
+        return got
+    return [[s.pid, s.timeStamp, s.smUtil, s.memUtil, s.encUtil, s.decUtil] for s in got]
+
+def size_query(h, size, last_seen=0):
+    count = ctypes.c_uint(size)
+    buffer = (N.c_nvmlProcessUtilizationSample_t * size)() if size else None
+    rc = raw("nvmlDeviceGetProcessUtilization")(h, buffer, ctypes.byref(count),
+                                                ctypes.c_ulonglong(last_seen))
+    return [rc, count.value]
+"""
+
+
+def test_process_utilization_size_query_filtering_and_support(probe):
+    sampled = fake.make_gpu(
+        0,
+        process_utilization=[
+            fake.FakeProcessUtilization(101, sm=55, memory=21, encoder=3, decoder=4),
+            fake.FakeProcessUtilization(102, sm=7, memory=1),
+        ],
+        process_utilization_period=HOUR_US,  # no new stamp during the test
+        encoder_utilization=12,
+        decoder_utilization=9,
+    )
+    no_lines = fake.make_gpu(1)
+    idle_but_supported = fake.make_gpu(2, process_utilization_period=HOUR_US)
+    started_us = int(time.time() * 1e6)
+    result = probe(
+        UTILIZATION_PRELUDE
+        + """
+N.nvmlInit()
+h0, h1, h2 = handles()
+first = samples(h0, 0)
+stamp = first[0][1]
+out.update(
+    first=first, now_us=int(time.time() * 1e6),
+    probe=size_query(h0, 0), too_small=size_query(h0, 1), exact=size_query(h0, 2),
+    older=samples(h0, stamp - 1), seen=samples(h0, stamp), probe_seen=size_query(h0, 0, stamp),
+    no_lines=[samples(h1, 0), size_query(h1, 0)], idle=[samples(h2, 0), size_query(h2, 0)],
+    video=[value(N.nvmlDeviceGetEncoderUtilization, h0),
+           value(N.nvmlDeviceGetDecoderUtilization, h0),
+           value(N.nvmlDeviceGetEncoderUtilization, h1),
+           value(N.nvmlDeviceGetDecoderUtilization, h1)],
+)
+""",
+        fake.FakeScenario(gpus=[sampled, no_lines, idle_but_supported]),
+    )
+    out = result.out
+    stamp = out["first"][0][1]
+    # Stamped in microseconds of CPU time when the file was loaded, within this probe's life.
+    assert started_us <= stamp <= out["now_us"]
+    assert out["first"] == [[101, stamp, 55, 21, 3, 4], [102, stamp, 7, 1, 0, 0]]
+    assert out["probe"] == [INSUFFICIENT_SIZE, 2]
+    assert out["too_small"] == [INSUFFICIENT_SIZE, 2]
+    assert out["exact"] == [SUCCESS, 2]
+    assert out["older"] == out["first"]
+    assert out["seen"] == {"error": NOT_FOUND}
+    assert out["probe_seen"] == [NOT_FOUND, 0]
+    assert out["no_lines"] == [{"error": NOT_SUPPORTED}, [NOT_SUPPORTED, 0]]
+    assert out["idle"] == [{"error": NOT_FOUND}, [NOT_FOUND, 0]]
+    assert out["video"] == [[12, 1_000_000], [9, 1_000_000]] + [{"error": NOT_SUPPORTED}] * 2
+
+
+def test_process_utilization_is_restamped_per_period_and_per_reload(probe):
+    period = 200_000
+    gpu = fake.make_gpu(
+        0,
+        process_utilization=[fake.FakeProcessUtilization(7, sm=40, memory=10)],
+        process_utilization_period=period,
+    )
+    result = probe(
+        UTILIZATION_PRELUDE
+        + """
+N.nvmlInit()
+h = N.nvmlDeviceGetHandleByIndex(0)
+first = samples(h, 0)[0][1]
+time.sleep(0.45)  # two periods and more
+second = samples(h, first)
+out["periodic"] = [first, second[0][1] if isinstance(second, list) else second]
+# Period 0: stamped when the file is loaded, and only then.
+once = fake.FakeProcessUtilization(7, sm=41, memory=10)
+fake.write(SCENARIO, fake.FakeScenario(gpus=[replace(fake.make_gpu(0),
+           process_utilization=[once], process_utilization_period=0)]))
+reloaded = samples(h, 0)
+time.sleep(0.3)
+out["reloaded"] = [reloaded, samples(h, reloaded[0][1])]
+changed = fake.FakeProcessUtilization(7, sm=90, memory=10)
+fake.write(SCENARIO, fake.FakeScenario(gpus=[replace(fake.make_gpu(0),
+           process_utilization=[changed], process_utilization_period=0)]))
+out["changed"] = samples(h, reloaded[0][1])
+""",
+        fake.FakeScenario(gpus=[gpu]),
+    )
+    first, second = result.out["periodic"]
+    assert second > first and (second - first) % period == 0
+    reloaded, again = result.out["reloaded"]
+    assert reloaded[0][0::2] == [7, 41, 0] and reloaded[0][1] > second
+    assert again == {"error": NOT_FOUND}
+    changed = result.out["changed"]
+    assert changed[0][2] == 90 and changed[0][1] > reloaded[0][1]
+
+
+# ---------------------------------------------------------------- MIG
+
+A100 = "NVIDIA A100-SXM4-40GB"
+
+
+def mig_scenario(**overrides: Any) -> fake.FakeScenario:
+    """GPU 0 in MIG mode: GPU instance 1 split in two compute instances, GPU instance 2 whole;
+    GPU 1 without MIG; GPU 2 MIG-capable, disabled, enabled at the next reset."""
+    migs = [
+        fake.FakeMig(1, 0, "1c.3g.20gb", fake.mig_uuid(0, 0), 20 * fake.GIB, 1 * fake.GIB),
+        fake.FakeMig(1, 1, "2c.3g.20gb", fake.mig_uuid(0, 1), 20 * fake.GIB, 2 * fake.GIB),
+        fake.FakeMig(2, 0, "1g.5gb", fake.mig_uuid(0, 2), 5 * fake.GIB, 0),
+    ]
+    processes = [
+        fake.FakeProcess(301, 1 * fake.GIB, gpu_instance=1, compute_instance=0),
+        fake.FakeProcess(302, 2 * fake.GIB, gpu_instance=1, compute_instance=1),
+        fake.FakeProcess(303, 3 * fake.GIB, kind="graphics", gpu_instance=1, compute_instance=1),
+        fake.FakeProcess(304, 4 * fake.GIB, gpu_instance=1, compute_instance=1),
+    ]
+    parent = fake.make_gpu(
+        0,
+        name=A100,
+        mig_mode=(1, 1),
+        migs=migs,
+        processes=processes,
+        process_utilization=[fake.FakeProcessUtilization(301, sm=5, memory=5)],
+        encoder_utilization=1,
+    )
+    gpus = [replace(parent, **overrides), fake.make_gpu(1), fake.make_gpu(2, mig_mode=(0, 1))]
+    return fake.FakeScenario(gpus=gpus)
+
+
+MIG_PRELUDE = """
+def address(h):
+    return ctypes.cast(h, ctypes.c_void_p).value
+
+def mig_handles(h):
+    return [N.nvmlDeviceGetMigDeviceHandleByIndex(h, i) for i in range(3)]
+
+def is_mig(h):
+    got = N.nvmlDeviceIsMigDeviceHandle(h)  # pynvml hands back the c_uint itself
+    return getattr(got, "value", got)
+"""
+
+
+def test_mig_handles_ids_and_identity(probe):
+    scenario = mig_scenario()
+    result = probe(
+        MIG_PRELUDE
+        + """
+N.nvmlInit()
+h0, h1, h2 = handles()
+migs = mig_handles(h0)
+def identity(m):
+    v1, v2 = N.nvmlDeviceGetMemoryInfo(m), N.nvmlDeviceGetMemoryInfo(m, N.nvmlMemory_v2)
+    a = N.nvmlDeviceGetAttributes_v2(m)
+    return [
+        is_mig(m), address(N.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(m)) == address(h0),
+        N.nvmlDeviceGetGpuInstanceId(m), N.nvmlDeviceGetComputeInstanceId(m),
+        N.nvmlDeviceGetUUID(m), N.nvmlDeviceGetName(m), N.nvmlDeviceGetIndex(m),
+        [v1.total, v1.used, v1.free], [v2.total, v2.reserved, v2.used, v2.free],
+        [a.multiprocessorCount, a.gpuInstanceSliceCount, a.computeInstanceSliceCount,
+         a.memorySizeMB],
+        address(N.nvmlDeviceGetHandleByUUID(N.nvmlDeviceGetUUID(m))) == address(m),
+    ]
+out.update(
+    count=N.nvmlDeviceGetCount(),
+    modes=[value(N.nvmlDeviceGetMigMode, h) for h in (h0, h1, h2)],
+    max=[N.nvmlDeviceGetMaxMigDeviceCount(h) for h in (h0, h1, h2)],
+    by_index=[code(N.nvmlDeviceGetMigDeviceHandleByIndex, h0, i) for i in range(8)],
+    others=[code(N.nvmlDeviceGetMigDeviceHandleByIndex, h, 0) for h in (h1, h2)],
+    distinct=len({address(m) for m in migs} | {address(h) for h in (h0, h1, h2)}),
+    migs=[identity(m) for m in migs],
+    gpu_handle=[is_mig(h0), N.nvmlDeviceGetName(h0), N.nvmlDeviceGetIndex(h0)] + [
+        code(fn, h0) for fn in (N.nvmlDeviceGetDeviceHandleFromMigDeviceHandle,
+                                N.nvmlDeviceGetGpuInstanceId, N.nvmlDeviceGetComputeInstanceId,
+                                N.nvmlDeviceGetAttributes_v2)
+    ],
+    # What a GPU in MIG mode cannot tell, and what a MIG handle does not answer.
+    parent_unsupported=[code(N.nvmlDeviceGetUtilizationRates, h0),
+                        code(N.nvmlDeviceGetProcessUtilization, h0, 0),
+                        code(N.nvmlDeviceGetEncoderUtilization, h0)],
+    mig_unsupported=[code(N.nvmlDeviceGetUtilizationRates, migs[0]),
+                     code(N.nvmlDeviceGetProcessUtilization, migs[0], 0),
+                     code(N.nvmlDeviceGetTemperature, migs[0], 0),
+                     code(N.nvmlDeviceGetMigMode, migs[0]),
+                     code(N.nvmlDeviceGetMaxMigDeviceCount, migs[0]),
+                     code(N.nvmlDeviceGetMigDeviceHandleByIndex, migs[0], 0)],
+    non_mig_gpu=[is_mig(h1), N.nvmlDeviceGetUtilizationRates(h1).gpu],
+)
+""",
+        scenario,
+    )
+    out = result.out
+    assert out["count"] == 3
+    assert out["modes"] == [[1, 1], {"error": NOT_SUPPORTED}, [0, 1]]
+    assert out["max"] == [7, 0, 0]
+    assert out["by_index"] == [SUCCESS] * 3 + [NOT_FOUND] * 4 + [INVALID_ARGUMENT]
+    assert out["others"] == [NOT_SUPPORTED, NOT_SUPPORTED]
+    assert out["distinct"] == 6
+    gib, mib_per_gib = fake.GIB, 1024
+    assert out["migs"] == [
+        [1, True, 1, 0, fake.mig_uuid(0, 0), f"{A100} MIG 1c.3g.20gb", 0,
+         [20 * gib, gib, 19 * gib], [20 * gib, 0, gib, 19 * gib], [14, 3, 1, 20 * mib_per_gib],
+         True],
+        [1, True, 1, 1, fake.mig_uuid(0, 1), f"{A100} MIG 2c.3g.20gb", 1,
+         [20 * gib, 2 * gib, 18 * gib], [20 * gib, 0, 2 * gib, 18 * gib],
+         [28, 3, 2, 20 * mib_per_gib], True],
+        [1, True, 2, 0, fake.mig_uuid(0, 2), f"{A100} MIG 1g.5gb", 2,
+         [5 * gib, 0, 5 * gib], [5 * gib, 0, 0, 5 * gib], [14, 1, 1, 5 * mib_per_gib], True],
+    ]  # fmt: skip
+    assert out["gpu_handle"] == [0, A100, 0] + [NOT_SUPPORTED] * 4
+    assert out["parent_unsupported"] == [NOT_SUPPORTED] * 3
+    assert out["mig_unsupported"] == [NOT_SUPPORTED] * 6
+    assert out["non_mig_gpu"] == [0, scenario.gpus[1].utilization_gpu]
+
+
+def test_mig_processes_carry_their_instances(probe):
+    result = probe(
+        MIG_PRELUDE
+        + """
+N.nvmlInit()
+h0 = N.nvmlDeviceGetHandleByIndex(0)
+migs = mig_handles(h0)
+def listed(fn, h):
+    return [[p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId] for p in fn(h)]
+def size_probe(h):
+    count = ctypes.c_uint(0)
+    rc = raw("nvmlDeviceGetComputeRunningProcesses_v3")(h, ctypes.byref(count), None)
+    return [rc, count.value]
+out.update(
+    parent=listed(N.nvmlDeviceGetComputeRunningProcesses, h0),
+    parent_v2=listed(N.nvmlDeviceGetComputeRunningProcesses_v2, h0),
+    parent_graphics=listed(N.nvmlDeviceGetGraphicsRunningProcesses, h0),
+    migs=[listed(N.nvmlDeviceGetComputeRunningProcesses, m) for m in migs],
+    migs_graphics=[listed(N.nvmlDeviceGetGraphicsRunningProcesses_v2, m) for m in migs],
+    probes=[size_probe(h) for h in [h0, *migs]],
+)
+""",
+        mig_scenario(),
+    )
+    out = result.out
+    gib = fake.GIB
+    first = [301, gib, 1, 0]
+    second = [[302, 2 * gib, 1, 1], [304, 4 * gib, 1, 1]]
+    assert out["parent"] == out["parent_v2"] == [first, *second]
+    assert out["parent_graphics"] == [[303, 3 * gib, 1, 1]]
+    assert out["migs"] == [[first], second, []]
+    assert out["migs_graphics"] == [[], [[303, 3 * gib, 1, 1]], []]
+    assert out["probes"] == [[INSUFFICIENT_SIZE, 3], [INSUFFICIENT_SIZE, 1],
+                             [INSUFFICIENT_SIZE, 2], [SUCCESS, 0]]  # fmt: skip
+
+
+def test_mig_handles_stay_valid_across_reloads(probe):
+    result = probe(
+        MIG_PRELUDE
+        + """
+from tests.test_fakenvml import mig_scenario
+N.nvmlInit()
+h0 = N.nvmlDeviceGetHandleByIndex(0)
+migs = mig_handles(h0)
+def state():
+    return [value(N.nvmlDeviceGetComputeInstanceId, m) for m in migs] + [
+        value(lambda m: N.nvmlDeviceGetMemoryInfo(m).used, migs[0])]
+out["start"] = state()
+base = mig_scenario()
+fewer = mig_scenario(migs=[replace(base.gpus[0].migs[0], memory_used=7)],
+                     processes=base.gpus[0].processes[:1])
+fake.write(SCENARIO, fewer)
+out["fewer"] = state() + [code(N.nvmlDeviceGetMigDeviceHandleByIndex, h0, 1)]
+fake.write(SCENARIO, mig_scenario(mig_mode=(0, 0), migs=[], processes=[]))
+out["disabled"] = state() + [code(N.nvmlDeviceGetMigDeviceHandleByIndex, h0, 0),
+                             code(N.nvmlDeviceGetUtilizationRates, h0)]
+fake.write(SCENARIO, base)
+out["restored"] = state() + [address(N.nvmlDeviceGetMigDeviceHandleByIndex(h0, 2)) ==
+                             address(migs[2])]
+fake.write(SCENARIO, mig_scenario(lost=True))
+out["lost"] = state()
+""",
+        mig_scenario(),
+    )
+    out = result.out
+    gib = fake.GIB
+    invalid = {"error": INVALID_ARGUMENT}
+    assert out["start"] == [0, 1, 0, gib]
+    assert out["fewer"] == [0, invalid, invalid, 7, NOT_FOUND]
+    assert out["disabled"] == [invalid, invalid, invalid, invalid, NOT_SUPPORTED, SUCCESS]
+    assert out["restored"] == [0, 1, 0, gib, True]
+    assert out["lost"] == [{"error": GPU_IS_LOST}] * 4
+
+
+# Each new entry point and its pynvml call, on GPU 0 (in MIG mode: g, or its MIG handle m) or
+# GPU 1 (with samples and video utilization: g1).
+NEW_ENTRY_POINTS = {
+    "nvmlDeviceGetProcessUtilization": "N.nvmlDeviceGetProcessUtilization(g1, 0)",
+    "nvmlDeviceGetEncoderUtilization": "N.nvmlDeviceGetEncoderUtilization(g1)",
+    "nvmlDeviceGetDecoderUtilization": "N.nvmlDeviceGetDecoderUtilization(g1)",
+    "nvmlDeviceGetMigMode": "N.nvmlDeviceGetMigMode(g)",
+    "nvmlDeviceGetMaxMigDeviceCount": "N.nvmlDeviceGetMaxMigDeviceCount(g)",
+    "nvmlDeviceGetMigDeviceHandleByIndex": "N.nvmlDeviceGetMigDeviceHandleByIndex(g, 0)",
+    "nvmlDeviceIsMigDeviceHandle": "N.nvmlDeviceIsMigDeviceHandle(m)",
+    "nvmlDeviceGetDeviceHandleFromMigDeviceHandle": (
+        "N.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(m)"
+    ),
+    "nvmlDeviceGetGpuInstanceId": "N.nvmlDeviceGetGpuInstanceId(m)",
+    "nvmlDeviceGetComputeInstanceId": "N.nvmlDeviceGetComputeInstanceId(m)",
+    "nvmlDeviceGetAttributes_v2": "N.nvmlDeviceGetAttributes_v2(m)",
+}
+
+
+def fault_scenario(kind: str) -> fake.FakeScenario:
+    """``healthy``; ``fail``: each new entry point fails with its own code, on the GPU its
+    call goes to (a MIG handle through its parent); ``block``: two of them sleep 0.5 s."""
+    parent = mig_scenario().gpus[0]
+    sampled = fake.make_gpu(
+        1,
+        process_utilization=[fake.FakeProcessUtilization(1, sm=2, memory=3)],
+        encoder_utilization=1,
+        decoder_utilization=2,
+    )
+    if kind == "fail":
+        for code, name in enumerate(NEW_ENTRY_POINTS, start=100):
+            (sampled if "g1" in NEW_ENTRY_POINTS[name] else parent).fail[name] = code
+    elif kind == "block":
+        sampled.block = {"nvmlDeviceGetProcessUtilization": 0.5}
+        parent.block = {"nvmlDeviceGetGpuInstanceId": 0.5}
+    return fake.FakeScenario(gpus=[parent, sampled])
+
+
+def test_fail_and_block_on_the_new_entry_points(probe):
+    calls = "{" + ", ".join(f"{k!r}: lambda: {v}" for k, v in NEW_ENTRY_POINTS.items()) + "}"
+    result = probe(
+        f"""
+from tests.test_fakenvml import fault_scenario
+CALLS = {calls}
+N.nvmlInit()
+g, g1 = handles()
+m = N.nvmlDeviceGetMigDeviceHandleByIndex(g, 0)
+out["healthy"] = {{name: code(call) for name, call in CALLS.items()}}
+fake.write(SCENARIO, fault_scenario("fail"))
+out["failing"] = {{name: code(call) for name, call in CALLS.items()}}
+fake.write(SCENARIO, fault_scenario("block"))
+out["blocked"] = [
+    timed(code, CALLS[name]) for name in (
+        "nvmlDeviceGetProcessUtilization", "nvmlDeviceGetGpuInstanceId",
+        "nvmlDeviceGetComputeInstanceId",
+    )
+]
+""",
+        fault_scenario("healthy"),
+    )
+    out = result.out
+    assert out["healthy"] == dict.fromkeys(NEW_ENTRY_POINTS, SUCCESS)
+    codes = dict(zip(NEW_ENTRY_POINTS, range(100, 100 + len(NEW_ENTRY_POINTS))))
+    assert out["failing"] == codes
+    (slow_code, slow), (mig_code, mig_slow), (fast_code, fast) = out["blocked"]
+    assert slow_code == mig_code == fast_code == SUCCESS
+    # The MIG handle's call sleeps by its parent's block; another entry point does not.
+    assert 0.5 <= slow < 2.5 and 0.5 <= mig_slow < 2.5 and fast < 0.4
+
+
 # ---------------------------------------------------------------- threads and memory
 
 
@@ -790,6 +1162,37 @@ BAD_FILES = [
     ("\n[gpu]\nmemory_total 10\nmemory_used 8\nmemory_reserved 3\n", 2, "GPU 0: memory_used"),
     ("[gpu]\nname a\0b\n", 2, "NUL byte"),
     ("[gpu]\n" * 65, 65, "more than 64 GPUs"),
+    ("[gpu]\nencoder_utilization 101\n", 2, "encoder_utilization needs an integer from 0 to 100"),
+    ("[gpu]\nprocess_utilization 5 101 0 0 0\n", 2, "needs sm percent from 0 to 100"),
+    ("[gpu]\nprocess_utilization 5 1 2 3\n", 2, "needs decoder percent from 0 to 100"),
+    ("[gpu]\nprocess_utilization_period 1\nprocess_utilization_period 2\n", 3, "duplicate"),
+    ("[gpu]\nmig_mode 1 2\n", 2, "mig_mode needs the current and the pending mode"),
+    (
+        "[gpu]\nmig_mode 0 1\nmig 1 0 1g.10gb MIG-a 10 0\n",
+        3,
+        "a mig line needs 'mig_mode 1 <pending>'",
+    ),
+    ("[gpu]\nmig_mode 1 1\nmig 1 0 big MIG-a 10 0\n", 3, "mig needs a profile such as"),
+    ("[gpu]\nmig_mode 1 1\nmig 1 0 2c.1g.5gb MIG-a 10 0\n", 3, "mig needs a profile"),
+    ("[gpu]\nmig_mode 1 1\nmig 1 0 1g.10gb MIG-a 10 11\n", 3, "at most memory_total"),
+    (
+        "[gpu]\nmig_mode 1 1\nmig 1 0 1g.10gb MIG-a 10 0\nmig 1 0 1g.10gb MIG-a 10 0\n",
+        4,
+        "a second mig for GPU instance 1",
+    ),
+    (
+        "[gpu]\nmig_mode 1 1\n" + "".join(f"mig {i} 0 1g.5gb M{i} 5 0\n" for i in range(8)),
+        10,
+        "more than 7 MIG devices",
+    ),
+    ("[gpu]\nmig_mode 1 1\nprocess compute 5 10 1 0\n", 3, "no mig line above declares it"),
+    ("[gpu]\nmig_mode 1 1\nprocess compute 5 10\n", 1, "GPU 0 is in MIG mode: process 5"),
+    ("[gpu]\nprocess compute 5 10 1\n", 2, "process needs a compute instance id"),
+    (
+        "[gpu]\nname " + "x" * 90 + "\nmig_mode 1 1\nmig 1 0 1g.10gb MIG-a 10 0\n",
+        1,
+        "would be 102 bytes",
+    ),
 ]
 
 
@@ -971,6 +1374,12 @@ def test_busy_is_deterministic_and_consistent():
         ({"processes": [fake.FakeProcess(1, 2, kind="cpu")]}, "process kind"),
         ({"fail": {"not an entry point": 3}}, "is not an NVML entry point"),
         ({"block": {"nvmlDeviceGetName": -2}}, "needs seconds >= 0"),
+        ({"processes": [fake.FakeProcess(1, 2, gpu_instance=1)]}, "needs both gpu_instance"),
+        ({"migs": [fake.FakeMig(1, 0, "1g.5gb", "MIG-a", 5)]}, "migs need mig_mode"),
+        ({"mig_mode": (1, 2)}, "mig_mode must be two of 0 and 1"),
+        ({"mig_mode": (1, 1), "migs": [fake.FakeMig(1, 0, "5gb", "MIG-a", 5)]}, "MIG profile"),
+        ({"mig_mode": (1, 1), "migs": [fake.FakeMig(1, 0, "1g.5gb", "MIG a", 5)]}, "MIG uuid"),
+        ({"process_utilization": [fake.FakeProcessUtilization(1, -1, 0)]}, "non-negative"),
     ],
 )
 def test_render_rejects_what_the_format_cannot_carry(change, message):

@@ -5,7 +5,8 @@
  * (device, inode, size, mtime, ctime) signature changes, so tests can change the GPUs while a
  * process keeps NVML open. Every entry point runs the same prologue: init check, reload
  * check, `block` (sleep, with no lock held), then `fail` and `lost`. The file format is in
- * README.md, its parser in scenario_parse.c.
+ * README.md, its parser in scenario_parse.c; MIG and utilization sampling are in
+ * fake_nvml_mig.c and fake_nvml_utilization.c.
  *
  * Locking: `source_lock` guards the init refcount and the file signature (held briefly,
  * never while sleeping); `state_lock` guards the parsed state, read-locked while an entry
@@ -30,14 +31,10 @@
 /* Kernel file timestamps are coarse (one tick, at most 10 ms); a file modified this recently
  * may be rewritten within the same timestamp, so its content is compared on each call. */
 #define RACY_WINDOW_NS 100000000LL
-#define NO_INSTANCE 0xFFFFFFFFu
 
 /* ---------------------------------------------------------------- state */
 
-/* Handles are addresses in this array, so they outlive any reload. */
-struct nvmlDevice_st {
-    char unused;
-};
+/* GPU handles are addresses in this array, so they outlive any reload. */
 static struct nvmlDevice_st slots[MAX_GPUS];
 
 static pthread_mutex_t source_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -212,7 +209,7 @@ static void refresh(void)
 
 #define NO_GPU (-1L)
 
-static long handle_index(nvmlDevice_t device)
+long handle_index(nvmlDevice_t device)
 {
     uintptr_t offset = (uintptr_t)device - (uintptr_t)slots; /* wraps for addresses below */
     if (offset >= sizeof slots)
@@ -239,8 +236,7 @@ static double block_seconds(enum entry_point ep, long index)
  * result is the first of: not initialised, global fail, bad handle, GPU gone (`missing`),
  * lost, per-GPU fail.
  */
-static nvmlReturn_t enter(enum entry_point ep, long index, nvmlReturn_t missing,
-                          const gpu_t **gpu)
+nvmlReturn_t enter(enum entry_point ep, long index, nvmlReturn_t missing, const gpu_t **gpu)
 {
     pthread_mutex_lock(&source_lock);
     int initialised = refcount > 0;
@@ -274,23 +270,38 @@ static nvmlReturn_t enter(enum entry_point ep, long index, nvmlReturn_t missing,
     return NVML_SUCCESS;
 }
 
-static nvmlReturn_t leave(nvmlReturn_t result)
+nvmlReturn_t leave(nvmlReturn_t result)
 {
     pthread_rwlock_unlock(&state_lock);
     return result;
 }
 
-/* Device entry points: `gpu` is in scope in the body, which sets `rc`. */
-#define DEVICE_CALL(name, device, ...)                                                  \
-    do {                                                                                \
-        const gpu_t *gpu = NULL;                                                        \
-        nvmlReturn_t rc = enter(EP_##name, handle_index(device), NVML_ERROR_GPU_IS_LOST, \
-                                &gpu);                                                  \
-        if (rc == NVML_SUCCESS) {                                                       \
-            __VA_ARGS__;                                                                \
-        }                                                                               \
-        return leave(rc);                                                               \
-    } while (0)
+/*
+ * The prologue for a device handle. A MIG handle goes through its parent GPU's checks (block,
+ * fail, lost); then a MIG device that is gone answers INVALID_ARGUMENT, as a stale handle does
+ * on a real GPU, and an entry point that takes no MIG handles (`mig` NULL) NOT_SUPPORTED.
+ */
+nvmlReturn_t enter_device(enum entry_point ep, nvmlDevice_t device, const gpu_t **gpu,
+                          const mig_t **mig)
+{
+    long index = handle_index(device), mig_index = -1;
+    if (index < 0)
+        mig_handle_slot(device, &index, &mig_index);
+    nvmlReturn_t rc = enter(ep, index, NVML_ERROR_GPU_IS_LOST, gpu);
+    if (rc != NVML_SUCCESS || mig_index < 0)
+        return rc;
+    if (!mig_enabled(*gpu) || (unsigned long)mig_index >= (*gpu)->n_migs)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (!mig)
+        return NVML_ERROR_NOT_SUPPORTED;
+    *mig = &(*gpu)->migs[mig_index];
+    return NVML_SUCCESS;
+}
+
+nvmlDevice_t gpu_handle(unsigned int index)
+{
+    return &slots[index];
+}
 
 #define GLOBAL_CALL(name, ...)                                                   \
     do {                                                                         \
@@ -303,12 +314,12 @@ static nvmlReturn_t leave(nvmlReturn_t result)
         return leave(rc);                                                        \
     } while (0)
 
-static int has(const gpu_t *gpu, enum field field)
+int has(const gpu_t *gpu, enum field field)
 {
     return (gpu->present >> field) & 1u;
 }
 
-static nvmlReturn_t put_text(const char *text, char *out, unsigned int length)
+nvmlReturn_t put_text(const char *text, char *out, unsigned int length)
 {
     if (!out)
         return NVML_ERROR_INVALID_ARGUMENT;
@@ -574,7 +585,7 @@ static nvmlReturn_t handle_by_text(enum field field, const char *wanted, nvmlDev
             return NVML_SUCCESS;
         }
     }
-    return NVML_ERROR_NOT_FOUND;
+    return field == F_UUID ? mig_handle_by_uuid(current, wanted, out) : NVML_ERROR_NOT_FOUND;
 }
 
 nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device)
@@ -592,12 +603,16 @@ nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char *bus_id, nvmlDevice_t *
 
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length)
 {
-    DEVICE_CALL(nvmlDeviceGetName, device, rc = put_field_text(gpu, F_NAME, name, length));
+    ANY_DEVICE_CALL(nvmlDeviceGetName, device,
+                    rc = mig ? put_mig_name(gpu, mig, name, length)
+                             : put_field_text(gpu, F_NAME, name, length));
 }
 
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length)
 {
-    DEVICE_CALL(nvmlDeviceGetUUID, device, rc = put_field_text(gpu, F_UUID, uuid, length));
+    ANY_DEVICE_CALL(nvmlDeviceGetUUID, device,
+                    rc = mig ? put_text(mig->uuid, uuid, length)
+                             : put_field_text(gpu, F_UUID, uuid, length));
 }
 
 nvmlReturn_t nvmlDeviceGetSerial(nvmlDevice_t device, char *serial, unsigned int length)
@@ -608,11 +623,11 @@ nvmlReturn_t nvmlDeviceGetSerial(nvmlDevice_t device, char *serial, unsigned int
 
 nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index)
 {
-    DEVICE_CALL(nvmlDeviceGetIndex, device, {
+    ANY_DEVICE_CALL(nvmlDeviceGetIndex, device, {
         if (!index)
             rc = NVML_ERROR_INVALID_ARGUMENT;
-        else
-            *index = (unsigned int)(device - slots);
+        else /* a MIG device's index is the one nvmlDeviceGetMigDeviceHandleByIndex takes */
+            *index = mig ? (unsigned int)(mig - gpu->migs) : (unsigned int)(device - slots);
     });
 }
 
@@ -673,22 +688,31 @@ nvmlReturn_t nvmlDeviceGetPciInfoExt(nvmlDevice_t device, nvmlPciInfoExt_t *pci)
 
 /* ---------------------------------------------------------------- memory and load */
 
-static int has_memory(const gpu_t *gpu)
+/* The memory of a GPU, or of one MIG device (which has no reserved memory); 0 if absent. */
+static int memory_of(const gpu_t *gpu, const mig_t *mig, unsigned long long *total,
+                     unsigned long long *used, unsigned long long *reserved)
 {
+    if (mig) {
+        *total = mig->memory_total, *used = mig->memory_used, *reserved = 0;
+        return 1;
+    }
+    *total = gpu->num[F_MEMORY_TOTAL], *used = gpu->num[F_MEMORY_USED];
+    *reserved = gpu->num[F_MEMORY_RESERVED];
     return has(gpu, F_MEMORY_TOTAL) && has(gpu, F_MEMORY_USED);
 }
 
 /* v1 counts reserved memory as used, like the real library; v2 reports it apart. */
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory)
 {
-    DEVICE_CALL(nvmlDeviceGetMemoryInfo, device, {
+    ANY_DEVICE_CALL(nvmlDeviceGetMemoryInfo, device, {
+        unsigned long long total, used, reserved;
         if (!memory)
             rc = NVML_ERROR_INVALID_ARGUMENT;
-        else if (!has_memory(gpu))
+        else if (!memory_of(gpu, mig, &total, &used, &reserved))
             rc = NVML_ERROR_NOT_SUPPORTED;
         else {
-            memory->total = gpu->num[F_MEMORY_TOTAL];
-            memory->used = gpu->num[F_MEMORY_USED] + gpu->num[F_MEMORY_RESERVED];
+            memory->total = total;
+            memory->used = used + reserved;
             memory->free = memory->total - memory->used;
         }
     });
@@ -696,18 +720,19 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory)
 
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory)
 {
-    DEVICE_CALL(nvmlDeviceGetMemoryInfo_v2, device, {
+    ANY_DEVICE_CALL(nvmlDeviceGetMemoryInfo_v2, device, {
+        unsigned long long total, used, reserved;
         if (!memory)
             rc = NVML_ERROR_INVALID_ARGUMENT;
         else if (memory->version != nvmlMemory_v2)
             rc = NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
-        else if (!has_memory(gpu))
+        else if (!memory_of(gpu, mig, &total, &used, &reserved))
             rc = NVML_ERROR_NOT_SUPPORTED;
         else {
-            memory->total = gpu->num[F_MEMORY_TOTAL];
-            memory->reserved = gpu->num[F_MEMORY_RESERVED];
-            memory->used = gpu->num[F_MEMORY_USED];
-            memory->free = memory->total - memory->used - memory->reserved;
+            memory->total = total;
+            memory->reserved = reserved;
+            memory->used = used;
+            memory->free = total - used - reserved;
         }
     });
 }
@@ -717,7 +742,8 @@ nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_
     DEVICE_CALL(nvmlDeviceGetUtilizationRates, device, {
         if (!rates)
             rc = NVML_ERROR_INVALID_ARGUMENT;
-        else if (!has(gpu, F_UTILIZATION_GPU) || !has(gpu, F_UTILIZATION_MEMORY))
+        else if (!has(gpu, F_UTILIZATION_GPU) || !has(gpu, F_UTILIZATION_MEMORY) ||
+                 mig_enabled(gpu)) /* a real GPU in MIG mode cannot tell either */
             rc = NVML_ERROR_NOT_SUPPORTED;
         else {
             rates->gpu = (unsigned int)gpu->num[F_UTILIZATION_GPU];
@@ -850,15 +876,23 @@ nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorTyp
 
 /* ---------------------------------------------------------------- processes */
 
-/* The count=0 probe gets INSUFFICIENT_SIZE and the count, as from the real library. */
-static nvmlReturn_t list_processes(const gpu_t *gpu, enum process_kind kind, unsigned int *count,
-                                   void *infos, int with_instances)
+static int listed(const process_t *process, enum process_kind kind, const mig_t *mig)
+{
+    return process->kind == kind &&
+           (!mig || (process->gpu_instance == mig->gpu_instance &&
+                     process->compute_instance == mig->compute_instance));
+}
+
+/* The count=0 probe gets INSUFFICIENT_SIZE and the count, as from the real library. On a MIG
+ * handle, the processes of that MIG device; on its parent, all of them. */
+static nvmlReturn_t list_processes(const gpu_t *gpu, const mig_t *mig, enum process_kind kind,
+                                   unsigned int *count, void *infos, int with_instances)
 {
     if (!count)
         return NVML_ERROR_INVALID_ARGUMENT;
     unsigned int n = 0;
     for (size_t i = 0; i < gpu->n_procs; i++)
-        n += gpu->procs[i].kind == kind;
+        n += listed(&gpu->procs[i], kind, mig);
     if (n > *count || (n > 0 && !infos)) {
         *count = n;
         return NVML_ERROR_INSUFFICIENT_SIZE;
@@ -866,14 +900,14 @@ static nvmlReturn_t list_processes(const gpu_t *gpu, enum process_kind kind, uns
     unsigned int out = 0;
     for (size_t i = 0; i < gpu->n_procs; i++) {
         const process_t *process = &gpu->procs[i];
-        if (process->kind != kind)
+        if (!listed(process, kind, mig))
             continue;
         if (with_instances) {
             nvmlProcessInfo_v2_t *info = (nvmlProcessInfo_v2_t *)infos + out;
             info->pid = process->pid;
             info->usedGpuMemory = process->used_bytes;
-            info->gpuInstanceId = NO_INSTANCE;
-            info->computeInstanceId = NO_INSTANCE;
+            info->gpuInstanceId = process->gpu_instance;
+            info->computeInstanceId = process->compute_instance;
         } else {
             nvmlProcessInfo_v1_t *info = (nvmlProcessInfo_v1_t *)infos + out;
             info->pid = process->pid;
@@ -896,7 +930,8 @@ static nvmlReturn_t list_processes(const gpu_t *gpu, enum process_kind kind, uns
 #define DEFINE_PROCESS_LIST(name, kind, info_type, with_instances)                          \
     nvmlReturn_t name(nvmlDevice_t device, unsigned int *count, info_type *infos)           \
     {                                                                                       \
-        DEVICE_CALL(name, device, rc = list_processes(gpu, kind, count, infos, with_instances)); \
+        ANY_DEVICE_CALL(name, device,                                                       \
+                        rc = list_processes(gpu, mig, kind, count, infos, with_instances)); \
     }
 PROCESS_LISTS(DEFINE_PROCESS_LIST)
 
@@ -904,33 +939,11 @@ PROCESS_LISTS(DEFINE_PROCESS_LIST)
 
 /* Asked for by other NVML consumers (nvitop); a real GPU may lack them too. Having them
  * answer NOT_SUPPORTED, rather than be missing, keeps those consumers on their normal path. */
-nvmlReturn_t nvmlDeviceGetEncoderUtilization(nvmlDevice_t device, unsigned int *utilization,
-                                             unsigned int *period_us)
-{
-    (void)utilization, (void)period_us;
-    DEVICE_CALL(nvmlDeviceGetEncoderUtilization, device, rc = NVML_ERROR_NOT_SUPPORTED);
-}
-
-nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t device, unsigned int *utilization,
-                                             unsigned int *period_us)
-{
-    (void)utilization, (void)period_us;
-    DEVICE_CALL(nvmlDeviceGetDecoderUtilization, device, rc = NVML_ERROR_NOT_SUPPORTED);
-}
-
 nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t device, nvmlPcieUtilCounter_t counter,
                                          unsigned int *value)
 {
     (void)counter, (void)value;
     DEVICE_CALL(nvmlDeviceGetPcieThroughput, device, rc = NVML_ERROR_NOT_SUPPORTED);
-}
-
-nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device,
-                                             nvmlProcessUtilizationSample_t *samples,
-                                             unsigned int *count, unsigned long long since)
-{
-    (void)samples, (void)count, (void)since;
-    DEVICE_CALL(nvmlDeviceGetProcessUtilization, device, rc = NVML_ERROR_NOT_SUPPORTED);
 }
 
 nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int count, nvmlFieldValue_t *values)

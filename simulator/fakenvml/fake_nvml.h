@@ -43,7 +43,12 @@
     X(nvmlDeviceGetGraphicsRunningProcesses_v3)                                            \
     X(nvmlDeviceGetEncoderUtilization) X(nvmlDeviceGetDecoderUtilization)                  \
     X(nvmlDeviceGetPcieThroughput) X(nvmlDeviceGetProcessUtilization)                      \
-    X(nvmlDeviceGetFieldValues)
+    X(nvmlDeviceGetFieldValues)                                                            \
+    X(nvmlDeviceGetMigMode) X(nvmlDeviceGetMaxMigDeviceCount)                              \
+    X(nvmlDeviceGetMigDeviceHandleByIndex) X(nvmlDeviceIsMigDeviceHandle)                  \
+    X(nvmlDeviceGetDeviceHandleFromMigDeviceHandle)                                        \
+    X(nvmlDeviceGetGpuInstanceId) X(nvmlDeviceGetComputeInstanceId)                        \
+    X(nvmlDeviceGetAttributes_v2)
 
 #define AS_ENUM(name) EP_##name,
 enum entry_point { ENTRY_POINTS(AS_ENUM) EP_COUNT };
@@ -55,7 +60,8 @@ enum field {
     F_MINOR_NUMBER, F_MEMORY_TOTAL, F_MEMORY_USED, F_MEMORY_RESERVED,
     F_UTILIZATION_GPU, F_UTILIZATION_MEMORY, F_TEMPERATURE, F_POWER_USAGE, F_POWER_LIMIT,
     F_ENERGY, F_FAN_SPEED, F_CLOCK_SM, F_CLOCK_MEM, F_PSTATE, F_ECC_CORRECTED,
-    F_ECC_UNCORRECTED, F_THROTTLE_REASONS, F_COUNT
+    F_ECC_UNCORRECTED, F_THROTTLE_REASONS,
+    F_ENCODER_UTILIZATION, F_DECODER_UTILIZATION, F_COUNT
 };
 #define TEXT_FIELDS 4
 
@@ -65,7 +71,26 @@ typedef struct {
     enum process_kind kind;
     unsigned int pid;
     unsigned long long used_bytes;
+    unsigned int gpu_instance, compute_instance; /* NO_INSTANCE outside MIG */
 } process_t;
+
+#define NO_INSTANCE 0xFFFFFFFFu /* gpuInstanceId / computeInstanceId outside MIG */
+#define MAX_MIG_DEVICES 7       /* what nvmlDeviceGetMaxMigDeviceCount answers on A100/H100 */
+#define MIG_PROFILE_SIZE 32
+
+/* One MIG device (a compute instance inside a GPU instance). */
+typedef struct {
+    unsigned int gpu_instance, compute_instance;
+    unsigned int gpu_slices, compute_slices; /* from the profile: [<c>c.]<g>g.<memory> */
+    char profile[MIG_PROFILE_SIZE];
+    char uuid[TEXT_SIZE];
+    unsigned long long memory_total, memory_used;
+} mig_t;
+
+/* One process utilization sample, in percent. */
+typedef struct {
+    unsigned int pid, sm, memory, encoder, decoder;
+} sample_t;
 
 /* Faults keyed by entry point; fail 0 means "answer normally". */
 typedef struct {
@@ -82,6 +107,17 @@ typedef struct {
     faults_t faults;
     process_t *procs;
     size_t n_procs, cap_procs;
+    /* MIG (fake_nvml_mig.c): mig_mode given, its two values, the MIG devices by index. */
+    int has_mig_mode;
+    unsigned int mig_current, mig_pending;
+    unsigned int n_migs;
+    mig_t migs[MAX_MIG_DEVICES];
+    /* Process utilization (fake_nvml_utilization.c): supported, when loaded, how often
+     * samples are re-stamped (0: only on load), the samples. */
+    int has_samples, has_sample_period;
+    unsigned long long samples_loaded_us, sample_period_us;
+    sample_t *samples;
+    size_t n_samples, cap_samples;
 } gpu_t;
 
 enum global_field { G_DRIVER_VERSION, G_NVML_VERSION, G_CUDA_DRIVER_VERSION, G_COUNT };
@@ -104,5 +140,77 @@ typedef struct {
 /* A new state from the file's bytes, or NULL with `error` filled in. */
 INTERNAL state_t *parse_scenario(const char *data, size_t length, parse_error_t *error);
 INTERNAL void free_state(state_t *state);
+
+/* ---------------------------------------------------------------- shared by the entry points */
+
+/* Handles are addresses in fixed arrays (fake_nvml.c for GPUs, fake_nvml_mig.c for MIG
+ * devices), so they outlive any reload. */
+struct nvmlDevice_st {
+    char unused;
+};
+
+/* The common prologue and epilogue of every entry point (fake_nvml.c). */
+INTERNAL nvmlReturn_t enter(enum entry_point ep, long index, nvmlReturn_t missing,
+                            const gpu_t **gpu);
+INTERNAL nvmlReturn_t enter_device(enum entry_point ep, nvmlDevice_t device, const gpu_t **gpu,
+                                   const mig_t **mig);
+INTERNAL nvmlReturn_t leave(nvmlReturn_t result);
+INTERNAL nvmlDevice_t gpu_handle(unsigned int index);
+INTERNAL long handle_index(nvmlDevice_t device); /* of a GPU handle; negative for others */
+INTERNAL int has(const gpu_t *gpu, enum field field);
+INTERNAL nvmlReturn_t put_text(const char *text, char *out, unsigned int length);
+
+/* Device entry points that take GPU handles only (a MIG handle gets NOT_SUPPORTED): `gpu` is
+ * in scope in the body, which sets `rc`. */
+#define DEVICE_CALL(name, device, ...)                                             \
+    do {                                                                           \
+        const gpu_t *gpu = NULL;                                                   \
+        nvmlReturn_t rc = enter_device(EP_##name, device, &gpu, NULL);             \
+        if (rc == NVML_SUCCESS) {                                                  \
+            __VA_ARGS__;                                                           \
+        }                                                                          \
+        return leave(rc);                                                          \
+    } while (0)
+
+/* Entry points that take GPU and MIG handles alike: `gpu` (the parent of a MIG handle) and
+ * `mig` (NULL for a GPU handle) are in scope in the body, which sets `rc`. */
+#define ANY_DEVICE_CALL(name, device, ...)                                         \
+    do {                                                                           \
+        const gpu_t *gpu = NULL;                                                   \
+        const mig_t *mig = NULL;                                                   \
+        nvmlReturn_t rc = enter_device(EP_##name, device, &gpu, &mig);             \
+        if (rc == NVML_SUCCESS) {                                                  \
+            __VA_ARGS__;                                                           \
+        }                                                                          \
+        return leave(rc);                                                          \
+    } while (0)
+
+/* MIG (fake_nvml_mig.c). */
+INTERNAL int mig_enabled(const gpu_t *gpu);
+INTERNAL int mig_handle_slot(nvmlDevice_t device, long *gpu_index, long *mig_index);
+INTERNAL const mig_t *find_mig(const gpu_t *gpu, unsigned int gpu_instance,
+                               unsigned int compute_instance);
+INTERNAL nvmlReturn_t mig_handle_by_uuid(const state_t *state, const char *uuid,
+                                         nvmlDevice_t *out);
+INTERNAL nvmlReturn_t put_mig_name(const gpu_t *gpu, const mig_t *mig, char *out,
+                                   unsigned int length);
+
+/* Scenario keys parsed outside scenario_parse.c: 1 parsed, 0 not theirs, -1 error. */
+INTERNAL int parse_mig_line(const char *key, size_t key_length, const char *value,
+                            const char *end, gpu_t *gpu, parse_error_t *error);
+INTERNAL int parse_utilization_line(const char *key, size_t key_length, const char *value,
+                                    const char *end, gpu_t *gpu, parse_error_t *error);
+/* Checks once a [gpu] section is complete; 0, or -1 with `error` filled in. */
+INTERNAL int check_mig(const gpu_t *gpu, unsigned int index, parse_error_t *error);
+
+/* Parser helpers from scenario_parse.c. */
+INTERNAL int fail_parse(parse_error_t *error, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+INTERNAL size_t next_token(const char **cursor, const char *end, const char **token);
+INTERNAL int at_end(const char *p, const char *end);
+INTERNAL int token_is(const char *token, size_t length, const char *word);
+INTERNAL int parse_number(const char *token, size_t length, unsigned long long max,
+                          unsigned long long *value);
+INTERNAL const char *shown(const char *token, size_t length);
 
 #endif

@@ -3,6 +3,9 @@
 A :class:`FakeScenario` renders to the line format described in ``README.md``; ``None`` in a
 field leaves it out of the file, which the library answers with NVML_ERROR_NOT_SUPPORTED.
 
+MIG devices (:class:`FakeMig`, :func:`make_mig_gpu`) and per-process utilization samples
+(:class:`FakeProcessUtilization`) are described in ``README.md`` too.
+
 Command line, for demos and benchmarks::
 
     python -m simulator.fakenvml.scenario busy --gpus 8 --pids 101,102,103 --out busy.scn
@@ -40,7 +43,10 @@ _NUMERIC_FIELDS = (
     "minor_number", "memory_total", "memory_used", "memory_reserved", "utilization_gpu",
     "utilization_memory", "temperature", "power_usage", "power_limit", "energy", "fan_speed",
     "clock_sm", "clock_mem", "pstate", "ecc_corrected", "ecc_uncorrected", "throttle_reasons",
+    "encoder_utilization", "decoder_utilization",
 )  # fmt: skip
+_MIG_PROFILE = re.compile(r"(?:[1-8]c\.)?[1-8]g\.[^\s]+")
+_MIG_PROFILE_LIMIT = 31
 _ENTRY_POINT = re.compile(r"nvml[A-Za-z0-9_]+")
 THROTTLE_GPU_IDLE = 0x1
 
@@ -57,6 +63,10 @@ def gpu_pci_bus_id(index: int) -> str:
     return f"00000000:{0x18 + index:02X}:00.0"
 
 
+def mig_uuid(gpu_index: int, mig_index: int) -> str:
+    return f"MIG-5f2b1c7e-{gpu_index:04x}-5000-8000-{mig_index:012x}"
+
+
 @dataclass
 class FakeProcess:
     """A process on a GPU, as NVML lists it."""
@@ -64,6 +74,32 @@ class FakeProcess:
     pid: int
     used_bytes: int
     kind: str = "compute"  # or "graphics"
+    # On a GPU in MIG mode, the MIG device it runs in; both or neither.
+    gpu_instance: int | None = None
+    compute_instance: int | None = None
+
+
+@dataclass
+class FakeMig:
+    """A MIG device: a compute instance inside a GPU instance, served at its list index."""
+
+    gpu_instance: int
+    compute_instance: int
+    profile: str  # "1g.10gb", "3g.40gb+me", "1c.3g.40gb": what follows "MIG " in its name
+    uuid: str
+    memory_total: int  # bytes
+    memory_used: int = 0  # bytes
+
+
+@dataclass
+class FakeProcessUtilization:
+    """One ``nvmlDeviceGetProcessUtilization`` sample, in percent."""
+
+    pid: int
+    sm: int
+    memory: int
+    encoder: int = 0
+    decoder: int = 0
 
 
 @dataclass
@@ -91,7 +127,14 @@ class FakeGpu:
     ecc_corrected: int | None = 0
     ecc_uncorrected: int | None = 0
     throttle_reasons: int | None = 0  # nvmlClocksEventReason* bits
+    encoder_utilization: int | None = None  # percent
+    decoder_utilization: int | None = None  # percent
     processes: list[FakeProcess] = field(default_factory=list)
+    # Samples, or a period alone, make nvmlDeviceGetProcessUtilization supported.
+    process_utilization: list[FakeProcessUtilization] = field(default_factory=list)
+    process_utilization_period: int | None = None  # microseconds; 0: new stamp on reload only
+    mig_mode: tuple[int, int] | None = None  # (current, pending); None: no MIG at all
+    migs: list[FakeMig] = field(default_factory=list)
     fail: dict[str, int] = field(default_factory=dict)  # entry point -> nvmlReturn_t
     block: dict[str, float] = field(default_factory=dict)  # entry point -> seconds
     lost: bool = False
@@ -125,6 +168,33 @@ def make_gpu(index: int, **overrides: object) -> FakeGpu:
         minor_number=index,
     )
     return replace(gpu, **overrides)
+
+
+def make_mig_gpu(
+    index: int,
+    profiles: Sequence[str] = ("3g.40gb", "2g.20gb", "1g.10gb"),
+    **overrides: object,
+) -> FakeGpu:
+    """``make_gpu(index)`` in MIG mode with one MIG device per profile, each in its own GPU
+    instance (ids from 1, compute instance 0), with the memory its profile names."""
+    migs = [
+        FakeMig(
+            gpu_instance=n + 1,
+            compute_instance=0,
+            profile=profile,
+            uuid=mig_uuid(index, n),
+            memory_total=_profile_gib(profile) * GIB,
+        )
+        for n, profile in enumerate(profiles)
+    ]
+    return replace(make_gpu(index, mig_mode=(1, 1), migs=migs), **overrides)
+
+
+def _profile_gib(profile: str) -> int:
+    match = re.search(r"(\d+)gb", profile)
+    if match is None:
+        raise ValueError(f"MIG profile {profile!r} names no memory size such as 10gb")
+    return int(match.group(1))
 
 
 def idle(n_gpus: int = 1) -> FakeScenario:
@@ -200,10 +270,14 @@ def _text(key: str, value: Text) -> bytes:
     return key.encode() + b" " + raw
 
 
-def _number(key: str, value: int) -> bytes:
+def _integer(key: str, value: int) -> str:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
-    return f"{key} {value}".encode()
+    return str(value)
+
+
+def _number(key: str, value: int) -> bytes:
+    return f"{key} {_integer(key, value)}".encode()
 
 
 def _faults(fail: dict[str, int], block: dict[str, float]) -> list[bytes]:
@@ -234,13 +308,52 @@ def _gpu_lines(gpu: FakeGpu) -> list[bytes]:
         value = getattr(gpu, key)
         if value is not None:
             lines.append(_number(key, value))
+    lines += _mig_lines(gpu)
     for process in gpu.processes:
-        if process.kind not in ("compute", "graphics"):
-            raise ValueError(f"process kind must be compute or graphics, got {process.kind!r}")
-        lines.append(_number(f"process {process.kind} {process.pid}", process.used_bytes))
+        lines.append(_process_line(process))
+    if gpu.process_utilization_period is not None:
+        lines.append(_number("process_utilization_period", gpu.process_utilization_period))
+    for sample in gpu.process_utilization:
+        numbers = (sample.pid, sample.sm, sample.memory, sample.encoder, sample.decoder)
+        values = " ".join(_integer("process_utilization", n) for n in numbers)
+        lines.append(f"process_utilization {values}".encode())
     lines += _faults(gpu.fail, gpu.block)
     if gpu.lost:
         lines.append(b"lost")
+    return lines
+
+
+def _process_line(process: FakeProcess) -> bytes:
+    if process.kind not in ("compute", "graphics"):
+        raise ValueError(f"process kind must be compute or graphics, got {process.kind!r}")
+    line = _number(f"process {process.kind} {process.pid}", process.used_bytes)
+    instances = (process.gpu_instance, process.compute_instance)
+    if instances == (None, None):
+        return line
+    if None in instances:
+        raise ValueError(f"process {process.pid} needs both gpu_instance and compute_instance")
+    gi, ci = (_integer(f"process {process.pid} instance", n) for n in instances)
+    return line + f" {gi} {ci}".encode()
+
+
+def _mig_lines(gpu: FakeGpu) -> list[bytes]:
+    """mig_mode, then the MIG devices: the library wants them above the processes in them."""
+    if gpu.mig_mode is None:
+        if gpu.migs:
+            raise ValueError("migs need mig_mode (1, pending)")
+        return []
+    current, pending = gpu.mig_mode
+    if current not in (0, 1) or pending not in (0, 1):
+        raise ValueError(f"mig_mode must be two of 0 and 1, got {gpu.mig_mode!r}")
+    lines = [f"mig_mode {current} {pending}".encode()]
+    for mig in gpu.migs:
+        if not _MIG_PROFILE.fullmatch(mig.profile) or len(mig.profile) > _MIG_PROFILE_LIMIT:
+            raise ValueError(f"MIG profile {mig.profile!r} is not like 1g.10gb or 1c.2g.20gb")
+        if not mig.uuid or any(c.isspace() for c in mig.uuid) or len(mig.uuid.encode()) > 95:
+            raise ValueError(f"MIG uuid {mig.uuid!r} must be 1 to 95 bytes without blanks")
+        numbers = (mig.gpu_instance, mig.compute_instance, mig.memory_total, mig.memory_used)
+        gi, ci, total, used = (_integer("mig", n) for n in numbers)
+        lines.append(f"mig {gi} {ci} {mig.profile} {mig.uuid} {total} {used}".encode())
     return lines
 
 
@@ -321,11 +434,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "FakeGpu",
+    "FakeMig",
     "FakeProcess",
+    "FakeProcessUtilization",
     "FakeScenario",
     "busy",
     "idle",
     "make_gpu",
+    "make_mig_gpu",
+    "mig_uuid",
     "render",
     "write",
 ]

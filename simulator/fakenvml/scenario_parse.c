@@ -41,20 +41,22 @@ static const struct {
     [F_ECC_CORRECTED] = {"ecc_corrected", ~0ull},
     [F_ECC_UNCORRECTED] = {"ecc_uncorrected", ~0ull},
     [F_THROTTLE_REASONS] = {"throttle_reasons", ~0ull},
+    [F_ENCODER_UTILIZATION] = {"encoder_utilization", 100},
+    [F_DECODER_UTILIZATION] = {"decoder_utilization", 100},
 };
 
 void free_state(state_t *state)
 {
     if (!state)
         return;
-    for (unsigned int i = 0; i < state->n_gpus; i++)
+    for (unsigned int i = 0; i < state->n_gpus; i++) {
         free(state->gpus[i].procs);
+        free(state->gpus[i].samples);
+    }
     free(state);
 }
 
-static int fail_parse(parse_error_t *error, const char *format, ...)
-    __attribute__((format(printf, 2, 3)));
-static int fail_parse(parse_error_t *error, const char *format, ...)
+int fail_parse(parse_error_t *error, const char *format, ...)
 {
     va_list args;
     va_start(args, format);
@@ -64,7 +66,7 @@ static int fail_parse(parse_error_t *error, const char *format, ...)
 }
 
 /* A printable copy of a token for error messages (keys may hold any bytes). */
-static const char *shown(const char *token, size_t length)
+const char *shown(const char *token, size_t length)
 {
     static __thread char buffer[48];
     size_t n = length < sizeof buffer - 1 ? length : sizeof buffer - 1;
@@ -87,7 +89,7 @@ static const char *skip_blanks(const char *p, const char *end)
 }
 
 /* The next blank-separated token; the cursor moves past it. Empty at end or comment. */
-static size_t next_token(const char **cursor, const char *end, const char **token)
+size_t next_token(const char **cursor, const char *end, const char **token)
 {
     const char *p = skip_blanks(*cursor, end);
     *token = p;
@@ -100,20 +102,20 @@ static size_t next_token(const char **cursor, const char *end, const char **toke
 }
 
 /* Nothing but blanks or a comment left on the line. */
-static int at_end(const char *p, const char *end)
+int at_end(const char *p, const char *end)
 {
     p = skip_blanks(p, end);
     return p == end || *p == '#';
 }
 
-static int token_is(const char *token, size_t length, const char *word)
+int token_is(const char *token, size_t length, const char *word)
 {
     return strlen(word) == length && memcmp(token, word, length) == 0;
 }
 
 /* Decimal, or hexadecimal with 0x; never octal, so "010" is ten. */
-static int parse_number(const char *token, size_t length, unsigned long long max,
-                        unsigned long long *value)
+int parse_number(const char *token, size_t length, unsigned long long max,
+                 unsigned long long *value)
 {
     unsigned int base = 10;
     if (length > 2 && token[0] == '0' && (token[1] == 'x' || token[1] == 'X')) {
@@ -216,6 +218,24 @@ static int parse_process(const char *p, const char *end, gpu_t *gpu, parse_error
     if (parse_number(token, length, ~0ull, &used) != 0)
         return fail_parse(error, "process needs used GPU memory in bytes, got '%s'",
                           shown(token, length));
+    /* On a GPU in MIG mode: the GPU instance and compute instance it runs in. */
+    process.gpu_instance = process.compute_instance = NO_INSTANCE;
+    length = next_token(&p, end, &token);
+    if (length > 0) {
+        unsigned long long gi, ci;
+        if (parse_number(token, length, 0xFFFFFFFEull, &gi) != 0)
+            return fail_parse(error, "process needs a GPU instance id after the bytes, got '%s'",
+                              shown(token, length));
+        length = next_token(&p, end, &token);
+        if (parse_number(token, length, 0xFFFFFFFEull, &ci) != 0)
+            return fail_parse(error, "process needs a compute instance id after the GPU "
+                              "instance id, got '%s'", shown(token, length));
+        if (!find_mig(gpu, (unsigned int)gi, (unsigned int)ci))
+            return fail_parse(error, "process is in GPU instance %llu compute instance %llu, "
+                              "but no mig line above declares it", gi, ci);
+        process.gpu_instance = (unsigned int)gi;
+        process.compute_instance = (unsigned int)ci;
+    }
     if (!at_end(p, end))
         return fail_parse(error, "unexpected text after the process");
     process.pid = (unsigned int)pid;
@@ -253,6 +273,11 @@ static int parse_gpu_line(const char *key, size_t key_length, const char *value,
         gpu->lost = 1;
         return 0;
     }
+    int parsed = parse_mig_line(key, key_length, value, end, gpu, error);
+    if (parsed == 0)
+        parsed = parse_utilization_line(key, key_length, value, end, gpu, error);
+    if (parsed != 0)
+        return parsed < 0 ? -1 : 0;
     int field = find_field(key, key_length);
     if (field < 0)
         return fail_parse(error, "unknown key '%s' in a [gpu] section", shown(key, key_length));
@@ -327,7 +352,7 @@ static int check_gpu(const gpu_t *gpu, unsigned int index, parse_error_t *error)
         return fail_parse(error, "GPU %u: memory_used + memory_reserved exceed memory_total",
                           index);
     }
-    return 0;
+    return check_mig(gpu, index, error);
 }
 
 static int parse_line(const char *p, const char *end, state_t *state, parse_error_t *error)
