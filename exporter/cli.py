@@ -15,7 +15,11 @@ from pathlib import Path
 
 from exporter import __version__
 from exporter.cliargs import positive, tcp_port
-from exporter.httpserver import DEFAULT_MAX_REQUESTS, run_service
+from exporter.httpserver import (
+    DEFAULT_MAX_REQUESTS,
+    DEFAULT_MAX_REQUESTS_PER_CLIENT,
+    run_service,
+)
 from exporter.legacy import legacy_status_json
 from exporter.logsetup import configure_logging
 from exporter.password import ENV_VAR, PasswordError, PasswordSource
@@ -65,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive(int),
         default=DEFAULT_MAX_REQUESTS,
         help=f"requests served at once; more get 503 (default {DEFAULT_MAX_REQUESTS})",
+    )
+    parser.add_argument(
+        "--web.max-requests-per-client",
+        dest="max_requests_per_client",
+        type=positive(int),
+        default=DEFAULT_MAX_REQUESTS_PER_CLIENT,
+        help="requests served at once for one address (IPv6: one /64); more get 503 "
+        f"(default {DEFAULT_MAX_REQUESTS_PER_CLIENT})",
     )
     parser.add_argument(
         "--no-processes", action="store_true", help="do not report per-process series or users"
@@ -133,5 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         web_config_file=args.web_config_file,
         max_requests=args.max_requests,
+        max_requests_per_client=args.max_requests_per_client,
         on_stop=sampler.stop,
     )
