@@ -293,6 +293,8 @@ class _Gateway(wsgi.Gateway_10):
                 f"request body not received within {limits.body_timeout:g} s",
             )
             return
+        finally:
+            request.conn.rfile.set_deadline(None)  # the head's deadline too: nothing more to read
         environ = self.env
         environ["wsgi.input"] = BytesIO(body)
         environ["wsgi.input_terminated"] = True
@@ -310,15 +312,12 @@ class _Gateway(wsgi.Gateway_10):
             return b""
         reader: DeadlineReader = request.conn.rfile
         reader.set_deadline(limits.body_timeout)
-        try:
-            if request.chunked_read:
-                return read_chunked(reader, limit=limits.max_body_bytes)
-            body = request.rfile.read(length)  # through cheroot's file: nothing is left to drain
-            if len(body) < length:  # type: ignore[operator]
-                raise BodyError("400 Bad Request", f"body ended at {len(body)} of {length} bytes")
-            return body
-        finally:
-            reader.set_deadline(None)
+        if request.chunked_read:
+            return read_chunked(reader, limit=limits.max_body_bytes)
+        body = request.rfile.read(length)  # through cheroot's file: nothing is left to drain
+        if len(body) < length:  # type: ignore[operator]
+            raise BodyError("400 Bad Request", f"body ended at {len(body)} of {length} bytes")
+        return body
 
     def _refuse(self, status: str, message: str) -> None:
         self.req.close_connection = True  # the rest of the body is never read

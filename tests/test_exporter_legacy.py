@@ -161,7 +161,13 @@ def test_default_password_works_and_warns(exporter_factory):
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--interval", "0"), ("--interval", "-1"), ("--nvml-timeout", "x"), ("--port", "70000")],
+    [
+        ("--interval", "0"),
+        ("--interval", "-1"),
+        ("--nvml-timeout", "x"),
+        ("--port", "70000"),
+        ("--web.max-requests-per-client", "0"),
+    ],
 )
 def test_nonsense_numbers_are_refused_at_start(flag, value):
     result = subprocess.run(

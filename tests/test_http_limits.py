@@ -15,12 +15,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import requests
 
+from exporter.app import ExporterApp
 from exporter.httpserver import (
     BODY_TIMEOUT,
     MAX_BODY_BYTES,
@@ -29,6 +31,8 @@ from exporter.httpserver import (
     client_of,
     declared_length,
 )
+from exporter.password import PasswordSource
+from exporter.snapshot import Snapshot
 from tests.fakenvml import scenario as fake
 from tests.support.status_service import status_service_factory  # noqa: F401 - fixture
 
@@ -119,6 +123,30 @@ def test_clients_are_addresses_and_ipv6_slash_64(address: str, client: str) -> N
     assert client_of(address) == client
 
 
+def test_exporter_app_refuses_a_length_that_is_not_digits_without_reading() -> None:
+    # The app's own check, for when it is served by something other than make_server.
+    passwords = PasswordSource(password_file=None)
+    app = ExporterApp(latest=_no_snapshot, ready=lambda: True, passwords=passwords)
+    statuses: list[str] = []
+    for value in ("-1", "+16", "1_6"):
+        stream = BytesIO(b'{"passwd":"8888"}' + b"x" * 100_000)
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/get-status",
+            "REMOTE_ADDR": "192.0.2.1",
+            "CONTENT_LENGTH": value,
+            "wsgi.input": stream,
+        }
+        body = b"".join(app(environ, lambda status, headers: statuses.append(status)))
+        assert statuses.pop().startswith("400"), (value, body)
+        assert "Content-Length" in json.loads(body)["error"]
+        assert stream.tell() == 0
+
+
+def _no_snapshot() -> Snapshot:
+    raise AssertionError("a refused request must not render a snapshot")
+
+
 # ---- bodies through the real exporter -----------------------------------------------------------
 
 
@@ -185,10 +213,13 @@ def test_chunked_body_within_the_cap_reaches_the_app(exporter_factory) -> None:
 
 
 def test_content_length_and_chunked_together_are_400(exporter_factory) -> None:
+    # Servers disagreeing on which one frames the body is how requests are smuggled.
     exporter = exporter_factory(fake.idle(1))
+    document = json.dumps({"passwd": exporter.password}).encode()
     sock = _connect(exporter.port)
-    headers = ("Content-Length: 5", "Transfer-Encoding: chunked")
-    sock.sendall(_head("/get-status", *headers) + b"5\r\nhello\r\n0\r\n\r\n")
+    headers = (f"Content-Length: {len(document)}", "Transfer-Encoding: chunked")
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(document), document)
+    sock.sendall(_head("/get-status", *headers) + chunked)
     status, _ = _response(sock)
     sock.close()
     assert status == 400
@@ -285,7 +316,9 @@ def test_slow_bodies_from_one_address_do_not_starve_scrapes(exporter_factory) ->
         time.sleep(1)  # every attacker is connected and waiting
         results = _scrape_during(exporter.url, 20)
     failures = [r for r in results if r[1] != 200 or r[2] > 1]
+    slowest = max(r[2] for r in results)
     assert not failures, f"{len(failures)} of {len(results)} scrapes failed: {failures[:10]}"
+    print(f"{len(results)} scrapes under attack, slowest {slowest * 1000:.0f} ms")
     assert len(results) > 40
     assert attack.connections >= 40
     assert exporter.process.alive()
