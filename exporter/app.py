@@ -153,13 +153,12 @@ def _read_body(environ: dict[str, Any]) -> bytes:
     stream = environ["wsgi.input"]
     declared = environ.get("CONTENT_LENGTH")
     if declared:
-        try:
-            length = int(declared)
-        except ValueError:
-            raise ValueError("invalid Content-Length") from None
-        if length > MAX_BODY_BYTES:
+        # Digits only: int() also takes "-1" (read to the end of the stream), "+5", " 5", "1_0".
+        if not (declared.isascii() and declared.isdigit()):
+            raise ValueError(f"invalid Content-Length {declared[:40]!r}: not digits")
+        if len(declared) > len(str(MAX_BODY_BYTES)) or int(declared) > MAX_BODY_BYTES:
             raise OverflowError
-        return stream.read(length)
+        return stream.read(int(declared))
     if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         body = stream.read(MAX_BODY_BYTES + 1)
         if len(body) > MAX_BODY_BYTES:

@@ -18,7 +18,11 @@ from exporter.legacy import legacy_status_json
 from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
 from exporter.sampler import Sampler
 from servicekit.cliargs import positive, tcp_port
-from servicekit.httpserver import DEFAULT_MAX_REQUESTS, run_service
+from servicekit.httpserver import (
+    DEFAULT_MAX_REQUESTS,
+    DEFAULT_MAX_REQUESTS_PER_CLIENT,
+    run_service,
+)
 from servicekit.logsetup import configure_logging
 from servicekit.password import ENV_VAR, PasswordError, PasswordSource, warn_if_exposed
 
@@ -65,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive(int),
         default=DEFAULT_MAX_REQUESTS,
         help=f"requests served at once; more get 503 (default {DEFAULT_MAX_REQUESTS})",
+    )
+    parser.add_argument(
+        "--web.max-requests-per-client",
+        dest="max_requests_per_client",
+        type=positive(int),
+        default=DEFAULT_MAX_REQUESTS_PER_CLIENT,
+        help="requests served at once for one address (IPv6: one /64); more get 503 "
+        f"(default {DEFAULT_MAX_REQUESTS_PER_CLIENT})",
     )
     parser.add_argument(
         "--no-processes", action="store_true", help="do not report per-process series or users"
@@ -135,5 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         web_config_file=args.web_config_file,
         max_requests=args.max_requests,
+        max_requests_per_client=args.max_requests_per_client,
         on_stop=sampler.stop,
     )

@@ -1,22 +1,47 @@
-"""Serving a WSGI app in production: cheroot, TLS and basic auth, and an in-flight limit.
+"""Serving a WSGI app in production: cheroot, TLS and basic auth, and limits on every request.
 
 cheroot (CherryPy's server) is used rather than waitress because it terminates TLS itself, which
 the exporter-toolkit web configuration needs (server certificates, client certificates, minimum
 TLS version), and it serves from a fixed thread pool. Flask's development server is never used.
 The web configuration is re-read when it changes: basic-auth users and headers apply from the next
 request, certificates from the next connection.
+
+Both services run on :func:`make_server`, which adds to cheroot what it lacks against hostile or
+slow clients:
+
+* a request body is read here, before the app, with a deadline for the whole body and at most
+  ``max_body_bytes`` of it ever read (chunked bodies included); the app gets it in memory. An
+  invalid ``Content-Length`` is 400, a body over the cap 413, a late one 408; each closes the
+  connection. cheroot alone takes ``Content-Length: -1`` as "read to the end of the stream" and,
+  after the app answers without reading a body, reads whatever length was declared;
+* the request line and headers must arrive within a deadline too (cheroot's timeout is per read,
+  so a client sending a byte every few seconds would hold a worker thread for ever);
+* one client (an address; IPv6 addresses by /64) may have only a few requests being served at
+  once, whatever their stage, so it cannot take every worker thread or every slot;
+* the in-flight limit never refuses the health checks, so an overload does not restart the pod.
 """
 
 from __future__ import annotations
 
+import _pyio
+import contextlib
+import ipaddress
+import json
 import logging
+import re
 import signal
+import socket
 import threading
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from cheroot import server as cheroot_server
 from cheroot import wsgi
+from cheroot.makefile import MakeFile, StreamReader
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from servicekit.webconfig import (
@@ -31,16 +56,33 @@ from servicekit.webconfig import (
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUESTS = 40
+DEFAULT_MAX_REQUESTS_PER_CLIENT = 8
+MAX_BODY_BYTES = 4096  # no endpoint of either service takes a bigger body
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers; cheroot has no limit of its own
+HEAD_TIMEOUT = 5.0  # seconds for the request line and headers, once the first byte is in
+BODY_TIMEOUT = 5.0  # seconds for the whole body, once the headers are in
+HEALTH_PATHS = frozenset({"/-/healthy", "/-/ready"})
+
+_DIGITS = re.compile(r"[0-9]+")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+_MAX_CHUNK_LINE = 256  # a size, maybe an extension; longer is not a client we serve
+_MAX_TRAILER_LINES = 16
 
 
 class InFlightLimit:
-    """Answer 503 at once when ``limit`` requests are already being served, instead of queueing."""
+    """Answer 503 at once when ``limit`` requests are already being served, instead of queueing.
+
+    The health checks are never refused: a liveness probe failing under load would restart a
+    process that is merely busy.
+    """
 
     def __init__(self, app: WSGIApp, limit: int) -> None:
         self._app = app
         self._slots = threading.BoundedSemaphore(limit)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") in HEALTH_PATHS:
+            return self._finish(environ, start_response)
         if not self._slots.acquire(blocking=False):
             body = b'{"error": "too many requests in flight, retry shortly"}'
             start_response(
@@ -53,15 +95,18 @@ class InFlightLimit:
             )
             return [body]
         try:
-            result = self._app(environ, start_response)
-            try:
-                return [b"".join(result)]  # finish inside the slot: bodies here are small
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+            return self._finish(environ, start_response)
         finally:
             self._slots.release()
+
+    def _finish(self, environ: dict, start_response: Callable) -> list[bytes]:
+        result = self._app(environ, start_response)
+        try:
+            return [b"".join(result)]  # finish inside the slot: bodies here are small
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
 
 
 class ExtraHeaders:
@@ -130,6 +175,250 @@ def wrap_app(app: WSGIApp, config: WebConfig | WebConfigFile, *, max_requests: i
     return InFlightLimit(_protect(app, config), max_requests)
 
 
+# ---- clients ------------------------------------------------------------------------------------
+
+
+def client_of(address: str) -> str:
+    """The client an address counts as: itself for IPv4, its /64 for IPv6 (one host has many)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address  # not an IP address (a Unix socket): one client
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # a dual-stack listener sees IPv4 clients this way
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class ClientSlots:
+    """How many requests each client has being served; refuses one over ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, client: str) -> bool:
+        with self._lock:
+            count = self._counts.get(client, 0)
+            if count >= self._limit:
+                return False
+            self._counts[client] = count + 1
+            return True
+
+    def release(self, client: str) -> None:
+        with self._lock:
+            count = self._counts[client] - 1
+            if count:
+                self._counts[client] = count
+            else:
+                del self._counts[client]
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may cost the server: time, bytes and, per client, worker threads."""
+
+    clients: ClientSlots
+    max_body_bytes: int = MAX_BODY_BYTES
+    head_timeout: float = HEAD_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+
+
+# ---- reading with a deadline --------------------------------------------------------------------
+
+
+class _DeadlineSocketIO(socket.SocketIO):
+    """Socket reads that fail once a deadline has passed, however slowly the bytes trickle in."""
+
+    def __init__(self, sock: socket.socket, mode: str, *, idle_timeout: float) -> None:
+        super().__init__(sock, mode)
+        self.deadline: float | None = None
+        self._idle_timeout = idle_timeout
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self.deadline is None:
+            return super().readinto(buffer)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")  # cheroot answers 408 to this message
+        self._sock.settimeout(min(left, self._idle_timeout))  # type: ignore[attr-defined]
+        try:
+            return super().readinto(buffer)
+        finally:
+            self._sock.settimeout(self._idle_timeout)  # type: ignore[attr-defined]
+
+
+class DeadlineReader(StreamReader):
+    """cheroot's buffered socket reader, with :meth:`set_deadline` over all reads that follow."""
+
+    def __init__(self, sock: socket.socket, bufsize: int, *, idle_timeout: float) -> None:
+        # StreamReader builds its own plain SocketIO; the buffered reader under it takes ours.
+        _pyio.BufferedReader.__init__(
+            self, _DeadlineSocketIO(sock, "rb", idle_timeout=idle_timeout), bufsize
+        )
+        self.bytes_read = 0
+
+    def set_deadline(self, seconds: float | None) -> None:
+        """Reads fail with a timeout ``seconds`` from now; None: only cheroot's per-read timeout."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        self.raw.deadline = deadline  # type: ignore[attr-defined]
+
+
+class BodyError(Exception):
+    """A request body refused: the HTTP status line and a message for the client."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def declared_length(value: str | None, *, limit: int) -> int | None:
+    """The Content-Length header as a number; BodyError unless it is plain digits within ``limit``.
+
+    Python's ``int`` (and so cheroot) also takes "-1", "+5", " 5" and "1_000"; a negative length
+    would read the stream to its end.
+    """
+    if value is None:
+        return None
+    if not _DIGITS.fullmatch(value):
+        raise BodyError("400 Bad Request", f"invalid Content-Length {value[:40]!r}: not digits")
+    if len(value) > len(str(limit)) or int(value) > limit:
+        raise BodyError("413 Content Too Large", f"request body over {limit} bytes")
+    return int(value)
+
+
+def read_chunked(stream: Any, *, limit: int) -> bytes:
+    """A chunked body, reading no chunk that would take it over ``limit`` bytes."""
+    body = bytearray()
+    while True:
+        size_text = _read_line(stream, "chunk size").split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(size_text):
+            raise BodyError("400 Bad Request", f"invalid chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        if len(body) + size > limit:
+            raise BodyError("413 Content Too Large", f"request body over {limit} bytes")
+        chunk = stream.read(size)
+        if len(chunk) < size or stream.read(2) != b"\r\n":
+            raise BodyError("400 Bad Request", "chunked body cut short or not framed by CRLF")
+        body += chunk
+    for _ in range(_MAX_TRAILER_LINES):  # read the trailers, so the next request starts clean
+        if _read_line(stream, "trailer") in (b"\r\n", b"\n"):
+            return bytes(body)
+    raise BodyError("400 Bad Request", f"more than {_MAX_TRAILER_LINES} trailer lines")
+
+
+def _read_line(stream: Any, what: str) -> bytes:
+    line = stream.readline(_MAX_CHUNK_LINE + 1)
+    if not line.endswith(b"\n"):
+        problem = "too long" if len(line) > _MAX_CHUNK_LINE else "cut short"
+        raise BodyError("400 Bad Request", f"chunked body: {what} line {problem}")
+    return bytes(line)
+
+
+class _Gateway(wsgi.Gateway_10):
+    """Reads the request body under the limits before the app runs; the app gets it in memory."""
+
+    def respond(self) -> None:
+        request = self.req
+        limits: RequestLimits = request.server.limits
+        try:
+            body = self._read_body(limits)
+        except BodyError as error:
+            self._refuse(error.status, error.message)
+            return
+        except socket.timeout:
+            self._refuse(
+                "408 Request Timeout",
+                f"request body not received within {limits.body_timeout:g} s",
+            )
+            return
+        finally:
+            request.conn.rfile.set_deadline(None)  # the head's deadline too: nothing more to read
+        environ = self.env
+        environ["wsgi.input"] = BytesIO(body)
+        environ["wsgi.input_terminated"] = True
+        if body or "CONTENT_LENGTH" in environ or request.chunked_read:
+            environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)  # the app must not decode it a second time
+        super().respond()
+
+    def _read_body(self, limits: RequestLimits) -> bytes:
+        request = self.req
+        length = declared_length(self.env.get("CONTENT_LENGTH"), limit=limits.max_body_bytes)
+        if request.chunked_read and length is not None:  # which one frames it? smuggling
+            raise BodyError("400 Bad Request", "both Content-Length and chunked Transfer-Encoding")
+        if not request.chunked_read and not length:
+            return b""
+        reader: DeadlineReader = request.conn.rfile
+        reader.set_deadline(limits.body_timeout)
+        if request.chunked_read:
+            return read_chunked(reader, limit=limits.max_body_bytes)
+        body = request.rfile.read(length)  # through cheroot's file: nothing is left to drain
+        if len(body) < length:  # type: ignore[operator]
+            raise BodyError("400 Bad Request", f"body ended at {len(body)} of {length} bytes")
+        return body
+
+    def _refuse(self, status: str, message: str) -> None:
+        self.req.close_connection = True  # the rest of the body is never read
+        body = json.dumps({"error": message}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        self.start_response(status, headers)
+        if self.env.get("REQUEST_METHOD") != "HEAD":
+            self.write(body)
+        self.req.ensure_headers_sent()
+
+
+_BUSY = json.dumps({"error": "too many requests from this address in flight, retry shortly"})
+_BUSY_RESPONSE = (
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    f"Content-Length: {len(_BUSY)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{_BUSY}"
+).encode()
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    """A connection whose requests count against their client and read under deadlines."""
+
+    def __init__(self, server: Any, sock: socket.socket, makefile: Callable = MakeFile) -> None:
+        def files(sock: socket.socket, mode: str = "r", bufsize: int = 8192) -> Any:
+            if "r" in mode:
+                return DeadlineReader(sock, bufsize, idle_timeout=server.timeout)
+            return makefile(sock, mode, bufsize)
+
+        super().__init__(server, sock, files)
+
+    def communicate(self) -> bool:
+        limits: RequestLimits = self.server.limits
+        client = client_of(self.remote_addr or "")
+        if not limits.clients.acquire(client):
+            # Refused before reading a byte: waiting for its request would hold a thread.
+            with contextlib.suppress(OSError):
+                self.wfile.write(_BUSY_RESPONSE)
+            return False
+        try:
+            self.rfile.set_deadline(limits.head_timeout)
+            return bool(super().communicate())
+        finally:
+            self.rfile.set_deadline(None)
+            limits.clients.release(client)
+
+
+class Server(wsgi.Server):
+    """cheroot's WSGI server with :class:`RequestLimits` on every request."""
+
+    ConnectionClass = _Connection
+
+    def __init__(self, bind_addr: tuple, app: WSGIApp, *, limits: RequestLimits, **options: Any):
+        super().__init__(bind_addr, app, **options)
+        self.gateway = _Gateway
+        self.limits = limits
+        self.max_request_header_size = MAX_HEAD_BYTES
+
+
 def _host(listen_address: str) -> str:
     return listen_address.strip("[]") or "0.0.0.0"
 
@@ -141,15 +430,18 @@ def make_server(
     port: int,
     web_config_file: Path | None = None,
     max_requests: int = DEFAULT_MAX_REQUESTS,
+    max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT,
     threads: int = 16,
-) -> wsgi.Server:
+) -> Server:
     """Build (not start) the server; raises ``WebConfigError`` on a bad web config."""
     config = WebConfigFile(web_config_file) if web_config_file else WebConfig()
-    server = wsgi.Server(
+    server = Server(
         (_host(listen_address), port),
         wrap_app(app, config, max_requests=max_requests),
-        # More threads than the limit, so excess requests reach the limiter and get their 503.
-        numthreads=max(threads, max_requests + 4),
+        limits=RequestLimits(clients=ClientSlots(max_requests_per_client)),
+        # Threads for every request the limit lets in (excess ones reach it and get their 503),
+        # plus those one client may hold while still sending: scrapes from others find a thread.
+        numthreads=max(threads, max_requests + max_requests_per_client + 4),
         request_queue_size=128,
         timeout=10,
         server_name="gpu-cluster-monitor",
@@ -182,6 +474,7 @@ def run_service(
     port: int,
     web_config_file: Path | None,
     max_requests: int,
+    max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT,
     on_stop: Callable[[], None],
 ) -> int:
     """Serve ``app`` until SIGINT or SIGTERM, then call ``on_stop``; returns the exit status.
@@ -197,6 +490,7 @@ def run_service(
             port=port,
             web_config_file=web_config_file,
             max_requests=max_requests,
+            max_requests_per_client=max_requests_per_client,
         )
     except WebConfigError as error:
         log.error("%s", error)

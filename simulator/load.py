@@ -1,10 +1,11 @@
 """Load and soak drivers shared by the CI tests and the benchmark scripts.
 
 :func:`scrape_load` runs concurrent scrapers (threads spread over a few client processes, so the
-client's own GIL does not dominate the latencies) for a fixed time and collects latencies and
-errors. :class:`Churn` keeps a scenario's process list turning over with fresh real processes,
-and mixes in the faults a long-running exporter meets (a GPU lost, fields erroring, a failing
-global call, pids gone between NVML's listing and the lookup).
+client's own GIL does not dominate the latencies; each scraper from its own loopback address) for
+a fixed time and collects latencies and errors. :class:`Churn` keeps a scenario's process list
+turning over with fresh real processes, and mixes in the faults a long-running exporter meets (a
+GPU lost, fields erroring, a failing global call, pids gone between NVML's listing and the
+lookup).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Callable
 
 import requests
 
-from simulator.exporters import ExporterProcess, Workers, rss_bytes
+from simulator.exporters import ClientAddresses, ExporterProcess, Workers, rss_bytes
 from simulator.fakenvml import scenario as fake
 from tests.support.metrics import label_sets, values
 
@@ -80,9 +81,13 @@ def _check_scrape(response: requests.Response) -> str | None:
 
 
 def _scrape_thread(
-    url: str, deadline: float, headers: dict[str, str], timeout: float, result: LoadResult
+    session: requests.Session,
+    url: str,
+    deadline: float,
+    headers: dict[str, str],
+    timeout: float,
+    result: LoadResult,
 ) -> None:
-    session = requests.Session()
     while time.monotonic() < deadline:
         started = time.perf_counter()
         try:
@@ -102,12 +107,23 @@ def _scrape_thread(
 
 
 def _client_process(
-    url: str, threads: int, seconds: float, headers: dict[str, str], timeout: float
+    url: str,
+    threads: int,
+    first_client: int,
+    seconds: float,
+    headers: dict[str, str],
+    timeout: float,
 ) -> LoadResult:
     deadline = time.monotonic() + seconds
     results = [LoadResult(seconds) for _ in range(threads)]
+    # Each scraper is its own client, from its own loopback address, as separate machines would
+    # be: the server caps the requests one address may have in flight.
+    addresses = ClientAddresses(base=first_client)
     workers = [
-        threading.Thread(target=_scrape_thread, args=(url, deadline, headers, timeout, result))
+        threading.Thread(
+            target=_scrape_thread,
+            args=(addresses.session(), url, deadline, headers, timeout, result),
+        )
         for result in results
     ]
     for worker in workers:
@@ -133,9 +149,11 @@ def scrape_load(
     headers = headers or {"Accept-Encoding": "identity"}
     processes = max(1, min(client_processes, clients))
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    firsts = [sum(shares[:i]) for i in range(processes)]
     with ProcessPoolExecutor(processes) as pool:
         futures = [
-            pool.submit(_client_process, url, share, seconds, headers, timeout) for share in shares
+            pool.submit(_client_process, url, share, first, seconds, headers, timeout)
+            for share, first in zip(shares, firsts)
         ]
         total = LoadResult(seconds)
         for future in futures:

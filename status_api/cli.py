@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from servicekit.cliargs import positive, tcp_port
-from servicekit.httpserver import DEFAULT_MAX_REQUESTS
+from servicekit.httpserver import DEFAULT_MAX_REQUESTS, DEFAULT_MAX_REQUESTS_PER_CLIENT
 from servicekit.logsetup import configure_logging
 from servicekit.password import PasswordError, load_password, warn_if_exposed
 from status_api import __version__
@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--web.max-requests", dest="max_requests", type=positive(int),
         default=DEFAULT_MAX_REQUESTS,
         help=f"requests served at once; more get 503 (default {DEFAULT_MAX_REQUESTS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--web.max-requests-per-client", dest="max_requests_per_client", type=positive(int),
+        default=DEFAULT_MAX_REQUESTS_PER_CLIENT,
+        help="requests served at once for one address (IPv6: one /64); more get 503 "
+        f"(default {DEFAULT_MAX_REQUESTS_PER_CLIENT})",
     )  # fmt: skip
     _node_options(parser)
     _state_options(parser)
@@ -334,6 +340,7 @@ def serve_main(args: argparse.Namespace) -> int:
         port=args.port,
         web_config_file=args.web_config_file,
         max_requests=args.max_requests,
+        max_requests_per_client=args.max_requests_per_client,
         on_stop=poller.stop,
     )
 

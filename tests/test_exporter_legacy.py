@@ -121,7 +121,8 @@ def _status_code(sock: socket.socket) -> int:
 
 
 def test_concurrent_wrong_guesses_cannot_race_the_limiter(exporter_factory):
-    exporter = exporter_factory(fake.idle(1))
+    # All 30 from one address: the per-client cap is raised so every request reaches the limiter.
+    exporter = exporter_factory(fake.idle(1), "--web.max-requests-per-client", "40")
     body = json.dumps({"passwd": "guess"}).encode()
     head = (
         f"POST /get-status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -202,7 +203,13 @@ def test_default_password_works_and_warns(exporter_factory):
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--interval", "0"), ("--interval", "-1"), ("--nvml-timeout", "x"), ("--port", "70000")],
+    [
+        ("--interval", "0"),
+        ("--interval", "-1"),
+        ("--nvml-timeout", "x"),
+        ("--port", "70000"),
+        ("--web.max-requests-per-client", "0"),
+    ],
 )
 def test_nonsense_numbers_are_refused_at_start(flag, value):
     result = subprocess.run(

@@ -437,7 +437,8 @@ def test_help_and_version() -> None:
     )
     assert result.returncode == 0
     for flag in ("-c", "--port", "--node_port", "--password-file", "--web-config-file",
-                 "--listen-address", "--web.max-requests", "--node-ca-file"):  # fmt: skip
+                 "--listen-address", "--web.max-requests", "--web.max-requests-per-client",
+                 "--node-ca-file"):  # fmt: skip
         assert flag in result.stdout
     version = subprocess.run(
         [sys.executable, "-m", "status_api", "--version"],
