@@ -5,7 +5,8 @@
  * (device, inode, size, mtime, ctime) signature changes, so tests can change the GPUs while a
  * process keeps NVML open. Every entry point runs the same prologue: init check, reload
  * check, `block` (sleep, with no lock held), then `fail` and `lost`. The file format is in
- * README.md, its parser in scenario_parse.c.
+ * README.md, its parser in scenario_parse.c; the GPU-health entry points (events, memory
+ * repair, PCIe, NVLink, field values) are in fake_nvml_health.c.
  *
  * Locking: `source_lock` guards the init refcount and the file signature (held briefly,
  * never while sleeping); `state_lock` guards the parsed state, read-locked while an entry
@@ -210,14 +211,17 @@ static void refresh(void)
 
 /* ---------------------------------------------------------------- the common prologue */
 
-#define NO_GPU (-1L)
-
-static long handle_index(nvmlDevice_t device)
+long handle_index(nvmlDevice_t device)
 {
     uintptr_t offset = (uintptr_t)device - (uintptr_t)slots; /* wraps for addresses below */
     if (offset >= sizeof slots)
         return -2; /* not a handle of ours */
     return (long)(offset / sizeof slots[0]);
+}
+
+nvmlDevice_t device_handle(unsigned int index)
+{
+    return &slots[index];
 }
 
 static double block_seconds(enum entry_point ep, long index)
@@ -239,7 +243,7 @@ static double block_seconds(enum entry_point ep, long index)
  * result is the first of: not initialised, global fail, bad handle, GPU gone (`missing`),
  * lost, per-GPU fail.
  */
-static nvmlReturn_t enter(enum entry_point ep, long index, nvmlReturn_t missing,
+nvmlReturn_t enter(enum entry_point ep, long index, nvmlReturn_t missing,
                           const gpu_t **gpu)
 {
     pthread_mutex_lock(&source_lock);
@@ -274,23 +278,18 @@ static nvmlReturn_t enter(enum entry_point ep, long index, nvmlReturn_t missing,
     return NVML_SUCCESS;
 }
 
-static nvmlReturn_t leave(nvmlReturn_t result)
+nvmlReturn_t leave(nvmlReturn_t result)
 {
     pthread_rwlock_unlock(&state_lock);
     return result;
 }
 
-/* Device entry points: `gpu` is in scope in the body, which sets `rc`. */
-#define DEVICE_CALL(name, device, ...)                                                  \
-    do {                                                                                \
-        const gpu_t *gpu = NULL;                                                        \
-        nvmlReturn_t rc = enter(EP_##name, handle_index(device), NVML_ERROR_GPU_IS_LOST, \
-                                &gpu);                                                  \
-        if (rc == NVML_SUCCESS) {                                                       \
-            __VA_ARGS__;                                                                \
-        }                                                                               \
-        return leave(rc);                                                               \
-    } while (0)
+const state_t *read_state(void)
+{
+    refresh();
+    pthread_rwlock_rdlock(&state_lock);
+    return current;
+}
 
 #define GLOBAL_CALL(name, ...)                                                   \
     do {                                                                         \
@@ -303,7 +302,7 @@ static nvmlReturn_t leave(nvmlReturn_t result)
         return leave(rc);                                                        \
     } while (0)
 
-static int has(const gpu_t *gpu, enum field field)
+int has(const gpu_t *gpu, enum field field)
 {
     return (gpu->present >> field) & 1u;
 }
@@ -325,7 +324,7 @@ static nvmlReturn_t put_field_text(const gpu_t *gpu, enum field field, char *out
                            : NVML_ERROR_NOT_SUPPORTED;
 }
 
-static nvmlReturn_t put_uint(const gpu_t *gpu, enum field field, unsigned int *out)
+nvmlReturn_t put_uint(const gpu_t *gpu, enum field field, unsigned int *out)
 {
     if (!out)
         return NVML_ERROR_INVALID_ARGUMENT;
@@ -335,7 +334,7 @@ static nvmlReturn_t put_uint(const gpu_t *gpu, enum field field, unsigned int *o
     return NVML_SUCCESS;
 }
 
-static nvmlReturn_t put_ull(const gpu_t *gpu, enum field field, unsigned long long *out)
+nvmlReturn_t put_ull(const gpu_t *gpu, enum field field, unsigned long long *out)
 {
     if (!out)
         return NVML_ERROR_INVALID_ARGUMENT;
@@ -831,7 +830,18 @@ nvmlReturn_t nvmlDeviceGetPowerState(nvmlDevice_t device, nvmlPstates_t *state)
     DEVICE_CALL(nvmlDeviceGetPowerState, device, rc = put_pstate(gpu, state));
 }
 
-/* Volatile and aggregate counters are the same numbers here. */
+/* The aggregate (lifetime) counter is ecc_aggregate_* when given, else the volatile one, so
+ * scenarios written before the aggregate keys existed answer as they did. */
+static enum field ecc_field(const gpu_t *gpu, nvmlMemoryErrorType_t type,
+                            nvmlEccCounterType_t counter)
+{
+    int corrected = type == NVML_MEMORY_ERROR_TYPE_CORRECTED;
+    enum field aggregate = corrected ? F_ECC_AGGREGATE_CORRECTED : F_ECC_AGGREGATE_UNCORRECTED;
+    if (counter == NVML_AGGREGATE_ECC && has(gpu, aggregate))
+        return aggregate;
+    return corrected ? F_ECC_CORRECTED : F_ECC_UNCORRECTED;
+}
+
 nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t type,
                                          nvmlEccCounterType_t counter,
                                          unsigned long long *count)
@@ -839,12 +849,11 @@ nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorTyp
     DEVICE_CALL(nvmlDeviceGetTotalEccErrors, device, {
         if (counter != NVML_VOLATILE_ECC && counter != NVML_AGGREGATE_ECC)
             rc = NVML_ERROR_INVALID_ARGUMENT;
-        else if (type == NVML_MEMORY_ERROR_TYPE_CORRECTED)
-            rc = put_ull(gpu, F_ECC_CORRECTED, count);
-        else if (type == NVML_MEMORY_ERROR_TYPE_UNCORRECTED)
-            rc = put_ull(gpu, F_ECC_UNCORRECTED, count);
-        else
+        else if (type != NVML_MEMORY_ERROR_TYPE_CORRECTED &&
+                 type != NVML_MEMORY_ERROR_TYPE_UNCORRECTED)
             rc = NVML_ERROR_INVALID_ARGUMENT;
+        else
+            rc = put_ull(gpu, ecc_field(gpu, type, counter), count);
     });
 }
 
@@ -918,23 +927,10 @@ nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t device, unsigned int *
     DEVICE_CALL(nvmlDeviceGetDecoderUtilization, device, rc = NVML_ERROR_NOT_SUPPORTED);
 }
 
-nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t device, nvmlPcieUtilCounter_t counter,
-                                         unsigned int *value)
-{
-    (void)counter, (void)value;
-    DEVICE_CALL(nvmlDeviceGetPcieThroughput, device, rc = NVML_ERROR_NOT_SUPPORTED);
-}
-
 nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device,
                                              nvmlProcessUtilizationSample_t *samples,
                                              unsigned int *count, unsigned long long since)
 {
     (void)samples, (void)count, (void)since;
     DEVICE_CALL(nvmlDeviceGetProcessUtilization, device, rc = NVML_ERROR_NOT_SUPPORTED);
-}
-
-nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int count, nvmlFieldValue_t *values)
-{
-    (void)count, (void)values;
-    DEVICE_CALL(nvmlDeviceGetFieldValues, device, rc = NVML_ERROR_NOT_SUPPORTED);
 }

@@ -40,7 +40,9 @@ _NUMERIC_FIELDS = (
     "minor_number", "memory_total", "memory_used", "memory_reserved", "utilization_gpu",
     "utilization_memory", "temperature", "power_usage", "power_limit", "energy", "fan_speed",
     "clock_sm", "clock_mem", "pstate", "ecc_corrected", "ecc_uncorrected", "throttle_reasons",
+    "pcie_replay", "ecc_aggregate_corrected", "ecc_aggregate_uncorrected", "event_types",
 )  # fmt: skip
+RETIREMENT_CAUSES = ("sbe", "dbe")  # multiple single-bit, double-bit ECC errors
 _ENTRY_POINT = re.compile(r"nvml[A-Za-z0-9_]+")
 THROTTLE_GPU_IDLE = 0x1
 
@@ -64,6 +66,45 @@ class FakeProcess:
     pid: int
     used_bytes: int
     kind: str = "compute"  # or "graphics"
+
+
+@dataclass
+class FakePcieLink:
+    """``pcie_link``: the link's maximum and current generation and width (lanes)."""
+
+    max_gen: int = 5
+    max_width: int = 16
+    gen: int = 5
+    width: int = 16
+
+
+@dataclass
+class FakeNvLink:
+    """One NVLink link: its state and error counters (``nvlink`` line)."""
+
+    active: bool = True
+    crc_flit: int = 0
+    crc_data: int = 0
+    replay: int = 0
+    recovery: int = 0
+
+
+@dataclass
+class FakeRemappedRows:
+    """``remapped_rows``: rows remapped for corrected / uncorrected errors, and the flags."""
+
+    corrected: int = 0
+    uncorrected: int = 0
+    pending: bool = False
+    failure: bool = False
+
+
+@dataclass
+class FakeXid:
+    """An injected XID; ``id`` None means the line's position among the GPU's XIDs."""
+
+    code: int
+    id: int | None = None
 
 
 @dataclass
@@ -92,6 +133,18 @@ class FakeGpu:
     ecc_uncorrected: int | None = 0
     throttle_reasons: int | None = 0  # nvmlClocksEventReason* bits
     processes: list[FakeProcess] = field(default_factory=list)
+    # GPU health; absent (NOT_SUPPORTED) unless given.
+    pcie_replay: int | None = None
+    ecc_aggregate_corrected: int | None = None  # absent: the volatile counter
+    ecc_aggregate_uncorrected: int | None = None
+    event_types: int | None = None  # nvmlEventType* bits; absent: the library's default
+    pcie_link: FakePcieLink | None = None
+    pcie_throughput: tuple[int, int] | None = None  # TX, RX in KB/s
+    nvlinks: list[FakeNvLink] | None = None  # link i is nvlinks[i]
+    remapped_rows: FakeRemappedRows | None = None  # Ampere and later ...
+    retired_pages: dict[str, int] | None = None  # ... or before: cause (sbe|dbe) -> pages
+    retired_pages_pending: bool | None = None
+    xids: list[FakeXid] = field(default_factory=list)
     fail: dict[str, int] = field(default_factory=dict)  # entry point -> nvmlReturn_t
     block: dict[str, float] = field(default_factory=dict)  # entry point -> seconds
     lost: bool = False
@@ -224,6 +277,40 @@ def _check_entry_point(name: str) -> None:
         raise ValueError(f"{name!r} is not an NVML entry point name")
 
 
+def _numbers(key: str, *values: int | bool) -> bytes:
+    for value in values:
+        _number(key, int(value) if isinstance(value, bool) else value)
+    return " ".join([key, *(str(int(value)) for value in values)]).encode()
+
+
+def _health_lines(gpu: FakeGpu) -> list[bytes]:
+    lines = []
+    if gpu.pcie_link is not None:
+        link = gpu.pcie_link
+        lines.append(_numbers("pcie_link", link.max_gen, link.max_width, link.gen, link.width))
+    if gpu.pcie_throughput is not None:
+        lines.append(_numbers("pcie_throughput", *gpu.pcie_throughput))
+    if gpu.nvlinks is not None:
+        lines.append(_number("nvlink_links", len(gpu.nvlinks)))
+        for index, nvlink in enumerate(gpu.nvlinks):
+            counters = (nvlink.crc_flit, nvlink.crc_data, nvlink.replay, nvlink.recovery)
+            lines.append(_numbers("nvlink", index, nvlink.active, *counters))
+    if gpu.remapped_rows is not None:
+        rows = gpu.remapped_rows
+        values = (rows.corrected, rows.uncorrected, rows.pending, rows.failure)
+        lines.append(_numbers("remapped_rows", *values))
+    for cause, count in (gpu.retired_pages or {}).items():
+        if cause not in RETIREMENT_CAUSES:
+            raise ValueError(f"retired_pages cause must be sbe or dbe, got {cause!r}")
+        lines.append(_numbers(f"retired_pages {cause}", count))
+    if gpu.retired_pages_pending is not None:
+        lines.append(_numbers("retired_pages_pending", gpu.retired_pages_pending))
+    for xid in gpu.xids:
+        given_id = () if xid.id is None else (xid.id,)
+        lines.append(_numbers("xid", xid.code, *given_id))
+    return lines
+
+
 def _gpu_lines(gpu: FakeGpu) -> list[bytes]:
     lines = [b"[gpu]"]
     for key in ("name", "uuid", "serial", "pci_bus_id"):
@@ -238,6 +325,7 @@ def _gpu_lines(gpu: FakeGpu) -> list[bytes]:
         if process.kind not in ("compute", "graphics"):
             raise ValueError(f"process kind must be compute or graphics, got {process.kind!r}")
         lines.append(_number(f"process {process.kind} {process.pid}", process.used_bytes))
+    lines += _health_lines(gpu)
     lines += _faults(gpu.fail, gpu.block)
     if gpu.lost:
         lines.append(b"lost")
@@ -321,8 +409,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "FakeGpu",
+    "FakeNvLink",
+    "FakePcieLink",
     "FakeProcess",
+    "FakeRemappedRows",
     "FakeScenario",
+    "FakeXid",
     "busy",
     "idle",
     "make_gpu",

@@ -41,6 +41,10 @@ static const struct {
     [F_ECC_CORRECTED] = {"ecc_corrected", ~0ull},
     [F_ECC_UNCORRECTED] = {"ecc_uncorrected", ~0ull},
     [F_THROTTLE_REASONS] = {"throttle_reasons", ~0ull},
+    [F_PCIE_REPLAY] = {"pcie_replay", 0xFFFFFFFFull},
+    [F_ECC_AGGREGATE_CORRECTED] = {"ecc_aggregate_corrected", ~0ull},
+    [F_ECC_AGGREGATE_UNCORRECTED] = {"ecc_aggregate_uncorrected", ~0ull},
+    [F_NVLINK_LINKS] = {"nvlink_links", NVML_NVLINK_MAX_LINKS},
 };
 
 void free_state(state_t *state)
@@ -52,9 +56,7 @@ void free_state(state_t *state)
     free(state);
 }
 
-static int fail_parse(parse_error_t *error, const char *format, ...)
-    __attribute__((format(printf, 2, 3)));
-static int fail_parse(parse_error_t *error, const char *format, ...)
+int fail_parse(parse_error_t *error, const char *format, ...)
 {
     va_list args;
     va_start(args, format);
@@ -64,7 +66,7 @@ static int fail_parse(parse_error_t *error, const char *format, ...)
 }
 
 /* A printable copy of a token for error messages (keys may hold any bytes). */
-static const char *shown(const char *token, size_t length)
+const char *shown(const char *token, size_t length)
 {
     static __thread char buffer[48];
     size_t n = length < sizeof buffer - 1 ? length : sizeof buffer - 1;
@@ -87,7 +89,7 @@ static const char *skip_blanks(const char *p, const char *end)
 }
 
 /* The next blank-separated token; the cursor moves past it. Empty at end or comment. */
-static size_t next_token(const char **cursor, const char *end, const char **token)
+size_t next_token(const char **cursor, const char *end, const char **token)
 {
     const char *p = skip_blanks(*cursor, end);
     *token = p;
@@ -100,20 +102,20 @@ static size_t next_token(const char **cursor, const char *end, const char **toke
 }
 
 /* Nothing but blanks or a comment left on the line. */
-static int at_end(const char *p, const char *end)
+int at_end(const char *p, const char *end)
 {
     p = skip_blanks(p, end);
     return p == end || *p == '#';
 }
 
-static int token_is(const char *token, size_t length, const char *word)
+int token_is(const char *token, size_t length, const char *word)
 {
     return strlen(word) == length && memcmp(token, word, length) == 0;
 }
 
 /* Decimal, or hexadecimal with 0x; never octal, so "010" is ten. */
-static int parse_number(const char *token, size_t length, unsigned long long max,
-                        unsigned long long *value)
+int parse_number(const char *token, size_t length, unsigned long long max,
+                 unsigned long long *value)
 {
     unsigned int base = 10;
     if (length > 2 && token[0] == '0' && (token[1] == 'x' || token[1] == 'X')) {
@@ -253,6 +255,9 @@ static int parse_gpu_line(const char *key, size_t key_length, const char *value,
         gpu->lost = 1;
         return 0;
     }
+    int health = parse_health_line(key, key_length, value, end, gpu, error);
+    if (health != NOT_HEALTH_KEY)
+        return health;
     int field = find_field(key, key_length);
     if (field < 0)
         return fail_parse(error, "unknown key '%s' in a [gpu] section", shown(key, key_length));
@@ -311,7 +316,7 @@ static int parse_global_line(const char *key, size_t key_length, const char *val
         return 0;
     }
     if (find_field(key, key_length) >= 0 || token_is(key, key_length, "process") ||
-        token_is(key, key_length, "lost"))
+        token_is(key, key_length, "lost") || is_health_key(key, key_length))
         return fail_parse(error, "'%s' belongs in a [gpu] section", shown(key, key_length));
     return fail_parse(error, "unknown key '%s'", shown(key, key_length));
 }
