@@ -244,7 +244,7 @@ static double block_seconds(enum entry_point ep, long index)
  * lost, per-GPU fail.
  */
 nvmlReturn_t enter(enum entry_point ep, long index, nvmlReturn_t missing,
-                          const gpu_t **gpu)
+                   const gpu_t **gpu)
 {
     pthread_mutex_lock(&source_lock);
     int initialised = refcount > 0;

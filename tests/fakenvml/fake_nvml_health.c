@@ -434,14 +434,14 @@ static const struct {
     enum nvlink_counter counter;
     unsigned int l0, l6, total;
 } NVLINK_FIELDS[] = {
-    {CRC_FLIT, NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L0, NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L6,
-     NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL},
-    {CRC_DATA, NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L0, NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L6,
-     NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL},
-    {REPLAY, NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L0, NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L6,
-     NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL},
-    {RECOVERY, NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L0, NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L6,
-     NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL},
+#define NVLINK_FIELD(counter, name)                                                \
+    {counter, NVML_FI_DEV_NVLINK_##name##_ERROR_COUNT_L0,                          \
+     NVML_FI_DEV_NVLINK_##name##_ERROR_COUNT_L6, NVML_FI_DEV_NVLINK_##name##_ERROR_COUNT_TOTAL}
+    NVLINK_FIELD(CRC_FLIT, CRC_FLIT),
+    NVLINK_FIELD(CRC_DATA, CRC_DATA),
+    NVLINK_FIELD(REPLAY, REPLAY),
+    NVLINK_FIELD(RECOVERY, RECOVERY),
+#undef NVLINK_FIELD
 };
 
 #define ALL_LINKS (-1)
@@ -521,7 +521,8 @@ static void field_value(const gpu_t *gpu, nvmlFieldValue_t *value)
                    health->retired[NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS]);
         return;
     case NVML_FI_DEV_RETIRED_DBE:
-        field_uint(value, retired, health->retired[NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR]);
+        field_uint(value, retired,
+                   health->retired[NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR]);
         return;
     case NVML_FI_DEV_RETIRED_PENDING:
         field_uint(value, retired, health->retired_pending);
