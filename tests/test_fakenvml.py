@@ -31,6 +31,7 @@ NOT_SUPPORTED = 3
 NO_PERMISSION = 4
 INSUFFICIENT_SIZE = 7
 DRIVER_NOT_LOADED = 9
+TIMEOUT = 10
 GPU_IS_LOST = 15
 ARGUMENT_VERSION_MISMATCH = 25
 UNKNOWN = 999
@@ -1140,6 +1141,483 @@ out["count"] = N.nvmlDeviceGetCount()
     assert result.out["growth"] < 4 * 1024 * 1024, result.out
 
 
+# ---------------------------------------------------------------- GPU health
+
+HEALTH_GETTERS = """
+GETTERS = {
+    "remapped_rows": (N.nvmlDeviceGetRemappedRows,),
+    "retired_sbe": (N.nvmlDeviceGetRetiredPages, 0),
+    "retired_dbe_v2": (N.nvmlDeviceGetRetiredPages_v2, 1),
+    "retired_pending": (N.nvmlDeviceGetRetiredPagesPendingStatus,),
+    "ecc_aggregate": (N.nvmlDeviceGetTotalEccErrors, 0, N.NVML_AGGREGATE_ECC),
+    "pcie_replay": (N.nvmlDeviceGetPcieReplayCounter,),
+    "pcie_gen": (N.nvmlDeviceGetCurrPcieLinkGeneration,),
+    "pcie_max_gen": (N.nvmlDeviceGetMaxPcieLinkGeneration,),
+    "pcie_width": (N.nvmlDeviceGetCurrPcieLinkWidth,),
+    "pcie_max_width": (N.nvmlDeviceGetMaxPcieLinkWidth,),
+    "pcie_tx": (N.nvmlDeviceGetPcieThroughput, N.NVML_PCIE_UTIL_TX_BYTES),
+    "nvlink_state": (N.nvmlDeviceGetNvLinkState, 0),
+}
+def health(h):
+    return {key: value(fn, h, *args) for key, (fn, *args) in GETTERS.items()}
+"""
+
+
+def _health_gpu(index: int, **overrides: Any) -> fake.FakeGpu:
+    """An Ampere-or-later GPU with every health key given."""
+    values: dict[str, Any] = {
+        "ecc_corrected": 5,
+        "ecc_uncorrected": 1,
+        "ecc_aggregate_corrected": 120,
+        "ecc_aggregate_uncorrected": 3,
+        "pcie_replay": 17,
+        "pcie_link": fake.FakePcieLink(max_gen=5, max_width=16, gen=4, width=8),
+        "pcie_throughput": (1200, 3400),
+        "nvlinks": [
+            fake.FakeNvLink(crc_flit=1, crc_data=2, replay=3, recovery=4),
+            fake.FakeNvLink(active=False, crc_flit=10, crc_data=20, replay=30, recovery=40),
+            fake.FakeNvLink(crc_flit=100),
+        ],
+        "remapped_rows": fake.FakeRemappedRows(2, 1, pending=True, failure=False),
+    }
+    return fake.make_gpu(index, **{**values, **overrides})
+
+
+def test_health_values_through_pynvml(probe):
+    ampere = _health_gpu(0)
+    volta = fake.make_gpu(1, retired_pages={"sbe": 2, "dbe": 1}, retired_pages_pending=True)
+    scenario = fake.FakeScenario(gpus=[ampere, volta, fake.make_gpu(2)])
+    result = probe(
+        HEALTH_GETTERS
+        + """
+N.nvmlInit()
+h0, h1, h2 = handles()
+out["gpus"] = [health(h) for h in (h0, h1, h2)]
+out["ecc_volatile"] = [N.nvmlDeviceGetTotalEccErrors(h0, t, N.NVML_VOLATILE_ECC) for t in (0, 1)]
+out["ecc_aggregate"] = [N.nvmlDeviceGetTotalEccErrors(h0, t, N.NVML_AGGREGATE_ECC) for t in (0, 1)]
+out["pcie_rx"] = N.nvmlDeviceGetPcieThroughput(h0, N.NVML_PCIE_UTIL_RX_BYTES)
+out["pcie_bad_counter"] = code(N.nvmlDeviceGetPcieThroughput, h0, 2)
+out["links"] = [value(N.nvmlDeviceGetNvLinkState, h0, link) for link in range(4)]
+out["ecc_bad_type"] = code(N.nvmlDeviceGetTotalEccErrors, h0, 2, 0)
+""",
+        scenario,
+    )
+    ampere_out, volta_out, bare = result.out["gpus"]
+    assert ampere_out == {
+        "remapped_rows": [2, 1, 1, 0],
+        "retired_sbe": {"error": NOT_SUPPORTED},
+        "retired_dbe_v2": {"error": NOT_SUPPORTED},
+        "retired_pending": {"error": NOT_SUPPORTED},
+        "ecc_aggregate": 120,
+        "pcie_replay": 17,
+        "pcie_gen": 4,
+        "pcie_max_gen": 5,
+        "pcie_width": 8,
+        "pcie_max_width": 16,
+        "pcie_tx": 1200,
+        "nvlink_state": 1,
+    }
+    sbe_pages = [(1 << 32) + i * 4096 for i in range(2)]
+    assert volta_out["remapped_rows"] == {"error": NOT_SUPPORTED}
+    assert volta_out["retired_sbe"] == sbe_pages
+    assert volta_out["retired_dbe_v2"] == [{"address": 2 << 32, "timestamp": 1_700_000_000}]
+    assert volta_out["retired_pending"] == 1
+    # Without ecc_aggregate_*, the aggregate counter is the volatile one, as before.
+    assert volta_out["ecc_aggregate"] == volta.ecc_corrected
+    unsupported = {key for key, got in bare.items() if got == {"error": NOT_SUPPORTED}}
+    assert unsupported == set(bare) - {"ecc_aggregate"}
+    assert result.out["ecc_volatile"] == [5, 1]
+    assert result.out["ecc_aggregate"] == [120, 3]
+    assert result.out["pcie_rx"] == 3400
+    assert result.out["pcie_bad_counter"] == INVALID_ARGUMENT
+    assert result.out["links"] == [1, 0, 1, {"error": INVALID_ARGUMENT}]
+    assert result.out["ecc_bad_type"] == INVALID_ARGUMENT
+    assert result.stderr == ""
+
+
+def test_retired_pages_size_query(probe):
+    gpu = fake.make_gpu(0, retired_pages={"sbe": 3})
+    result = probe(
+        """
+N.nvmlInit()
+h = handles()[0]
+def pages(name, cause, size, null_buffer=False, times=False):
+    count = ctypes.c_uint(size)
+    addresses = None if null_buffer else (ctypes.c_ulonglong * max(size, 1))()
+    stamps = (ctypes.c_ulonglong * max(size, 1))()
+    args = [h, cause, ctypes.byref(count), addresses] + ([stamps] if times else [])
+    rc = raw(name)(*args)
+    got = list(addresses[: count.value]) if rc == 0 and addresses is not None else []
+    return [rc, count.value, got] + ([list(stamps[: count.value])] if times and rc == 0 else [])
+out["probe"] = pages("nvmlDeviceGetRetiredPages", 0, 0, null_buffer=True)
+out["too_small"] = pages("nvmlDeviceGetRetiredPages", 0, 2)
+out["exact"] = pages("nvmlDeviceGetRetiredPages", 0, 3)
+out["larger"] = pages("nvmlDeviceGetRetiredPages", 0, 8)
+out["none_of_cause"] = pages("nvmlDeviceGetRetiredPages", 1, 0, null_buffer=True)
+out["null_buffer"] = pages("nvmlDeviceGetRetiredPages", 0, 5, null_buffer=True)
+out["bad_cause"] = pages("nvmlDeviceGetRetiredPages", 2, 8)
+out["v2_probe"] = pages("nvmlDeviceGetRetiredPages_v2", 0, 0, null_buffer=True, times=True)
+out["v2"] = pages("nvmlDeviceGetRetiredPages_v2", 0, 3, times=True)
+out["null_count"] = raw("nvmlDeviceGetRetiredPages")(h, 0, None, None)
+""",
+        fake.FakeScenario(gpus=[gpu]),
+    )
+    addresses = [(1 << 32) + i * 4096 for i in range(3)]
+    assert result.out["probe"] == [INSUFFICIENT_SIZE, 3, []]
+    assert result.out["too_small"] == [INSUFFICIENT_SIZE, 3, []]
+    assert result.out["exact"] == [SUCCESS, 3, addresses]
+    assert result.out["larger"] == [SUCCESS, 3, addresses]
+    assert result.out["none_of_cause"] == [SUCCESS, 0, []]
+    assert result.out["null_buffer"] == [INVALID_ARGUMENT, 5, []]
+    assert result.out["bad_cause"] == [INVALID_ARGUMENT, 8, []]
+    assert result.out["v2_probe"] == [INSUFFICIENT_SIZE, 3, []]
+    assert result.out["v2"] == [SUCCESS, 3, addresses, [1_700_000_000 + i for i in range(3)]]
+    assert result.out["null_count"] == INVALID_ARGUMENT
+
+
+def test_field_values_each_with_its_own_return(probe):
+    scenario = fake.FakeScenario(gpus=[_health_gpu(0), fake.make_gpu(1)])
+    result = probe(
+        """
+N.nvmlInit()
+h0, h1 = handles()
+F = [
+    N.NVML_FI_DEV_NVLINK_LINK_COUNT, N.NVML_FI_DEV_PCIE_REPLAY_COUNTER,
+    N.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L0, N.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L1,
+    N.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L1, N.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L0,
+    N.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
+    N.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL,
+    N.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L3, N.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L6,
+    (N.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY, 1), (N.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY, 0),
+    (N.NVML_FI_DEV_NVLINK_ERROR_DL_CRC, 1), (N.NVML_FI_DEV_NVLINK_ERROR_DL_CRC, 3),
+    N.NVML_FI_DEV_RETIRED_SBE, N.NVML_FI_DEV_ECC_CURRENT, 310,  # NVML_FI_MAX in nvml.h
+]
+def fields(h):
+    before = time.time()
+    values = N.nvmlDeviceGetFieldValues(h, F)
+    after = time.time()
+    rows = []
+    for v in values:
+        wide = v.valueType == N.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        number = (v.value.ullVal if wide else v.value.uiVal) if v.nvmlReturn == 0 else None
+        rows.append([v.fieldId, v.scopeId, v.nvmlReturn, v.valueType, number])
+        assert before - 1 <= v.timestamp / 1e6 <= after + 1, v.timestamp
+        assert v.latencyUsec == 0
+    return rows
+out["h0"] = fields(h0)
+out["h1"] = fields(h1)
+empty = (N.c_nvmlFieldValue_t * 1)()
+out["null"] = raw("nvmlDeviceGetFieldValues")(h0, 1, None)
+out["zero"] = raw("nvmlDeviceGetFieldValues")(h0, 0, empty)
+out["negative"] = raw("nvmlDeviceGetFieldValues")(h0, -1, empty)
+""",
+        scenario,
+    )
+    UINT, ULL = 1, 3
+    assert result.out["h0"] == [
+        [91, 0, SUCCESS, UINT, 3],
+        [94, 0, SUCCESS, UINT, 17],
+        [32, 0, SUCCESS, ULL, 1],  # crc_flit, link 0
+        [40, 0, SUCCESS, ULL, 20],  # crc_data, link 1
+        [47, 0, SUCCESS, ULL, 30],  # replay, link 1
+        [53, 0, SUCCESS, ULL, 4],  # recovery, link 0
+        [38, 0, SUCCESS, ULL, 111],  # crc_flit, all links
+        [59, 0, SUCCESS, ULL, 44],  # recovery, all links
+        [35, 0, INVALID_ARGUMENT, ULL, None],  # link 3 of 3
+        [96, 0, INVALID_ARGUMENT, ULL, None],  # link 6 of 3
+        [161, 1, SUCCESS, ULL, 30],
+        [162, 0, SUCCESS, ULL, 4],
+        [163, 1, SUCCESS, ULL, 30],  # CRC errors of both kinds
+        [163, 3, INVALID_ARGUMENT, ULL, None],
+        [29, 0, NOT_SUPPORTED, UINT, None],  # row remapping GPU: no retired pages
+        [1, 0, NOT_SUPPORTED, UINT, None],  # a field this library does not serve
+        [310, 0, INVALID_ARGUMENT, UINT, None],
+    ]
+    # A GPU without the keys: every field NOT_SUPPORTED (beyond NVML_FI_MAX: INVALID_ARGUMENT).
+    codes = [row[2] for row in result.out["h1"]]
+    assert codes == [NOT_SUPPORTED] * 16 + [INVALID_ARGUMENT]
+    assert result.out["null"] == INVALID_ARGUMENT
+    assert result.out["zero"] == SUCCESS
+    assert result.out["negative"] == INVALID_ARGUMENT
+
+
+EVENTS = """
+def event(data):
+    return [N.nvmlDeviceGetIndex(data.device), data.eventType, data.eventData,
+            data.gpuInstanceId, data.computeInstanceId]
+def drain(event_set, timeout_ms=0):
+    got = []
+    while True:
+        try:
+            got.append(event(N.nvmlEventSetWait_v2(event_set, timeout_ms)))
+        except N.NVMLError as error:
+            got.append(error.value)
+            return got
+XID = N.nvmlEventTypeXidCriticalError
+"""
+
+
+def _xids(*codes_and_ids: tuple[int, int | None]) -> list[fake.FakeXid]:
+    return [fake.FakeXid(code, id=given) for code, given in codes_and_ids]
+
+
+def test_xid_events_are_delivered_once_across_reloads(probe):
+    gpus = [
+        fake.make_gpu(0, xids=_xids((79, None), (48, None))),
+        fake.make_gpu(1, xids=_xids((13, 5))),
+        fake.make_gpu(2, xids=_xids((31, None))),  # never registered
+    ]
+    result = probe(
+        EVENTS
+        + """
+N.nvmlInit()
+h0, h1, h2 = handles()
+out["supported"] = N.nvmlDeviceGetSupportedEventTypes(h0)
+s = N.nvmlEventSetCreate()
+N.nvmlDeviceRegisterEvents(h0, XID | N.nvmlEventTypePState, s)
+N.nvmlDeviceRegisterEvents(h1, XID, s)
+out["first"] = drain(s)
+GPUS = [fake.make_gpu(0, xids=[fake.FakeXid(79), fake.FakeXid(48)]),
+        fake.make_gpu(1, xids=[fake.FakeXid(13, id=5)]), fake.make_gpu(2, xids=[fake.FakeXid(31)])]
+# The same lines again, plus one: only the new one comes.
+GPUS[0].xids.append(fake.FakeXid(48))
+fake.write(SCENARIO, fake.FakeScenario(gpus=GPUS))
+out["appended"] = drain(s)
+# A changed code at the same id is a new event; an unchanged line is not.
+GPUS[1].xids = [fake.FakeXid(94, id=5)]
+fake.write(SCENARIO, fake.FakeScenario(gpus=GPUS))
+out["changed"] = drain(s)
+# A second set gets nothing already delivered.
+s2 = N.nvmlEventSetCreate()
+N.nvmlDeviceRegisterEvents(h0, XID, s2)
+out["second_set"] = drain(s2)
+N.nvmlEventSetFree(s2)
+N.nvmlEventSetFree(s)
+out["freed_wait"] = code(N.nvmlEventSetWait_v2, s, 0)
+out["freed_register"] = code(N.nvmlDeviceRegisterEvents, h0, XID, s)
+out["double_free"] = code(N.nvmlEventSetFree, s)
+""",
+        fake.FakeScenario(gpus=gpus),
+    )
+    no_instance = 0xFFFFFFFF
+    xid_type = 8
+
+    def delivered(index: int, xid: int) -> list[int]:
+        return [index, xid_type, xid, no_instance, no_instance]
+
+    assert result.out["supported"] == 0xF
+    assert result.out["first"] == [delivered(0, 79), delivered(0, 48), delivered(1, 13), TIMEOUT]
+    assert result.out["appended"] == [delivered(0, 48), TIMEOUT]
+    assert result.out["changed"] == [delivered(1, 94), TIMEOUT]
+    assert result.out["second_set"] == [TIMEOUT]
+    assert result.out["freed_wait"] == INVALID_ARGUMENT
+    assert result.out["freed_register"] == INVALID_ARGUMENT
+    assert result.out["double_free"] == UNKNOWN
+
+
+def test_event_registration_checks_the_types(probe):
+    gpus = [fake.make_gpu(0, event_types=0x8), fake.make_gpu(1)]
+    result = probe(
+        EVENTS
+        + """
+N.nvmlInit()
+h0, h1 = handles()
+s = N.nvmlEventSetCreate()
+out["supported"] = N.nvmlDeviceGetSupportedEventTypes(h0)
+out["unsupported"] = code(N.nvmlDeviceRegisterEvents, h0, XID | N.nvmlEventTypePState, s)
+out["outside_all"] = code(N.nvmlDeviceRegisterEvents, h0, 1 << 40, s)
+out["null_set"] = raw("nvmlDeviceRegisterEvents")(h0, ctypes.c_ulonglong(XID), None)
+out["null_data"] = raw("nvmlEventSetWait_v2")(s, None, ctypes.c_uint(0))
+out["null_create"] = raw("nvmlEventSetCreate")(None)
+out["supported_ok"] = code(N.nvmlDeviceRegisterEvents, h0, XID, s)
+fake.write(SCENARIO, fake.FakeScenario(gpus=[fake.make_gpu(0), fake.make_gpu(1, lost=True)]))
+out["lost"] = code(N.nvmlDeviceRegisterEvents, h1, XID, s)
+out["lost_types"] = code(N.nvmlDeviceGetSupportedEventTypes, h1)
+""",
+        fake.FakeScenario(gpus=gpus),
+    )
+    assert result.out == {
+        "supported": 0x8,
+        "unsupported": NOT_SUPPORTED,
+        "outside_all": INVALID_ARGUMENT,
+        "null_set": INVALID_ARGUMENT,
+        "null_data": INVALID_ARGUMENT,
+        "null_create": INVALID_ARGUMENT,
+        "supported_ok": SUCCESS,
+        "lost": GPU_IS_LOST,
+        "lost_types": GPU_IS_LOST,
+    }
+
+
+def test_xid_injected_by_a_reload_mid_wait(probe):
+    result = probe(
+        EVENTS
+        + """
+N.nvmlInit()
+h0, h1 = handles()
+s = N.nvmlEventSetCreate()
+N.nvmlDeviceRegisterEvents(h1, XID, s)
+got = {}
+def reader():
+    # Like an exporter's event thread: 1000 ms waits in a loop.
+    while "event" not in got:
+        try:
+            data = N.nvmlEventSetWait_v2(s, 1000)
+            got["event"], got["at"] = event(data), time.monotonic()
+        except N.NVMLError_Timeout:
+            got["timeouts"] = got.get("timeouts", 0) + 1
+thread = threading.Thread(target=reader)
+thread.start()
+time.sleep(0.4)
+# Other threads' calls are not held up by the waiting one.
+out["reads"] = [timed(N.nvmlDeviceGetTemperature, h, 0) for h in (h0, h1)]
+injected = time.monotonic()
+with_xid = fake.make_gpu(1, xids=[fake.FakeXid(79)])
+fake.write(SCENARIO, fake.FakeScenario(gpus=[fake.make_gpu(0), with_xid]))
+thread.join(timeout=10)
+out["event"] = got.get("event")
+out["latency"] = got["at"] - injected if "at" in got else None
+out["after"] = drain(s, 50)
+""",
+        fake.idle(2),
+    )
+    assert result.out["event"] == [1, 8, 79, 0xFFFFFFFF, 0xFFFFFFFF]
+    # The wait polls the file every 20 ms; well within a reader's 1 s timeout.
+    assert result.out["latency"] is not None and result.out["latency"] < 1.0, result.out
+    assert all(seconds < 0.5 for _, seconds in result.out["reads"]), result.out["reads"]
+    assert result.out["after"] == [TIMEOUT]
+
+
+def test_wait_without_events_times_out(probe):
+    result = probe(
+        EVENTS
+        + """
+N.nvmlInit()
+s = N.nvmlEventSetCreate()
+N.nvmlDeviceRegisterEvents(handles()[0], XID, s)
+out["short"] = timed(code, N.nvmlEventSetWait_v2, s, 300)
+out["zero"] = timed(code, N.nvmlEventSetWait_v2, s, 0)
+out["unversioned"] = raw("nvmlEventSetWait")(s, ctypes.byref(N.c_nvmlEventData_t()), 0)
+N.nvmlShutdown()
+out["after_shutdown"] = code(N.nvmlEventSetWait_v2, s, 0)
+""",
+        fake.idle(1),
+    )
+    rc, elapsed = result.out["short"]
+    assert rc == TIMEOUT and 0.3 <= elapsed < 2.0
+    rc, elapsed = result.out["zero"]
+    assert rc == TIMEOUT and elapsed < 0.5
+    assert result.out["unversioned"] == TIMEOUT
+    assert result.out["after_shutdown"] == UNINITIALIZED
+
+
+def test_a_lost_gpu_still_delivers_its_xids(probe):
+    result = probe(
+        EVENTS
+        + """
+N.nvmlInit()
+h0, h1 = handles()
+s = N.nvmlEventSetCreate()
+N.nvmlDeviceRegisterEvents(h1, XID, s)
+gpus = [fake.make_gpu(0), fake.make_gpu(1, lost=True, xids=[fake.FakeXid(79)])]
+fake.write(SCENARIO, fake.FakeScenario(gpus=gpus))
+data = N.nvmlEventSetWait_v2(s, 1000)
+out["event"] = [data.eventData, code(N.nvmlDeviceGetIndex, data.device)]
+out["then"] = drain(s)
+out["health"] = [
+    code(N.nvmlDeviceGetPcieReplayCounter, h1), code(N.nvmlDeviceGetFieldValues, h1, [91])
+]
+""",
+        fake.idle(2),
+    )
+    assert result.out["event"] == [79, GPU_IS_LOST]  # the handle is the lost GPU's
+    assert result.out["then"] == [TIMEOUT]
+    assert result.out["health"] == [GPU_IS_LOST, GPU_IS_LOST]
+
+
+# Every health entry point, called through pynvml (or its raw symbol) on GPU 0.
+HEALTH_CALLS = """
+def call(name, h, s):
+    calls = {
+        "nvmlEventSetCreate": lambda: N.nvmlEventSetCreate(),
+        "nvmlEventSetFree": lambda: N.nvmlEventSetFree(N.nvmlEventSetCreate()),
+        "nvmlDeviceGetSupportedEventTypes": lambda: N.nvmlDeviceGetSupportedEventTypes(h),
+        "nvmlDeviceRegisterEvents": lambda: N.nvmlDeviceRegisterEvents(h, 8, s),
+        "nvmlEventSetWait_v2": lambda: N.nvmlEventSetWait_v2(s, 0),
+        "nvmlEventSetWait": lambda: N._nvmlCheckReturn(
+            raw("nvmlEventSetWait")(s, ctypes.byref(N.c_nvmlEventData_t()), 0)),
+        "nvmlDeviceGetRemappedRows": lambda: N.nvmlDeviceGetRemappedRows(h),
+        "nvmlDeviceGetRetiredPages": lambda: N.nvmlDeviceGetRetiredPages(h, 0),
+        "nvmlDeviceGetRetiredPages_v2": lambda: N.nvmlDeviceGetRetiredPages_v2(h, 0),
+        "nvmlDeviceGetRetiredPagesPendingStatus": (
+            lambda: N.nvmlDeviceGetRetiredPagesPendingStatus(h)),
+        "nvmlDeviceGetTotalEccErrors": lambda: N.nvmlDeviceGetTotalEccErrors(h, 0, 1),
+        "nvmlDeviceGetPcieReplayCounter": lambda: N.nvmlDeviceGetPcieReplayCounter(h),
+        "nvmlDeviceGetCurrPcieLinkGeneration": lambda: N.nvmlDeviceGetCurrPcieLinkGeneration(h),
+        "nvmlDeviceGetMaxPcieLinkGeneration": lambda: N.nvmlDeviceGetMaxPcieLinkGeneration(h),
+        "nvmlDeviceGetCurrPcieLinkWidth": lambda: N.nvmlDeviceGetCurrPcieLinkWidth(h),
+        "nvmlDeviceGetMaxPcieLinkWidth": lambda: N.nvmlDeviceGetMaxPcieLinkWidth(h),
+        "nvmlDeviceGetPcieThroughput": lambda: N.nvmlDeviceGetPcieThroughput(h, 0),
+        "nvmlDeviceGetNvLinkState": lambda: N.nvmlDeviceGetNvLinkState(h, 0),
+        "nvmlDeviceGetFieldValues": lambda: N.nvmlDeviceGetFieldValues(h, [91]),
+    }
+    return code(calls[name])
+"""
+HEALTH_ENTRY_POINTS = [
+    "nvmlEventSetCreate", "nvmlEventSetFree", "nvmlDeviceGetSupportedEventTypes",
+    "nvmlDeviceRegisterEvents", "nvmlEventSetWait_v2", "nvmlEventSetWait",
+    "nvmlDeviceGetRemappedRows", "nvmlDeviceGetRetiredPages", "nvmlDeviceGetRetiredPages_v2",
+    "nvmlDeviceGetRetiredPagesPendingStatus", "nvmlDeviceGetTotalEccErrors",
+    "nvmlDeviceGetPcieReplayCounter", "nvmlDeviceGetCurrPcieLinkGeneration",
+    "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
+    "nvmlDeviceGetMaxPcieLinkWidth", "nvmlDeviceGetPcieThroughput", "nvmlDeviceGetNvLinkState",
+    "nvmlDeviceGetFieldValues",
+]  # fmt: skip
+DEVICE_HEALTH_ENTRY_POINTS = [name for name in HEALTH_ENTRY_POINTS if "Device" in name]
+
+
+def test_fail_and_block_on_every_health_entry_point(probe):
+    gpu = _health_gpu(0, remapped_rows=None, retired_pages={"sbe": 1})
+    names = json.dumps([HEALTH_ENTRY_POINTS, DEVICE_HEALTH_ENTRY_POINTS])
+    result = probe(
+        HEALTH_CALLS
+        + f"""
+NAMES, DEVICE = json.loads({names!r})
+N.nvmlInit()
+h0, h1 = handles()
+s = N.nvmlEventSetCreate()
+N.nvmlDeviceRegisterEvents(h0, 8, s)
+out["clean"] = {{name: call(name, h0, s) for name in NAMES}}
+start = SCENARIO.read_bytes()
+def with_lines(lines, *, per_gpu=False):
+    # Global lines go before the first [gpu], per-GPU ones right after it (GPU 0).
+    text = "".join(line + "\\n" for line in lines).encode()
+    new = b"[gpu]\\n" + text if per_gpu else text + b"[gpu]"
+    SCENARIO.write_bytes(start.replace(b"[gpu]", new, 1))
+with_lines([f"fail {{n}} 17" for n in NAMES])
+out["global"] = {{name: call(name, h0, s) for name in NAMES}}
+with_lines([f"fail {{n}} 999" for n in DEVICE], per_gpu=True)
+out["per_gpu"] = {{name: [call(name, h0, s), call(name, h1, s)] for name in DEVICE}}
+with_lines(["block nvmlEventSetWait_v2 0.5", "block nvmlDeviceGetNvLinkState 0.5"])
+blocked = ("nvmlEventSetWait_v2", "nvmlDeviceGetNvLinkState")
+out["blocked"] = [timed(call, name, h0, s) for name in blocked]
+out["unblocked"] = timed(call, "nvmlDeviceGetPcieReplayCounter", h0, s)
+""",
+        fake.FakeScenario(gpus=[gpu, fake.make_gpu(1)]),
+    )
+    normal = {"nvmlEventSetWait_v2": TIMEOUT, "nvmlEventSetWait": TIMEOUT}
+    normal["nvmlDeviceGetRemappedRows"] = NOT_SUPPORTED  # a GPU that retires pages
+    assert result.out["clean"] == {name: normal.get(name, SUCCESS) for name in HEALTH_ENTRY_POINTS}
+    assert result.out["global"] == {name: 17 for name in HEALTH_ENTRY_POINTS}
+    assert set(result.out["per_gpu"]) == set(DEVICE_HEALTH_ENTRY_POINTS)
+    for name, (gpu0, gpu1) in result.out["per_gpu"].items():
+        assert (gpu0, gpu1 != UNKNOWN) == (UNKNOWN, True), name
+    (wait_rc, wait_seconds), (link_rc, link_seconds) = result.out["blocked"]
+    assert (wait_rc, link_rc) == (TIMEOUT, SUCCESS)
+    assert 0.5 <= wait_seconds < 2.5 and 0.5 <= link_seconds < 2.5
+    assert result.out["unblocked"][1] < 0.5
+
+
 # ---------------------------------------------------------------- file format
 
 
@@ -1193,6 +1671,41 @@ BAD_FILES = [
         1,
         "would be 102 bytes",
     ),
+    ("xid 79\n", 1, "'xid' belongs in a [gpu] section"),
+    ("[gpu]\npcie_link 4 16 5 8\n", 2, "pcie_link: gen 5 x8 exceeds the maximum gen 4 x16"),
+    ("[gpu]\npcie_link 4 16 0 8\n", 2, "pcie_link: generations and widths start at 1"),
+    ("[gpu]\npcie_link 7 16 4 8\n", 2, "pcie_link: max_gen needs an integer from 0 to 6"),
+    ("[gpu]\npcie_throughput 1\n", 2, "pcie_throughput: rx_kbps needs an integer"),
+    ("[gpu]\nnvlink 0 1 0 0 0 0\n", 2, "nvlink: give nvlink_links earlier"),
+    ("[gpu]\nnvlink_links 2\nnvlink 2 1 0 0 0 0\n", 3, "link 2 is not below nvlink_links 2"),
+    (
+        "[gpu]\nnvlink_links 2\nnvlink 0 2 0 0 0 0\n",
+        3,
+        "nvlink: active needs an integer from 0 to 1",
+    ),
+    ("[gpu]\nnvlink_links 37\n", 2, "nvlink_links needs an integer from 0 to 36"),
+    (
+        "[gpu]\nnvlink_links 2\nnvlink 1 1 0 0 0 0\nnvlink 1 0 0 0 0 0\n",
+        4,
+        "a second nvlink line for link 1",
+    ),
+    ("[gpu]\nremapped_rows 1 0 0 0\nretired_pages sbe 1\n", 3, "exclude each other"),
+    ("[gpu]\nretired_pages_pending 1\nremapped_rows 1 0 0 0\n", 3, "exclude each other"),
+    ("[gpu]\nremapped_rows 1 0 2 0\n", 2, "remapped_rows: pending needs an integer from 0 to 1"),
+    ("[gpu]\nretired_pages tbe 1\n", 2, "retired_pages: cause must be sbe or dbe, got 'tbe'"),
+    ("[gpu]\nretired_pages sbe 1025\n", 2, "retired_pages: count needs an integer from 0 to 1024"),
+    (
+        "[gpu]\nretired_pages dbe 1\nretired_pages dbe 2\n",
+        3,
+        "a second retired_pages line for cause dbe",
+    ),
+    ("[gpu]\nxid 79\nxid 48 0\n", 3, "xid: id 0 is already used"),
+    ("[gpu]\nxid 79 1 2\n", 2, "unexpected text after the values of xid"),
+    ("[gpu]\nxid bad\n", 2, "xid: code needs an integer"),
+    ("[gpu]\n" + "xid 1\n" * 65, 66, "more than 64 xid lines"),
+    ("[gpu]\nevent_types 0x10000\n", 2, "event_types: 0x10000 holds bits outside nvmlEventTypeAll"),
+    ("[gpu]\nevent_types 8\nevent_types 8\n", 3, "duplicate key 'event_types'"),
+    ("[gpu]\npcie_replay 1\npcie_replay 2\n", 3, "duplicate key 'pcie_replay'"),
 ]
 
 
@@ -1289,6 +1802,18 @@ def test_shipped_scenarios_load(fake_nvml, name, gpus):
     assert result.stderr == ""
 
 
+def test_readme_example_scenario_loads(probe):
+    readme = (REPO / "simulator" / "fakenvml" / "README.md").read_text()
+    example = readme.split("## Scenario files", 1)[1].split("```", 2)[1]
+    assert "xid 48 7" in example and "pcie_link" in example and "mig_mode 1 1" in example
+    # Its examples of global faults would fail the init and stall the count.
+    faults = ("fail nvmlInitWithFlags", "block nvmlDeviceGetCount_v2")
+    loadable = "\n".join(line for line in example.splitlines() if not line.startswith(faults))
+    result = probe("N.nvmlInit()\nout['count'] = N.nvmlDeviceGetCount()\n", loadable)
+    assert result.out["count"] == 2
+    assert result.stderr == ""
+
+
 def test_shipped_idle_scenario_is_the_builders(fake_nvml):
     def content(data: bytes) -> list[bytes]:
         return [line for line in data.splitlines() if line and not line.startswith(b"#")]
@@ -1380,6 +1905,10 @@ def test_busy_is_deterministic_and_consistent():
         ({"mig_mode": (1, 1), "migs": [fake.FakeMig(1, 0, "5gb", "MIG-a", 5)]}, "MIG profile"),
         ({"mig_mode": (1, 1), "migs": [fake.FakeMig(1, 0, "1g.5gb", "MIG a", 5)]}, "MIG uuid"),
         ({"process_utilization": [fake.FakeProcessUtilization(1, -1, 0)]}, "non-negative"),
+        ({"retired_pages": {"tbe": 1}}, "retired_pages cause must be sbe or dbe"),
+        ({"xids": [fake.FakeXid(-1)]}, "xid must be a non-negative integer"),
+        ({"nvlinks": [fake.FakeNvLink(replay=-3)]}, "nvlink must be a non-negative integer"),
+        ({"pcie_throughput": (1.5, 2)}, "pcie_throughput must be a non-negative integer"),
     ],
 )
 def test_render_rejects_what_the_format_cannot_carry(change, message):

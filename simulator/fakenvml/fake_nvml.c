@@ -6,7 +6,8 @@
  * process keeps NVML open. Every entry point runs the same prologue: init check, reload
  * check, `block` (sleep, with no lock held), then `fail` and `lost`. The file format is in
  * README.md, its parser in scenario_parse.c; MIG and utilization sampling are in
- * fake_nvml_mig.c and fake_nvml_utilization.c.
+ * fake_nvml_mig.c and fake_nvml_utilization.c, the GPU-health entry points (events, memory
+ * repair, PCIe, NVLink, field values) in fake_nvml_health.c.
  *
  * Locking: `source_lock` guards the init refcount and the file signature (held briefly,
  * never while sleeping); `state_lock` guards the parsed state, read-locked while an entry
@@ -207,8 +208,6 @@ static void refresh(void)
 
 /* ---------------------------------------------------------------- the common prologue */
 
-#define NO_GPU (-1L)
-
 long handle_index(nvmlDevice_t device)
 {
     uintptr_t offset = (uintptr_t)device - (uintptr_t)slots; /* wraps for addresses below */
@@ -303,20 +302,16 @@ nvmlDevice_t gpu_handle(unsigned int index)
     return &slots[index];
 }
 
-#define GLOBAL_CALL(name, ...)                                                   \
-    do {                                                                         \
-        const gpu_t *gpu = NULL;                                                 \
-        nvmlReturn_t rc = enter(EP_##name, NO_GPU, NVML_SUCCESS, &gpu);          \
-        (void)gpu;                                                               \
-        if (rc == NVML_SUCCESS) {                                                \
-            __VA_ARGS__;                                                         \
-        }                                                                        \
-        return leave(rc);                                                        \
-    } while (0)
+const state_t *read_state(void)
+{
+    refresh();
+    pthread_rwlock_rdlock(&state_lock);
+    return current;
+}
 
 int has(const gpu_t *gpu, enum field field)
 {
-    return (gpu->present >> field) & 1u;
+    return (gpu->present & FIELD_BIT(field)) != 0;
 }
 
 nvmlReturn_t put_text(const char *text, char *out, unsigned int length)
@@ -336,7 +331,7 @@ static nvmlReturn_t put_field_text(const gpu_t *gpu, enum field field, char *out
                            : NVML_ERROR_NOT_SUPPORTED;
 }
 
-static nvmlReturn_t put_uint(const gpu_t *gpu, enum field field, unsigned int *out)
+nvmlReturn_t put_uint(const gpu_t *gpu, enum field field, unsigned int *out)
 {
     if (!out)
         return NVML_ERROR_INVALID_ARGUMENT;
@@ -346,7 +341,7 @@ static nvmlReturn_t put_uint(const gpu_t *gpu, enum field field, unsigned int *o
     return NVML_SUCCESS;
 }
 
-static nvmlReturn_t put_ull(const gpu_t *gpu, enum field field, unsigned long long *out)
+nvmlReturn_t put_ull(const gpu_t *gpu, enum field field, unsigned long long *out)
 {
     if (!out)
         return NVML_ERROR_INVALID_ARGUMENT;
@@ -857,7 +852,18 @@ nvmlReturn_t nvmlDeviceGetPowerState(nvmlDevice_t device, nvmlPstates_t *state)
     DEVICE_CALL(nvmlDeviceGetPowerState, device, rc = put_pstate(gpu, state));
 }
 
-/* Volatile and aggregate counters are the same numbers here. */
+/* The aggregate (lifetime) counter is ecc_aggregate_* when given, else the volatile one, so
+ * scenarios written before the aggregate keys existed answer as they did. */
+static enum field ecc_field(const gpu_t *gpu, nvmlMemoryErrorType_t type,
+                            nvmlEccCounterType_t counter)
+{
+    int corrected = type == NVML_MEMORY_ERROR_TYPE_CORRECTED;
+    enum field aggregate = corrected ? F_ECC_AGGREGATE_CORRECTED : F_ECC_AGGREGATE_UNCORRECTED;
+    if (counter == NVML_AGGREGATE_ECC && has(gpu, aggregate))
+        return aggregate;
+    return corrected ? F_ECC_CORRECTED : F_ECC_UNCORRECTED;
+}
+
 nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t type,
                                          nvmlEccCounterType_t counter,
                                          unsigned long long *count)
@@ -865,12 +871,11 @@ nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorTyp
     DEVICE_CALL(nvmlDeviceGetTotalEccErrors, device, {
         if (counter != NVML_VOLATILE_ECC && counter != NVML_AGGREGATE_ECC)
             rc = NVML_ERROR_INVALID_ARGUMENT;
-        else if (type == NVML_MEMORY_ERROR_TYPE_CORRECTED)
-            rc = put_ull(gpu, F_ECC_CORRECTED, count);
-        else if (type == NVML_MEMORY_ERROR_TYPE_UNCORRECTED)
-            rc = put_ull(gpu, F_ECC_UNCORRECTED, count);
-        else
+        else if (type != NVML_MEMORY_ERROR_TYPE_CORRECTED &&
+                 type != NVML_MEMORY_ERROR_TYPE_UNCORRECTED)
             rc = NVML_ERROR_INVALID_ARGUMENT;
+        else
+            rc = put_ull(gpu, ecc_field(gpu, type, counter), count);
     });
 }
 
@@ -934,20 +939,3 @@ static nvmlReturn_t list_processes(const gpu_t *gpu, const mig_t *mig, enum proc
                         rc = list_processes(gpu, mig, kind, count, infos, with_instances)); \
     }
 PROCESS_LISTS(DEFINE_PROCESS_LIST)
-
-/* ---------------------------------------------------------------- never supported */
-
-/* Asked for by other NVML consumers (nvitop); a real GPU may lack them too. Having them
- * answer NOT_SUPPORTED, rather than be missing, keeps those consumers on their normal path. */
-nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t device, nvmlPcieUtilCounter_t counter,
-                                         unsigned int *value)
-{
-    (void)counter, (void)value;
-    DEVICE_CALL(nvmlDeviceGetPcieThroughput, device, rc = NVML_ERROR_NOT_SUPPORTED);
-}
-
-nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int count, nvmlFieldValue_t *values)
-{
-    (void)count, (void)values;
-    DEVICE_CALL(nvmlDeviceGetFieldValues, device, rc = NVML_ERROR_NOT_SUPPORTED);
-}

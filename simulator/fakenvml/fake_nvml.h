@@ -48,7 +48,15 @@
     X(nvmlDeviceGetMigDeviceHandleByIndex) X(nvmlDeviceIsMigDeviceHandle)                  \
     X(nvmlDeviceGetDeviceHandleFromMigDeviceHandle)                                        \
     X(nvmlDeviceGetGpuInstanceId) X(nvmlDeviceGetComputeInstanceId)                        \
-    X(nvmlDeviceGetAttributes_v2)
+    X(nvmlDeviceGetAttributes_v2)                                                          \
+    X(nvmlEventSetCreate) X(nvmlEventSetFree) X(nvmlDeviceGetSupportedEventTypes)          \
+    X(nvmlDeviceRegisterEvents) X(nvmlEventSetWait_v2) X(nvmlEventSetWait)                 \
+    X(nvmlDeviceGetRemappedRows) X(nvmlDeviceGetRetiredPages)                              \
+    X(nvmlDeviceGetRetiredPages_v2) X(nvmlDeviceGetRetiredPagesPendingStatus)              \
+    X(nvmlDeviceGetPcieReplayCounter)                                                      \
+    X(nvmlDeviceGetCurrPcieLinkGeneration) X(nvmlDeviceGetMaxPcieLinkGeneration)           \
+    X(nvmlDeviceGetCurrPcieLinkWidth) X(nvmlDeviceGetMaxPcieLinkWidth)                     \
+    X(nvmlDeviceGetNvLinkState)
 
 #define AS_ENUM(name) EP_##name,
 enum entry_point { ENTRY_POINTS(AS_ENUM) EP_COUNT };
@@ -61,8 +69,12 @@ enum field {
     F_UTILIZATION_GPU, F_UTILIZATION_MEMORY, F_TEMPERATURE, F_POWER_USAGE, F_POWER_LIMIT,
     F_ENERGY, F_FAN_SPEED, F_CLOCK_SM, F_CLOCK_MEM, F_PSTATE, F_ECC_CORRECTED,
     F_ECC_UNCORRECTED, F_THROTTLE_REASONS,
-    F_ENCODER_UTILIZATION, F_DECODER_UTILIZATION, F_COUNT
+    F_ENCODER_UTILIZATION, F_DECODER_UTILIZATION,
+    F_PCIE_REPLAY, F_ECC_AGGREGATE_CORRECTED, F_ECC_AGGREGATE_UNCORRECTED, F_NVLINK_LINKS,
+    F_COUNT
 };
+_Static_assert(F_COUNT <= 64, "gpu_t.present has one bit per field");
+#define FIELD_BIT(field) (1ull << (field))
 #define TEXT_FIELDS 4
 
 enum process_kind { COMPUTE, GRAPHICS };
@@ -98,8 +110,41 @@ typedef struct {
     double block[EP_COUNT];
 } faults_t;
 
+/* GPU health (health_parse.c, fake_nvml_health.c): the keys that take several values. */
+#define MAX_XIDS 64
+#define MAX_RETIRED_PAGES 1024 /* per cause */
+
 typedef struct {
-    unsigned int present; /* bit per enum field */
+    unsigned long long code;
+    unsigned int id; /* with the GPU and the code, what makes an injected XID distinct */
+} xid_t;
+
+typedef struct {
+    unsigned int active;
+    unsigned long long crc_flit, crc_data, replay, recovery;
+} nvlink_t;
+
+enum health_key {
+    H_PCIE_LINK, H_PCIE_THROUGHPUT, H_REMAPPED_ROWS, H_RETIRED_PAGES, H_EVENT_TYPES,
+    H_COUNT
+};
+
+typedef struct {
+    unsigned int present; /* bit per enum health_key; H_RETIRED_PAGES: any retired_pages* key */
+    unsigned int pcie_max_gen, pcie_max_width, pcie_gen, pcie_width;
+    unsigned int pcie_tx_kbps, pcie_rx_kbps;
+    unsigned int remapped_corr, remapped_unc, remapped_pending, remapped_failure;
+    unsigned int retired[NVML_PAGE_RETIREMENT_CAUSE_COUNT], retired_pending;
+    unsigned int retired_given; /* bit per cause, and bit 31 for retired_pages_pending */
+    unsigned long long event_types;
+    nvlink_t nvlink[NVML_NVLINK_MAX_LINKS];
+    unsigned long long nvlink_given[(NVML_NVLINK_MAX_LINKS + 63) / 64];
+    xid_t xids[MAX_XIDS];
+    unsigned int n_xids;
+} health_t;
+
+typedef struct {
+    unsigned long long present; /* FIELD_BIT per enum field */
     char text[TEXT_FIELDS][TEXT_SIZE];
     unsigned long long num[F_COUNT];
     int lost;
@@ -118,6 +163,8 @@ typedef struct {
     unsigned long long samples_loaded_us, sample_period_us;
     sample_t *samples;
     size_t n_samples, cap_samples;
+    /* GPU health (health_parse.c, fake_nvml_health.c). */
+    health_t health;
 } gpu_t;
 
 enum global_field { G_DRIVER_VERSION, G_NVML_VERSION, G_CUDA_DRIVER_VERSION, G_COUNT };
@@ -149,16 +196,21 @@ struct nvmlDevice_st {
     char unused;
 };
 
-/* The common prologue and epilogue of every entry point (fake_nvml.c). */
+/* The common prologue and epilogue of every entry point (fake_nvml.c); see enter() there. */
+#define NO_GPU (-1L) /* the index for entry points that take no device */
 INTERNAL nvmlReturn_t enter(enum entry_point ep, long index, nvmlReturn_t missing,
                             const gpu_t **gpu);
 INTERNAL nvmlReturn_t enter_device(enum entry_point ep, nvmlDevice_t device, const gpu_t **gpu,
                                    const mig_t **mig);
 INTERNAL nvmlReturn_t leave(nvmlReturn_t result);
+/* The state after a reload check, read-locked (NULL when not initialised); leave() unlocks. */
+INTERNAL const state_t *read_state(void);
 INTERNAL nvmlDevice_t gpu_handle(unsigned int index);
 INTERNAL long handle_index(nvmlDevice_t device); /* of a GPU handle; negative for others */
 INTERNAL int has(const gpu_t *gpu, enum field field);
 INTERNAL nvmlReturn_t put_text(const char *text, char *out, unsigned int length);
+INTERNAL nvmlReturn_t put_uint(const gpu_t *gpu, enum field field, unsigned int *out);
+INTERNAL nvmlReturn_t put_ull(const gpu_t *gpu, enum field field, unsigned long long *out);
 
 /* Device entry points that take GPU handles only (a MIG handle gets NOT_SUPPORTED): `gpu` is
  * in scope in the body, which sets `rc`. */
@@ -185,6 +237,18 @@ INTERNAL nvmlReturn_t put_text(const char *text, char *out, unsigned int length)
         return leave(rc);                                                          \
     } while (0)
 
+/* Entry points that take no device: the prologue alone, then the body, which sets `rc`. */
+#define GLOBAL_CALL(name, ...)                                                   \
+    do {                                                                         \
+        const gpu_t *gpu = NULL;                                                 \
+        nvmlReturn_t rc = enter(EP_##name, NO_GPU, NVML_SUCCESS, &gpu);          \
+        (void)gpu;                                                               \
+        if (rc == NVML_SUCCESS) {                                                \
+            __VA_ARGS__;                                                         \
+        }                                                                        \
+        return leave(rc);                                                        \
+    } while (0)
+
 /* MIG (fake_nvml_mig.c). */
 INTERNAL int mig_enabled(const gpu_t *gpu);
 INTERNAL int mig_handle_slot(nvmlDevice_t device, long *gpu_index, long *mig_index);
@@ -200,6 +264,9 @@ INTERNAL int parse_mig_line(const char *key, size_t key_length, const char *valu
                             const char *end, gpu_t *gpu, parse_error_t *error);
 INTERNAL int parse_utilization_line(const char *key, size_t key_length, const char *value,
                                     const char *end, gpu_t *gpu, parse_error_t *error);
+INTERNAL int parse_health_line(const char *key, size_t key_length, const char *value,
+                               const char *end, gpu_t *gpu, parse_error_t *error);
+INTERNAL int is_health_key(const char *key, size_t key_length); /* a parse_health_line key */
 /* Checks once a [gpu] section is complete; 0, or -1 with `error` filled in. */
 INTERNAL int check_mig(const gpu_t *gpu, unsigned int index, parse_error_t *error);
 

@@ -3,8 +3,9 @@
 A :class:`FakeScenario` renders to the line format described in ``README.md``; ``None`` in a
 field leaves it out of the file, which the library answers with NVML_ERROR_NOT_SUPPORTED.
 
-MIG devices (:class:`FakeMig`, :func:`make_mig_gpu`) and per-process utilization samples
-(:class:`FakeProcessUtilization`) are described in ``README.md`` too.
+MIG devices (:class:`FakeMig`, :func:`make_mig_gpu`), per-process utilization samples
+(:class:`FakeProcessUtilization`) and GPU health (:class:`FakePcieLink`, :class:`FakeNvLink`,
+:class:`FakeRemappedRows`, :class:`FakeXid`) are described in ``README.md`` too.
 
 Command line, for demos and benchmarks::
 
@@ -44,9 +45,11 @@ _NUMERIC_FIELDS = (
     "utilization_memory", "temperature", "power_usage", "power_limit", "energy", "fan_speed",
     "clock_sm", "clock_mem", "pstate", "ecc_corrected", "ecc_uncorrected", "throttle_reasons",
     "encoder_utilization", "decoder_utilization",
+    "pcie_replay", "ecc_aggregate_corrected", "ecc_aggregate_uncorrected", "event_types",
 )  # fmt: skip
 _MIG_PROFILE = re.compile(r"(?:[1-8]c\.)?[1-8]g\.[^\s]+")
 _MIG_PROFILE_LIMIT = 31
+RETIREMENT_CAUSES = ("sbe", "dbe")  # multiple single-bit, double-bit ECC errors
 _ENTRY_POINT = re.compile(r"nvml[A-Za-z0-9_]+")
 THROTTLE_GPU_IDLE = 0x1
 
@@ -103,6 +106,45 @@ class FakeProcessUtilization:
 
 
 @dataclass
+class FakePcieLink:
+    """``pcie_link``: the link's maximum and current generation and width (lanes)."""
+
+    max_gen: int = 5
+    max_width: int = 16
+    gen: int = 5
+    width: int = 16
+
+
+@dataclass
+class FakeNvLink:
+    """One NVLink link: its state and error counters (``nvlink`` line)."""
+
+    active: bool = True
+    crc_flit: int = 0
+    crc_data: int = 0
+    replay: int = 0
+    recovery: int = 0
+
+
+@dataclass
+class FakeRemappedRows:
+    """``remapped_rows``: rows remapped for corrected / uncorrected errors, and the flags."""
+
+    corrected: int = 0
+    uncorrected: int = 0
+    pending: bool = False
+    failure: bool = False
+
+
+@dataclass
+class FakeXid:
+    """An injected XID; ``id`` None means the line's position among the GPU's XIDs."""
+
+    code: int
+    id: int | None = None
+
+
+@dataclass
 class FakeGpu:
     """One GPU; ``None`` means the field is absent (NOT_SUPPORTED). Units follow NVML."""
 
@@ -135,6 +177,18 @@ class FakeGpu:
     process_utilization_period: int | None = None  # microseconds; 0: new stamp on reload only
     mig_mode: tuple[int, int] | None = None  # (current, pending); None: no MIG at all
     migs: list[FakeMig] = field(default_factory=list)
+    # GPU health; absent (NOT_SUPPORTED) unless given.
+    pcie_replay: int | None = None
+    ecc_aggregate_corrected: int | None = None  # absent: the volatile counter
+    ecc_aggregate_uncorrected: int | None = None
+    event_types: int | None = None  # nvmlEventType* bits; absent: the library's default
+    pcie_link: FakePcieLink | None = None
+    pcie_throughput: tuple[int, int] | None = None  # TX, RX in KB/s
+    nvlinks: list[FakeNvLink] | None = None  # link i is nvlinks[i]
+    remapped_rows: FakeRemappedRows | None = None  # Ampere and later ...
+    retired_pages: dict[str, int] | None = None  # ... or before: cause (sbe|dbe) -> pages
+    retired_pages_pending: bool | None = None
+    xids: list[FakeXid] = field(default_factory=list)
     fail: dict[str, int] = field(default_factory=dict)  # entry point -> nvmlReturn_t
     block: dict[str, float] = field(default_factory=dict)  # entry point -> seconds
     lost: bool = False
@@ -298,6 +352,39 @@ def _check_entry_point(name: str) -> None:
         raise ValueError(f"{name!r} is not an NVML entry point name")
 
 
+def _numbers(key: str, *values: int | bool) -> bytes:
+    text = " ".join(_integer(key, int(v) if isinstance(v, bool) else v) for v in values)
+    return f"{key} {text}".encode()
+
+
+def _health_lines(gpu: FakeGpu) -> list[bytes]:
+    lines = []
+    if gpu.pcie_link is not None:
+        link = gpu.pcie_link
+        lines.append(_numbers("pcie_link", link.max_gen, link.max_width, link.gen, link.width))
+    if gpu.pcie_throughput is not None:
+        lines.append(_numbers("pcie_throughput", *gpu.pcie_throughput))
+    if gpu.nvlinks is not None:
+        lines.append(_number("nvlink_links", len(gpu.nvlinks)))
+        for index, nvlink in enumerate(gpu.nvlinks):
+            counters = (nvlink.crc_flit, nvlink.crc_data, nvlink.replay, nvlink.recovery)
+            lines.append(_numbers("nvlink", index, nvlink.active, *counters))
+    if gpu.remapped_rows is not None:
+        rows = gpu.remapped_rows
+        values = (rows.corrected, rows.uncorrected, rows.pending, rows.failure)
+        lines.append(_numbers("remapped_rows", *values))
+    for cause, count in (gpu.retired_pages or {}).items():
+        if cause not in RETIREMENT_CAUSES:
+            raise ValueError(f"retired_pages cause must be sbe or dbe, got {cause!r}")
+        lines.append(_numbers(f"retired_pages {cause}", count))
+    if gpu.retired_pages_pending is not None:
+        lines.append(_numbers("retired_pages_pending", gpu.retired_pages_pending))
+    for xid in gpu.xids:
+        given_id = () if xid.id is None else (xid.id,)
+        lines.append(_numbers("xid", xid.code, *given_id))
+    return lines
+
+
 def _gpu_lines(gpu: FakeGpu) -> list[bytes]:
     lines = [b"[gpu]"]
     for key in ("name", "uuid", "serial", "pci_bus_id"):
@@ -317,6 +404,7 @@ def _gpu_lines(gpu: FakeGpu) -> list[bytes]:
         numbers = (sample.pid, sample.sm, sample.memory, sample.encoder, sample.decoder)
         values = " ".join(_integer("process_utilization", n) for n in numbers)
         lines.append(f"process_utilization {values}".encode())
+    lines += _health_lines(gpu)
     lines += _faults(gpu.fail, gpu.block)
     if gpu.lost:
         lines.append(b"lost")
@@ -435,9 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "FakeGpu",
     "FakeMig",
+    "FakeNvLink",
+    "FakePcieLink",
     "FakeProcess",
     "FakeProcessUtilization",
+    "FakeRemappedRows",
     "FakeScenario",
+    "FakeXid",
     "busy",
     "idle",
     "make_gpu",

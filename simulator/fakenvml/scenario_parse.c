@@ -43,6 +43,10 @@ static const struct {
     [F_THROTTLE_REASONS] = {"throttle_reasons", ~0ull},
     [F_ENCODER_UTILIZATION] = {"encoder_utilization", 100},
     [F_DECODER_UTILIZATION] = {"decoder_utilization", 100},
+    [F_PCIE_REPLAY] = {"pcie_replay", 0xFFFFFFFFull},
+    [F_ECC_AGGREGATE_CORRECTED] = {"ecc_aggregate_corrected", ~0ull},
+    [F_ECC_AGGREGATE_UNCORRECTED] = {"ecc_aggregate_uncorrected", ~0ull},
+    [F_NVLINK_LINKS] = {"nvlink_links", NVML_NVLINK_MAX_LINKS},
 };
 
 void free_state(state_t *state)
@@ -276,12 +280,14 @@ static int parse_gpu_line(const char *key, size_t key_length, const char *value,
     int parsed = parse_mig_line(key, key_length, value, end, gpu, error);
     if (parsed == 0)
         parsed = parse_utilization_line(key, key_length, value, end, gpu, error);
+    if (parsed == 0)
+        parsed = parse_health_line(key, key_length, value, end, gpu, error);
     if (parsed != 0)
         return parsed < 0 ? -1 : 0;
     int field = find_field(key, key_length);
     if (field < 0)
         return fail_parse(error, "unknown key '%s' in a [gpu] section", shown(key, key_length));
-    if (gpu->present & (1u << field))
+    if (gpu->present & FIELD_BIT(field))
         return fail_parse(error, "duplicate key '%s' in this [gpu] section", FIELDS[field].key);
     size_t length = (size_t)(end - value);
     if (field < TEXT_FIELDS) {
@@ -300,7 +306,7 @@ static int parse_gpu_line(const char *key, size_t key_length, const char *value,
         if (!at_end(value, end))
             return fail_parse(error, "unexpected text after the value of %s", FIELDS[field].key);
     }
-    gpu->present |= 1u << field;
+    gpu->present |= FIELD_BIT(field);
     return 0;
 }
 
@@ -336,7 +342,7 @@ static int parse_global_line(const char *key, size_t key_length, const char *val
         return 0;
     }
     if (find_field(key, key_length) >= 0 || token_is(key, key_length, "process") ||
-        token_is(key, key_length, "lost"))
+        token_is(key, key_length, "lost") || is_health_key(key, key_length))
         return fail_parse(error, "'%s' belongs in a [gpu] section", shown(key, key_length));
     return fail_parse(error, "unknown key '%s'", shown(key, key_length));
 }
@@ -344,7 +350,7 @@ static int parse_global_line(const char *key, size_t key_length, const char *val
 static int check_gpu(const gpu_t *gpu, unsigned int index, parse_error_t *error)
 {
     unsigned long long reserved = gpu->num[F_MEMORY_RESERVED]; /* absent: 0 */
-    unsigned int both = (1u << F_MEMORY_TOTAL) | (1u << F_MEMORY_USED);
+    unsigned long long both = FIELD_BIT(F_MEMORY_TOTAL) | FIELD_BIT(F_MEMORY_USED);
     if ((gpu->present & both) == both &&
         (gpu->num[F_MEMORY_USED] > gpu->num[F_MEMORY_TOTAL] ||
          reserved > gpu->num[F_MEMORY_TOTAL] - gpu->num[F_MEMORY_USED])) {
