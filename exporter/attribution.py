@@ -192,6 +192,23 @@ def read_cgroup_file(pid: int, *, proc_root: str | os.PathLike[str] = DEFAULT_PR
     return _read_small(Path(proc_root, str(pid), "cgroup"), MAX_CGROUP_FILE_BYTES)
 
 
+def read_attribution(
+    pid: int, *, proc_root: str | os.PathLike[str] = DEFAULT_PROC_ROOT
+) -> Attribution:
+    """The attribution of ``pid`` read now, uncached; empty when it exited or is unreadable.
+
+    For callers that already cache per process, such as
+    :class:`exporter.processes.ProcessResolver` on a cache miss. Never raises.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return NO_ATTRIBUTION
+    try:
+        content = read_cgroup_file(pid, proc_root=proc_root)
+    except (OSError, ValueError):
+        return NO_ATTRIBUTION
+    return parse_cgroup_file(content)
+
+
 class CgroupAttributor:
     """Attribution of pids from ``<proc_root>/<pid>/cgroup``, cached per (pid, start time).
 

@@ -17,6 +17,7 @@ from exporter.attribution import (
     CgroupAttributor,
     attribution_of_path,
     parse_cgroup_file,
+    read_attribution,
     read_start_ticks,
 )
 from exporter.snapshot import Attribution
@@ -351,6 +352,18 @@ def test_reader_reads_a_proc_root_mounted_elsewhere(tmp_path: Path) -> None:
         200: Attribution(container=CID[:12]),
         300: Attribution(),  # vanished
     }
+
+
+def test_uncached_read(tmp_path: Path) -> None:
+    fake_proc(tmp_path, 100, f"0::/docker/{CID}\n")
+    assert read_attribution(100, proc_root=tmp_path) == Attribution(container=CID[:12])
+    (tmp_path / "100" / "cgroup").write_text(f"0::/docker/{CID2}\n")
+    assert read_attribution(100, proc_root=tmp_path) == Attribution(container=CID2[:12])
+    assert read_attribution(101, proc_root=tmp_path) == Attribution()
+    assert read_attribution(-5, proc_root=tmp_path) == Attribution()
+    assert read_attribution(os.getpid()) == parse_cgroup_file(
+        Path(f"/proc/{os.getpid()}/cgroup").read_bytes()
+    )
 
 
 def test_reader_caches_per_pid_and_start_time(tmp_path: Path) -> None:
