@@ -105,3 +105,32 @@ class Snapshot:
 def empty_snapshot(host: HostInfo) -> Snapshot:
     """The snapshot served before the first sampling pass completes."""
     return Snapshot(timestamp=0.0, host=host)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who a process belongs to beyond its user, read from its cgroup path.
+
+    Empty strings mean "not part of one" (or not recognisable). ``slurm_job`` is the job id as
+    Slurm prints it; ``container`` the container id cut to 12 hex digits, as ``docker ps`` shows
+    it; ``pod_uid`` the Kubernetes pod's metadata.uid in its usual dashed form.
+    """
+
+    slurm_job: str = ""
+    container: str = ""
+    pod_uid: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.slurm_job or self.container or self.pod_uid)
+
+
+NO_ATTRIBUTION = Attribution()
+
+
+@dataclass(frozen=True)
+class PodContainer:
+    """One Kubernetes container, as the kubelet names it when it hands out a device."""
+
+    namespace: str
+    pod: str
+    container: str
