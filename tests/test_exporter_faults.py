@@ -78,6 +78,15 @@ def test_unsupported_fields_are_absent_for_that_gpu_only(exporter_factory):
     assert value(text, "gpu_exporter_collector_success", collector="nvml") == 1
 
 
+def test_an_unknown_performance_state_is_left_out(exporter_factory):
+    unknown = fake.make_gpu(0, pstate=fake.PSTATE_UNKNOWN)
+    exporter = exporter_factory(fake.FakeScenario(gpus=[unknown, fake.make_gpu(1, pstate=8)]))
+    text = exporter.metrics()
+    assert values(text, "gpu_performance_state", gpu="0") == []
+    assert value(text, "gpu_performance_state", gpu="1") == 8
+    assert value(text, "gpu_up", gpu="0") == 1
+
+
 def test_an_erroring_field_is_left_out_alone(exporter_factory):
     gpu = dataclasses.replace(
         fake.make_gpu(0), fail={"nvmlDeviceGetTemperature": NVML_ERROR_UNKNOWN}

@@ -43,6 +43,7 @@ _NUMERIC_FIELDS = (
 )  # fmt: skip
 _ENTRY_POINT = re.compile(r"nvml[A-Za-z0-9_]+")
 THROTTLE_GPU_IDLE = 0x1
+PSTATE_UNKNOWN = 32  # NVML_PSTATE_UNKNOWN: what a driver answers when it cannot tell
 
 
 def gpu_uuid(index: int) -> str:
