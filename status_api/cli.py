@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.cliargs import positive, tcp_port
+from exporter.cliargs import finite, positive, tcp_port
 from exporter.httpserver import DEFAULT_MAX_REQUESTS
 from exporter.logsetup import configure_logging
 from status_api import __version__
@@ -77,7 +77,7 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         help="how to reach the exporters (default http)",
     )  # fmt: skip
     group.add_argument(
-        "--power-interval", type=float, default=10.0,
+        "--power-interval", type=finite, default=10.0,
         help="seconds between reads of a node's /metrics for GPU power (default 10; 0: every "
         "round; negative: never)",
     )  # fmt: skip
