@@ -189,7 +189,7 @@ def test_processes_gone_between_listing_and_lookup(exporter_factory, worker_pids
         processes=[fake.FakeProcess(alive, 512 * 2**20), fake.FakeProcess(gone, 256 * 2**20)],
         memory_used=768 * 2**20,
     )
-    exporter = exporter_factory(fake.FakeScenario(gpus=[gpu]))
+    exporter = exporter_factory(fake.FakeScenario(gpus=[gpu]), "--metrics.command-line")
     text = exporter.metrics()
     assert value(text, "gpu_process_memory_used_bytes", pid=str(gone)) == 256 * 2**20
     assert value(text, "gpu_process_memory_used_bytes", pid=str(alive)) == 512 * 2**20
