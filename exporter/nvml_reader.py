@@ -214,6 +214,7 @@ class NvmlSession:
         self._next_attempt = 0.0
         self._initialized = False
         self._reported_failure = False
+        self.generation = 0  # counts successful initialisations: reads are only valid within one
         self.driver = DriverInfo()
         self.last_error = ""
 
@@ -230,6 +231,7 @@ class NvmlSession:
             self._fail(f"NVML unavailable: {error}", now)
             return False
         self._initialized = True
+        self.generation += 1
         self._backoff = self._min_backoff
         self.last_error = ""
         self.driver = DriverInfo(

@@ -43,6 +43,7 @@ class _Read:
 
     future: Future[GpuReading]
     started: float  # time.monotonic()
+    generation: int  # the NVML session it was made in
 
 
 class Sampler:
@@ -166,11 +167,21 @@ class Sampler:
 
     def _submit(self, index: int) -> _Read:
         pending = self._pending.get(index)
+        # An earlier pass's read, not yet consumed, is taken up now (never two calls on one GPU),
+        # unless it finished in an NVML session that has been reset since: its answer is void.
         if pending is not None:
-            return pending  # an earlier pass's read, not yet consumed: never two calls on one GPU
-        read = _Read(self._pool.submit(read_gpu, index), time.monotonic())
+            if not pending.future.done() or pending.generation == self._session.generation:
+                return pending
+            self._end_hang(index, pending)
+        read = _Read(self._pool.submit(read_gpu, index), time.monotonic(), self._session.generation)
         self._pending[index] = read
         return read
+
+    def _end_hang(self, index: int, read: _Read) -> None:
+        if index in self._hung:
+            self._hung.discard(index)
+            age = time.monotonic() - read.started
+            log.warning("GPU %d: NVML hang ended: the call returned after about %.1f s", index, age)
 
     def _forget(self, index: int) -> None:
         """Drop a GPU that is no longer listed (its pending read, if any, is left to finish)."""
@@ -194,9 +205,9 @@ class Sampler:
                 )
             return down, False
         del self._pending[index]
-        if index in self._hung:
-            self._hung.discard(index)
-            log.warning("GPU %d: NVML hang ended: the call returned after %.1f s", index, age)
+        self._end_hang(index, read)
+        if read.generation != self._session.generation:
+            return down, False  # began before the session was reset; the next pass reads afresh
         try:
             reading = read.future.result()
         except Exception as error:
