@@ -99,11 +99,16 @@ class MetricsRenderer:
 
     The cache holds a few formats per snapshot at most: the content type echoes parameters of
     the client's Accept header, so each distinct header would otherwise add a full rendering.
+    ``include_commands`` puts processes' command lines on ``gpu_process_info``; callers decide
+    it explicitly, because a command line can hold secrets.
     """
 
-    def __init__(self, latest: Callable[[], Snapshot], *, include_processes: bool) -> None:
+    def __init__(
+        self, latest: Callable[[], Snapshot], *, include_processes: bool, include_commands: bool
+    ) -> None:
         self._latest = latest
         self._include_processes = include_processes
+        self._include_commands = include_commands
         self._lock = threading.Lock()
         self._sequence = -1
         self._cache: dict[tuple[str, bool], bytes] = {}
@@ -120,7 +125,11 @@ class MetricsRenderer:
                 self._sequence = snapshot.sequence
             cached = self._cache.get(key)
         if cached is None:
-            view = SnapshotCollector(lambda: snapshot, include_processes=self._include_processes)
+            view = SnapshotCollector(
+                lambda: snapshot,
+                include_processes=self._include_processes,
+                include_commands=self._include_commands,
+            )
             cached = encoder(view)
             if compress:
                 cached = gzip.compress(cached, compresslevel=3)
@@ -177,13 +186,16 @@ class ExporterApp:
         ready: Callable[[], bool],
         passwords: PasswordSource,
         include_processes: bool = True,
+        include_commands: bool = False,
         throttle: FailureThrottle | None = None,
     ) -> None:
         self._latest = latest
         self._ready = ready
         self._passwords = passwords
         self._throttle = throttle or FailureThrottle()
-        self._renderer = MetricsRenderer(latest, include_processes=include_processes)
+        self._renderer = MetricsRenderer(
+            latest, include_processes=include_processes, include_commands=include_commands
+        )
         self._routes: dict[str, tuple[str, Callable[[dict[str, Any]], Reply]]] = {
             "/metrics": ("GET", self.metrics),
             "/get-status": ("POST", self.get_status),

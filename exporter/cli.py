@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-processes", action="store_true", help="do not report per-process series or users"
     )
     parser.add_argument(
+        "--metrics.command-line",
+        dest="metrics_command_line",
+        action="store_true",
+        help="put processes' command lines on /metrics (gpu_process_info's command label); "
+        "without it they are there only when the web config requires basic auth, since a "
+        "command line can hold secrets. /get-status always has them.",
+    )
+    parser.add_argument(
         "--max-command-length",
         type=positive(int),
         default=DEFAULT_MAX_COMMAND_LENGTH,
@@ -96,6 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
     # Caught only to explain why they are refused: ps shows every argument to every user.
     parser.add_argument("--password", "--passwd", dest="password_argument", help=argparse.SUPPRESS)
     return parser
+
+
+def _command_lines_on_metrics(args: argparse.Namespace) -> bool:
+    """Whether /metrics may show command lines: asked for, or only readable with a password.
+
+    A command line can hold a token or a password passed as an argument; /get-status shows it
+    behind its password, so /metrics shows it only behind one too unless the operator says so.
+    """
+    from servicekit.webconfig import load_web_config
+
+    if args.no_processes:
+        return False
+    if args.metrics_command_line:
+        log.info("command lines are published on /metrics (--metrics.command-line)")
+        return True
+    if args.web_config_file and load_web_config(args.web_config_file).users:
+        log.info("command lines are published on /metrics, which requires basic auth")
+        return True
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,12 +160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     # Imported here so --debug does not pay for the HTTP stack.
     from exporter.app import ExporterApp
+    from servicekit.webconfig import WebConfigError
 
+    try:
+        commands = _command_lines_on_metrics(args)
+    except WebConfigError as error:
+        log.error("%s", error)
+        return 2
     app = ExporterApp(
         latest=sampler.latest,
         ready=lambda: sampler.ready,
         passwords=passwords,
         include_processes=not args.no_processes,
+        include_commands=commands,
     )
     sampler.start()
     return run_service(

@@ -3,6 +3,9 @@
 Names, units and labels are a contract with the recording rules, alerts and dashboard: base units
 (bytes, seconds, watts, joules, hertz, celsius), ratios from 0 to 1, ``_total`` counters, identity
 labels only on ``_info`` series. A field that is ``None`` in the snapshot produces no sample.
+
+Processes' command lines are left out unless asked for: a command line can hold a token or a
+password given as an argument, and /metrics is often readable by anyone who reaches the port.
 """
 
 from __future__ import annotations
@@ -152,22 +155,27 @@ def _throttle(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
     yield throttle
 
 
-def _process_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+def _process_families(gpus: tuple[GpuSample, ...], *, include_commands: bool) -> Iterator[Metric]:
     memory = GaugeMetricFamily(
         "gpu_process_memory_used_bytes",
         "GPU memory held by a process.",
         labels=_PROCESS_LABELS,
     )
-    info = InfoMetricFamily("gpu_process", "A process using a GPU, with its command line.")
+    info = InfoMetricFamily(
+        "gpu_process",
+        "A process using a GPU, with its command line."
+        if include_commands
+        else "A process using a GPU (command lines are not published here).",
+    )
     for gpu in gpus:
         for process in gpu.processes:
             labels = [str(gpu.index), gpu.uuid or "", str(process.pid), process.user]
             if process.gpu_memory_bytes is not None:
                 memory.add_metric(labels, float(process.gpu_memory_bytes))
-            info.add_metric(
-                [],
-                dict(zip(_PROCESS_LABELS, labels), command=process.command),
-            )
+            identity = dict(zip(_PROCESS_LABELS, labels))
+            if include_commands:
+                identity["command"] = process.command
+            info.add_metric([], identity)
     yield memory
     yield info
 
@@ -195,12 +203,14 @@ def _self_families(snapshot: Snapshot) -> Iterator[Metric]:
     )
 
 
-def snapshot_families(snapshot: Snapshot, *, include_processes: bool = True) -> Iterator[Metric]:
-    """Every metric family of one snapshot, built fresh."""
+def snapshot_families(
+    snapshot: Snapshot, *, include_processes: bool = True, include_commands: bool = False
+) -> Iterator[Metric]:
+    """Every metric family of one snapshot, built fresh; command lines only when asked for."""
     yield from _identity_families(snapshot)
     yield from _gpu_families(snapshot.gpus)
     if include_processes:
-        yield from _process_families(snapshot.gpus)
+        yield from _process_families(snapshot.gpus, include_commands=include_commands)
     yield from _self_families(snapshot)
 
 
@@ -211,9 +221,20 @@ class SnapshotCollector(Collector):
     (render one snapshot exactly once, as the HTTP endpoint does).
     """
 
-    def __init__(self, latest: Callable[[], Snapshot], *, include_processes: bool = True) -> None:
+    def __init__(
+        self,
+        latest: Callable[[], Snapshot],
+        *,
+        include_processes: bool = True,
+        include_commands: bool = False,
+    ) -> None:
         self._latest = latest
         self._include_processes = include_processes
+        self._include_commands = include_commands
 
     def collect(self) -> Iterator[Metric]:
-        return snapshot_families(self._latest(), include_processes=self._include_processes)
+        return snapshot_families(
+            self._latest(),
+            include_processes=self._include_processes,
+            include_commands=self._include_commands,
+        )

@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 _MIB = 1024 * 1024
 _MHZ = 1_000_000.0
+_SLOWEST_PSTATE = 15  # pynvml.NVML_PSTATE_15
 
 # Errors meaning "the library or the driver is gone": the session must be re-initialised.
 _SESSION_ERRORS = frozenset(
@@ -131,6 +132,14 @@ def _utilization(handle: Any) -> tuple[float | None, float | None]:
     return rates.gpu / 100.0, rates.memory / 100.0
 
 
+def _performance_state(handle: Any) -> int | None:
+    """P0 (fastest) to P15; NVML answers NVML_PSTATE_UNKNOWN (32) when it cannot tell."""
+    state = _field(pynvml.nvmlDeviceGetPerformanceState, handle)
+    if state is None or not 0 <= state <= _SLOWEST_PSTATE:
+        return None
+    return int(state)
+
+
 def _ecc(handle: Any, error_type: int) -> int | None:
     # Volatile counts (since the driver loaded) behave as a Prometheus counter with resets.
     return _field(pynvml.nvmlDeviceGetTotalEccErrors, handle, error_type, pynvml.NVML_VOLATILE_ECC)
@@ -176,7 +185,7 @@ def _read_handle(index: int, handle: Any) -> GpuReading:
         fan_speed_ratio=None if fan is None else fan / 100.0,
         clock_sm_hertz=_scaled(_field(pynvml.nvmlDeviceGetClockInfo, handle, 1), _MHZ),
         clock_memory_hertz=_scaled(_field(pynvml.nvmlDeviceGetClockInfo, handle, 2), _MHZ),
-        performance_state=_field(pynvml.nvmlDeviceGetPerformanceState, handle),
+        performance_state=_performance_state(handle),
         ecc_corrected_errors=_ecc(handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
         ecc_uncorrected_errors=_ecc(handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
         throttle_reasons=_throttle_reasons(handle),
@@ -205,6 +214,7 @@ class NvmlSession:
         self._next_attempt = 0.0
         self._initialized = False
         self._reported_failure = False
+        self.generation = 0  # counts successful initialisations: reads are only valid within one
         self.driver = DriverInfo()
         self.last_error = ""
 
@@ -221,6 +231,7 @@ class NvmlSession:
             self._fail(f"NVML unavailable: {error}", now)
             return False
         self._initialized = True
+        self.generation += 1
         self._backoff = self._min_backoff
         self.last_error = ""
         self.driver = DriverInfo(

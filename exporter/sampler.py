@@ -1,10 +1,13 @@
 """The sampler: reads NVML and psutil every interval into an immutable snapshot.
 
-Scrapes never touch NVML; they render :meth:`Sampler.latest`. GPUs are read in parallel, each with
-a deadline: a GPU whose NVML call hangs is reported down (with its last known identity) and is not
-asked again until that call returns, while the other GPUs keep fresh values. A hang in a global call
-(device count) stalls the whole pass instead; scrapes then keep answering from the last snapshot
-and ``gpu_exporter_last_collect_timestamp_seconds`` shows the age.
+Scrapes never touch NVML; they render :meth:`Sampler.latest`. GPUs are read in parallel, one read
+per GPU at a time, and a pass waits for them at most half an interval (or the GPU timeout, if
+shorter), so a slow GPU never delays the others. A read still running when the pass ends carries
+over to the next pass: until it is ``gpu_timeout`` old the GPU keeps its last reading; after that
+it is reported down (with its last known identity) at once in every pass, without waiting for it
+again, until the call returns. A hang is logged once when it starts and once when it ends. A hang
+in a global call (device count) stalls the whole pass instead; scrapes then keep answering from
+the last snapshot and ``gpu_exporter_last_collect_timestamp_seconds`` shows the age.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 from exporter.host import read_host
 from exporter.nvml_reader import GpuReading, NvmlSession, is_session_error, read_gpu
@@ -31,6 +35,15 @@ log = logging.getLogger(__name__)
 
 _IDENTITY_FIELDS = ("uuid", "name", "serial", "pci_bus_id")
 _MAX_READER_THREADS = 32
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One GPU's NVML read in flight, and when it began."""
+
+    future: Future[GpuReading]
+    started: float  # time.monotonic()
+    generation: int  # the NVML session it was made in
 
 
 class Sampler:
@@ -53,7 +66,9 @@ class Sampler:
         self._session = session or NvmlSession()
         self._resolver = resolver or ProcessResolver()
         self._pool = ThreadPoolExecutor(_MAX_READER_THREADS, thread_name_prefix="nvml-read")
-        self._pending: dict[int, Future[GpuReading]] = {}
+        self._pending: dict[int, _Read] = {}
+        self._last: dict[int, GpuReading] = {}
+        self._hung: set[int] = set()
         self._identity: dict[int, dict[str, str | None]] = {}
         self._latest = empty_snapshot(read_host(hostname=hostname))
         self._ready = threading.Event()
@@ -134,40 +149,76 @@ class Sampler:
         except Exception as error:
             log.warning("cannot list GPUs: %s", error)
             return (), False
-        futures = {index: self._submit(index) for index in range(count)}
-        for index in list(self._pending):
-            if index >= count:
-                del self._pending[index]
-        wait(futures.values(), timeout=self._gpu_timeout)
+        reads = {index: self._submit(index) for index in range(count)}
+        for gone in {*self._pending, *self._last, *self._hung} - set(range(count)):
+            self._forget(gone)
+        # Hung reads are not waited for again. The others get half an interval at most, so a slow
+        # GPU delays a snapshot by that much at worst and its read is taken up by the next pass;
+        # the first pass, before which nothing is served, gives them the whole timeout.
+        budget = self._gpu_timeout if not self.ready else min(self.interval / 2, self._gpu_timeout)
+        wait([read.future for i, read in reads.items() if i not in self._hung], timeout=budget)
         readings: list[GpuReading] = []
         success = True
-        for index, future in futures.items():
-            reading, ok = self._result(index, future)
+        for index, read in reads.items():
+            reading, ok = self._result(index, read)
             readings.append(self._remember_identity(reading))
             success = success and ok
         return tuple(readings), success
 
-    def _submit(self, index: int) -> Future[GpuReading]:
+    def _submit(self, index: int) -> _Read:
         pending = self._pending.get(index)
-        if pending is not None and not pending.done():
-            return pending  # still stuck in NVML from an earlier pass: do not pile up calls
-        future = self._pool.submit(read_gpu, index)
-        self._pending[index] = future
-        return future
+        # An earlier pass's read, not yet consumed, is taken up now (never two calls on one GPU),
+        # unless it finished in an NVML session that has been reset since: its answer is void.
+        if pending is not None:
+            if not pending.future.done() or pending.generation == self._session.generation:
+                return pending
+            self._end_hang(index, pending)
+        read = _Read(self._pool.submit(read_gpu, index), time.monotonic(), self._session.generation)
+        self._pending[index] = read
+        return read
 
-    def _result(self, index: int, future: Future[GpuReading]) -> tuple[GpuReading, bool]:
+    def _end_hang(self, index: int, read: _Read) -> None:
+        if index in self._hung:
+            self._hung.discard(index)
+            age = time.monotonic() - read.started
+            log.warning("GPU %d: NVML hang ended: the call returned after about %.1f s", index, age)
+
+    def _forget(self, index: int) -> None:
+        """Drop a GPU that is no longer listed (its pending read, if any, is left to finish)."""
+        self._pending.pop(index, None)
+        self._last.pop(index, None)
+        self._hung.discard(index)
+
+    def _result(self, index: int, read: _Read) -> tuple[GpuReading, bool]:
         down = GpuReading(GpuSample(index=index, up=False))
-        if not future.done():
-            log.warning("GPU %d: NVML did not answer within %.1f s", index, self._gpu_timeout)
+        age = time.monotonic() - read.started
+        if not read.future.done():
+            if age < self._gpu_timeout and index in self._last:
+                return self._last[index], True  # slow, not yet late: the last reading stands
+            if age >= self._gpu_timeout and index not in self._hung:
+                self._hung.add(index)
+                log.warning(
+                    "GPU %d: NVML hang started: no answer within %.1f s; reporting the GPU down "
+                    "until the call returns",
+                    index,
+                    self._gpu_timeout,
+                )
             return down, False
+        del self._pending[index]
+        self._end_hang(index, read)
+        if read.generation != self._session.generation:
+            return down, False  # began before the session was reset; the next pass reads afresh
         try:
-            return future.result(), True
+            reading = read.future.result()
         except Exception as error:
+            self._last.pop(index, None)
             if is_session_error(error):
                 self._session.reset(f"NVML session lost: {error}")
             else:
                 log.warning("GPU %d: read failed: %s", index, error)
             return down, False
+        self._last[index] = reading
+        return reading, True
 
     def _remember_identity(self, reading: GpuReading) -> GpuReading:
         """Keep a down GPU's uuid and name so its series stay the same series."""

@@ -492,7 +492,9 @@ def user_row() -> list[Panel]:
         table(
             "Processes on GPUs",
             "Processes holding GPU memory now, largest first. An empty user means the "
-            "exporter could not read the owner (another PID namespace).",
+            "exporter could not read the owner (another PID namespace). Command lines come "
+            "only from exporters that publish them on /metrics (--metrics.command-line, or "
+            "basic auth on /metrics); elsewhere the column is empty.",
             [
                 target(
                     unknown_user(

@@ -1,19 +1,44 @@
-"""Argument types shared by the command lines: positive numbers and port numbers."""
+"""Argument types shared by the command lines: finite and positive numbers, port numbers.
+
+Every float option of these command lines is a number of seconds that ends up in a timer, so a
+float must be finite (``nan`` compares false with everything and turns a wait into a busy loop;
+``inf`` makes the wait raise) and no larger than the longest wait a timer takes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import threading
 from typing import Callable
+
+# The longest timeout threading (and so every wait in these services) accepts: about 292 years.
+MAX_SECONDS = threading.TIMEOUT_MAX
+
+
+def _number(kind: type, text: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if kind is float:
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if abs(value) > MAX_SECONDS:
+            raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_SECONDS:.0f} seconds")
+    return value
+
+
+def finite(text: str) -> float:
+    """An argparse type accepting any finite float, zero and negative numbers included."""
+    return _number(float, text)
 
 
 def positive(kind: type) -> Callable[[str], float]:
     """An argparse type accepting numbers of ``kind`` (int or float) greater than 0."""
 
     def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = _number(kind, text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
         return value

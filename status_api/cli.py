@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from servicekit.cliargs import positive, tcp_port
+from servicekit.cliargs import finite, positive, tcp_port
 from servicekit.httpserver import DEFAULT_MAX_REQUESTS, DEFAULT_MAX_REQUESTS_PER_CLIENT
 from servicekit.logsetup import configure_logging
 from servicekit.password import PasswordError, load_password, warn_if_exposed
@@ -78,7 +78,7 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         help="how to reach the exporters (default http)",
     )  # fmt: skip
     group.add_argument(
-        "--power-interval", type=float, default=10.0,
+        "--power-interval", type=finite, default=10.0,
         help="seconds between reads of a node's /metrics for GPU power (default 10; 0: every "
         "round; negative: never)",
     )  # fmt: skip

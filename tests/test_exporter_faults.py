@@ -78,6 +78,15 @@ def test_unsupported_fields_are_absent_for_that_gpu_only(exporter_factory):
     assert value(text, "gpu_exporter_collector_success", collector="nvml") == 1
 
 
+def test_an_unknown_performance_state_is_left_out(exporter_factory):
+    unknown = fake.make_gpu(0, pstate=fake.PSTATE_UNKNOWN)
+    exporter = exporter_factory(fake.FakeScenario(gpus=[unknown, fake.make_gpu(1, pstate=8)]))
+    text = exporter.metrics()
+    assert values(text, "gpu_performance_state", gpu="0") == []
+    assert value(text, "gpu_performance_state", gpu="1") == 8
+    assert value(text, "gpu_up", gpu="0") == 1
+
+
 def test_an_erroring_field_is_left_out_alone(exporter_factory):
     gpu = dataclasses.replace(
         fake.make_gpu(0), fail={"nvmlDeviceGetTemperature": NVML_ERROR_UNKNOWN}
@@ -180,7 +189,7 @@ def test_processes_gone_between_listing_and_lookup(exporter_factory, worker_pids
         processes=[fake.FakeProcess(alive, 512 * 2**20), fake.FakeProcess(gone, 256 * 2**20)],
         memory_used=768 * 2**20,
     )
-    exporter = exporter_factory(fake.FakeScenario(gpus=[gpu]))
+    exporter = exporter_factory(fake.FakeScenario(gpus=[gpu]), "--metrics.command-line")
     text = exporter.metrics()
     assert value(text, "gpu_process_memory_used_bytes", pid=str(gone)) == 256 * 2**20
     assert value(text, "gpu_process_memory_used_bytes", pid=str(alive)) == 512 * 2**20
@@ -228,3 +237,36 @@ def test_a_process_with_compute_and_graphics_contexts_is_one_series(exporter_fac
     assert values(text, "gpu_process_memory_used_bytes", pid=str(pid)) == [300 * 2**20]
     assert len(label_sets(text, "gpu_process_info")) == 1
     assert [u["pid"] for u in exporter.status()["gpus"][0]["users"]] == [pid]
+
+
+def test_a_hung_gpu_does_not_age_the_snapshot_and_is_logged_once(exporter_factory):
+    interval, block = 1.0, 15.0
+    gpus = [fake.make_gpu(i) for i in range(2)]
+    exporter = exporter_factory(
+        fake.FakeScenario(gpus=gpus), "--nvml-timeout", "5", interval=interval
+    )
+    stuck = dataclasses.replace(gpus[1], block={"nvmlDeviceGetPowerUsage": block})
+    exporter.set_scenario(fake.FakeScenario(gpus=[gpus[0], stuck]))
+    blocked_at = time.monotonic()
+    ages, up = [], []
+    changed_at = followed_at = None
+    while time.monotonic() - blocked_at < block + 6 * interval:
+        text, _ = timed_scrape(exporter)
+        now = time.monotonic()
+        ages.append(time.time() - value(text, "gpu_exporter_last_collect_timestamp_seconds"))
+        up.append(value(text, "gpu_up", gpu="1", uuid=gpus[1].uuid))
+        if changed_at is None and now - blocked_at > 4:
+            # Also lifts the block for later calls: the call in flight still sleeps it out.
+            changed_at = now
+            hot = dataclasses.replace(gpus[0], temperature=91)
+            exporter.set_scenario(fake.FakeScenario(gpus=[hot, gpus[1]]))
+        if changed_at and not followed_at and value(text, "gpu_temperature_celsius", gpu="0") == 91:
+            followed_at = now
+        time.sleep(0.2)
+    assert max(ages) < 2.5 * interval, ages
+    assert followed_at is not None and followed_at - changed_at < 4 * interval
+    assert 0 in up and up[-1] == 1, up  # down while hung, up again once the call returned
+    log = exporter.log()
+    assert log.count("GPU 1: NVML hang started") == 1, log
+    assert log.count("GPU 1: NVML hang ended") == 1, log
+    assert "GPU 0: NVML hang" not in log

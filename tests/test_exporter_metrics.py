@@ -83,7 +83,7 @@ def test_throttle_reasons_decode_the_bitmask(exporter_factory):
 
 def test_processes_resolve_to_real_users_and_commands(exporter_factory, busy_8x64):
     scenario, pids = busy_8x64
-    exporter = exporter_factory(scenario)
+    exporter = exporter_factory(scenario, "--metrics.command-line")
     text = exporter.metrics()
     me = getpass.getuser()
     info = label_sets(text, "gpu_process_info")

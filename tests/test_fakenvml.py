@@ -1626,6 +1626,8 @@ BAD_FILES = [
     ("temperature 3\n", 1, "'temperature' belongs in a [gpu] section"),
     ("[gpu]\ntemperature hot\n", 2, "temperature needs an integer from 0 to 4294967295"),
     ("[gpu]\nutilization_gpu 101\n", 2, "utilization_gpu needs an integer from 0 to 100"),
+    ("[gpu]\npstate 16\n", 2, "pstate needs 0 to 15, or 32 (unknown), got 16"),
+    ("[gpu]\npstate 33\n", 2, "pstate needs an integer from 0 to 32"),
     ("[gpu]\ntemperature 40 41\n", 2, "unexpected text after the value of temperature"),
     ("[gpu]\nfail nvmlDeviceGetNothing 3\n", 2, "unknown entry point 'nvmlDeviceGetNothing'"),
     ("[gpu]\nfail nvmlDeviceGetName\n", 2, "fail needs an nvmlReturn_t code"),

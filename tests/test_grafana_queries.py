@@ -116,6 +116,9 @@ def check_values(
         str(p) for p in cluster.workers["localhost"][:2]
     }
     assert all("sleep" in row["metric"]["command"] for row in mine)
+    # The other node does not publish command lines: its rows are there, without the column.
+    theirs = [row for row in rows if row["metric"]["node"] == "127.0.0.1"]
+    assert len(theirs) == 2 and all("command" not in row["metric"] for row in theirs)
 
     hours = {
         s["metric"]["user"]: float(s["value"][1])

@@ -47,7 +47,7 @@ def test_hostile_command_lines_are_escaped_and_preserved(exporter_factory, worke
     pids = {kind: workers.spawn(argv) for kind, argv in argvs.items()}
     expected = {str(pids[kind]): expected_command(argv) for kind, argv in argvs.items()}
     scenario = fake.busy(2, list(pids.values()))
-    exporter = exporter_factory(scenario, "--max-command-length", "1000")
+    exporter = exporter_factory(scenario, "--max-command-length", "1000", "--metrics.command-line")
 
     # Python may take a moment to start; until then /proc still shows the pre-exec command.
     text = exporter.wait_for_metrics(

@@ -377,7 +377,9 @@ def _expected_label_sets(snapshot: Snapshot) -> dict[str, list[dict[str, str]]]:
 @RENDER_SETTINGS
 @given(snapshot=snapshots())
 def test_prometheus_text_parses_back_with_labels_intact(snapshot: Snapshot) -> None:
-    text = generate_latest(SnapshotCollector(lambda: snapshot)).decode("utf-8")
+    text = generate_latest(SnapshotCollector(lambda: snapshot, include_commands=True)).decode(
+        "utf-8"
+    )
     samples = parse_samples(text)
     for name, expected in _expected_label_sets(snapshot).items():
         found = _labels(samples, name)
@@ -402,7 +404,9 @@ def test_prometheus_text_parses_back_with_labels_intact(snapshot: Snapshot) -> N
 @RENDER_SETTINGS
 @given(snapshot=snapshots())
 def test_openmetrics_parses_back_with_labels_intact(snapshot: Snapshot) -> None:
-    text = generate_openmetrics(SnapshotCollector(lambda: snapshot)).decode("utf-8")
+    text = generate_openmetrics(SnapshotCollector(lambda: snapshot, include_commands=True)).decode(
+        "utf-8"
+    )
     families = {family.name: family for family in parse_openmetrics(text)}
     expected = _expected_label_sets(snapshot)
     for family_name, sample_name in (("gpu", "gpu_info"), ("gpu_process", "gpu_process_info")):

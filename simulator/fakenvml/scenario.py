@@ -52,6 +52,7 @@ _MIG_PROFILE_LIMIT = 31
 RETIREMENT_CAUSES = ("sbe", "dbe")  # multiple single-bit, double-bit ECC errors
 _ENTRY_POINT = re.compile(r"nvml[A-Za-z0-9_]+")
 THROTTLE_GPU_IDLE = 0x1
+PSTATE_UNKNOWN = 32  # NVML_PSTATE_UNKNOWN: what a driver answers when it cannot tell
 
 
 def gpu_uuid(index: int) -> str:

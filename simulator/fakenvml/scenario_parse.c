@@ -37,7 +37,7 @@ static const struct {
     [F_FAN_SPEED] = {"fan_speed", 100},
     [F_CLOCK_SM] = {"clock_sm", 0xFFFFFFFFull},
     [F_CLOCK_MEM] = {"clock_mem", 0xFFFFFFFFull},
-    [F_PSTATE] = {"pstate", 15},
+    [F_PSTATE] = {"pstate", 32}, /* 0-15, or 32: NVML_PSTATE_UNKNOWN */
     [F_ECC_CORRECTED] = {"ecc_corrected", ~0ull},
     [F_ECC_UNCORRECTED] = {"ecc_uncorrected", ~0ull},
     [F_THROTTLE_REASONS] = {"throttle_reasons", ~0ull},
@@ -305,6 +305,9 @@ static int parse_gpu_line(const char *key, size_t key_length, const char *value,
                               FIELDS[field].key, FIELDS[field].max, shown(token, length));
         if (!at_end(value, end))
             return fail_parse(error, "unexpected text after the value of %s", FIELDS[field].key);
+        if (field == F_PSTATE && gpu->num[field] > 15 && gpu->num[field] != NVML_PSTATE_UNKNOWN)
+            return fail_parse(error, "pstate needs 0 to 15, or 32 (unknown), got %llu",
+                              gpu->num[field]);
     }
     gpu->present |= FIELD_BIT(field);
     return 0;

@@ -4,8 +4,9 @@ Node ``localhost`` has four GPUs: GPU 0 shared by two worker processes and one p
 owner cannot be read (a pid that does not exist), with ECC errors and active throttling (and hot
 when asked); GPU 1 running one worker; GPU 2 idle and free; GPU 3 lost. Node ``127.0.0.1`` has
 two busy GPUs running two workers. Workers are real ``sleep`` processes of the user running the
-tests, so the exporter resolves their user and command. Targets are written by the project's own
-generator (``gpu-status-api targets``) from a hosts.txt naming both exporters.
+tests, so the exporter resolves their user and command; ``localhost`` publishes command lines on
+/metrics (``--metrics.command-line``), ``127.0.0.1`` does not. Targets are written by the project's
+own generator (``gpu-status-api targets``) from a hosts.txt naming both exporters.
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ def monitored_cluster(
         "localhost": node_a(workers["localhost"], hot=hot),
         "127.0.0.1": node_b(workers["127.0.0.1"]),
     }
-    exporters = {node: exporter_factory(scenario) for node, scenario in scenarios.items()}
+    flags = {"localhost": ["--metrics.command-line"], "127.0.0.1": []}
+    exporters = {
+        node: exporter_factory(scenario, *flags[node]) for node, scenario in scenarios.items()
+    }
     targets = write_targets(tmp_path, {node: e.port for node, e in exporters.items()})
     with running_prometheus(tmp_path / "prometheus", targets_file=targets, alert_for=alert_for) as (
         prometheus
