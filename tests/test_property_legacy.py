@@ -358,7 +358,7 @@ def _expected_label_sets(snapshot: Snapshot) -> dict[str, list[dict[str, str]]]:
     ]  # fmt: skip
     process_info = [
         {"gpu": str(g.index), "uuid": g.uuid or "", "pid": str(p.pid), "user": p.user,
-         "command": p.command}
+         "mig_uuid": p.mig_uuid, "command": p.command}
         for g in snapshot.gpus
         for p in g.processes
     ]  # fmt: skip
