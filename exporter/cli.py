@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_COMMAND_LENGTH,
         help=f"cut command lines to this many characters (default {DEFAULT_MAX_COMMAND_LENGTH})",
     )
+    parser.add_argument(
+        "--collector.pcie-throughput",
+        dest="pcie_throughput",
+        action="store_true",
+        help="export PCIe TX/RX throughput (NVML samples the link for 20 ms per GPU and pass)",
+    )
     parser.add_argument("--hostname", help="host name to report (default: this machine's)")
     parser.add_argument("--disable_log", action="store_true", help="log warnings and errors only")
     parser.add_argument(
@@ -140,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         include_processes=not args.no_processes,
         hostname=args.hostname,
         resolver=ProcessResolver(max_command_length=args.max_command_length),
+        pcie_throughput=args.pcie_throughput,
     )
     if args.debug:
         sys.stdout.write(legacy_status_json(sampler.sample_once()).decode() + "\n")

@@ -25,7 +25,8 @@ from exporter import __version__
 from exporter.snapshot import THROTTLE_REASONS, GpuSample, Snapshot
 
 _GPU_LABELS = ["gpu", "uuid"]
-_PROCESS_LABELS = ["gpu", "uuid", "pid", "user"]
+_PROCESS_LABELS = ["gpu", "uuid", "pid", "user", "mig_uuid"]
+_MIG_LABELS = ["gpu", "uuid", "mig_uuid", "gi", "ci"]
 
 # (metric name, help, GpuSample attribute) for the plain per-GPU gauges.
 _GPU_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -43,7 +44,46 @@ _GPU_GAUGES: tuple[tuple[str, str, str], ...] = (
      "fan_speed_ratio"),
     ("gpu_performance_state", "Performance state: 0 is the fastest, 15 the slowest.",
      "performance_state"),
+    ("gpu_remapped_rows_pending", "1 if a remapped row waits for a GPU reset to take effect.",
+     "remapped_rows_pending"),
+    ("gpu_remapped_rows_failure", "1 if row remapping failed: the GPU should be replaced.",
+     "remapped_rows_failure"),
+    ("gpu_retired_pages_pending", "1 if a retired page waits for a GPU reset to take effect.",
+     "retired_pages_pending"),
+    ("gpu_pcie_link_generation", "Current PCIe link generation.", "pcie_link_generation"),
+    ("gpu_pcie_link_generation_max", "Highest PCIe link generation the GPU and slot support.",
+     "pcie_link_generation_max"),
+    ("gpu_pcie_link_width", "Current PCIe link width in lanes.", "pcie_link_width"),
+    ("gpu_pcie_link_width_max", "Widest PCIe link the GPU and slot support, in lanes.",
+     "pcie_link_width_max"),
+    ("gpu_mig_mode", "1 if MIG mode is enabled now.", "mig_mode"),
+    ("gpu_mig_mode_pending", "MIG mode after the next GPU reset (0 or 1).", "mig_mode_pending"),
 )  # fmt: skip
+
+# (metric name, help, label name, ((label value, GpuSample attribute), ...)) for families
+# whose series differ by one label.
+_LABELLED: tuple[tuple[type, str, str, str, tuple[tuple[str, str], ...]], ...] = (
+    (CounterMetricFamily, "gpu_ecc_aggregate_errors",
+     "ECC memory errors over the GPU's lifetime.", "type",
+     (("corrected", "ecc_aggregate_corrected_errors"),
+      ("uncorrected", "ecc_aggregate_uncorrected_errors"))),
+    (GaugeMetricFamily, "gpu_remapped_rows", "Memory rows remapped, by the kind of error.",
+     "cause", (("correctable", "remapped_rows_corrected"),
+               ("uncorrectable", "remapped_rows_uncorrected"))),
+    (GaugeMetricFamily, "gpu_retired_pages", "Memory pages retired, by the ECC error behind it.",
+     "cause", (("single_bit_ecc", "retired_pages_single_bit"),
+               ("double_bit_ecc", "retired_pages_double_bit"))),
+    (GaugeMetricFamily, "gpu_pcie_throughput_bytes_per_second",
+     "PCIe throughput over a 20 ms sample (only with --collector.pcie-throughput).",
+     "direction", (("tx", "pcie_tx_bytes_per_second"), ("rx", "pcie_rx_bytes_per_second"))),
+)  # fmt: skip
+
+_NVLINK_COUNTERS = (
+    ("crc_flit", "crc_flit_errors"),
+    ("crc_data", "crc_data_errors"),
+    ("replay", "replay_errors"),
+    ("recovery", "recovery_errors"),
+)
 
 
 def _gpu_labels(gpu: GpuSample) -> list[str]:
@@ -101,6 +141,104 @@ def _gpu_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
     yield from _clocks(gpus)
     yield from _ecc(gpus)
     yield from _throttle(gpus)
+    yield from _labelled(gpus)
+    yield from _pcie_replay(gpus)
+    yield from _nvlink(gpus)
+    yield from _mig(gpus)
+    yield from _xid(gpus)
+
+
+def _labelled(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    for family_type, name, documentation, label, members in _LABELLED:
+        family = family_type(name, documentation, labels=[*_GPU_LABELS, label])
+        for gpu in gpus:
+            for label_value, attribute in members:
+                value = getattr(gpu, attribute)
+                if value is not None:
+                    family.add_metric([*_gpu_labels(gpu), label_value], float(value))
+        yield family
+
+
+def _pcie_replay(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    replay = CounterMetricFamily(
+        "gpu_pcie_replay_errors", "PCIe packets replayed after a link error.", labels=_GPU_LABELS
+    )
+    for gpu in gpus:
+        if gpu.pcie_replay_errors is not None:
+            replay.add_metric(_gpu_labels(gpu), float(gpu.pcie_replay_errors))
+    yield replay
+
+
+def _nvlink(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "gpu_nvlink_up", "1 if the NVLink link is active.", labels=[*_GPU_LABELS, "link"]
+    )
+    errors = CounterMetricFamily(
+        "gpu_nvlink_errors",
+        "NVLink errors on the link, by kind.",
+        labels=[*_GPU_LABELS, "link", "type"],
+    )
+    for gpu in gpus:
+        for link in gpu.nvlinks:
+            labels = [*_gpu_labels(gpu), str(link.link)]
+            if link.up is not None:
+                up.add_metric(labels, 1.0 if link.up else 0.0)
+            for kind, attribute in _NVLINK_COUNTERS:
+                value = getattr(link, attribute)
+                if value is not None:
+                    errors.add_metric([*labels, kind], float(value))
+    yield up
+    yield errors
+
+
+def _mig(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    info = InfoMetricFamily("gpu_mig", "A MIG device of a GPU in MIG mode, with its profile.")
+    used = GaugeMetricFamily(
+        "gpu_mig_memory_used_bytes", "Memory in use on the MIG device.", labels=_MIG_LABELS
+    )
+    total = GaugeMetricFamily(
+        "gpu_mig_memory_total_bytes", "Memory of the MIG device.", labels=_MIG_LABELS
+    )
+    for gpu in gpus:
+        for mig in gpu.migs:
+            labels = [*_gpu_labels(gpu), mig.uuid, _id(mig.gpu_instance), _id(mig.compute_instance)]
+            info.add_metric([], dict(zip(_MIG_LABELS, labels), profile=mig.profile))
+            if mig.memory_used_bytes is not None:
+                used.add_metric(labels, float(mig.memory_used_bytes))
+            if mig.memory_total_bytes is not None:
+                total.add_metric(labels, float(mig.memory_total_bytes))
+    yield info
+    yield used
+    yield total
+
+
+def _id(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _xid(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
+    errors = CounterMetricFamily(
+        "gpu_xid_errors",
+        "XID errors the driver reported since the exporter started, by XID code.",
+        labels=[*_GPU_LABELS, "xid"],
+    )
+    last = GaugeMetricFamily("gpu_last_xid", "Code of the last XID error.", labels=_GPU_LABELS)
+    when = GaugeMetricFamily(
+        "gpu_last_xid_timestamp_seconds",
+        "Unix time the last XID error was seen.",
+        labels=_GPU_LABELS,
+    )
+    for gpu in gpus:
+        if gpu.xid is None:
+            continue
+        for code, count in gpu.xid.counts:
+            errors.add_metric([*_gpu_labels(gpu), str(code)], float(count))
+        if gpu.xid.last_xid is not None and gpu.xid.last_timestamp_seconds is not None:
+            last.add_metric(_gpu_labels(gpu), float(gpu.xid.last_xid))
+            when.add_metric(_gpu_labels(gpu), gpu.xid.last_timestamp_seconds)
+    yield errors
+    yield last
+    yield when
 
 
 def _energy(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
@@ -169,7 +307,13 @@ def _process_families(gpus: tuple[GpuSample, ...], *, include_commands: bool) ->
     )
     for gpu in gpus:
         for process in gpu.processes:
-            labels = [str(gpu.index), gpu.uuid or "", str(process.pid), process.user]
+            labels = [
+                str(gpu.index),
+                gpu.uuid or "",
+                str(process.pid),
+                process.user,
+                process.mig_uuid,
+            ]
             if process.gpu_memory_bytes is not None:
                 memory.add_metric(labels, float(process.gpu_memory_bytes))
             identity = dict(zip(_PROCESS_LABELS, labels))

@@ -9,6 +9,7 @@ only; ``GPU_IS_LOST`` on any call marks the whole GPU as down while the other GP
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, Callable, TypeVar
 
 import pynvml
 
-from exporter.snapshot import DriverInfo, GpuSample
+from exporter.snapshot import DriverInfo, GpuSample, MigSample, NvLinkSample
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,23 @@ T = TypeVar("T")
 _MIB = 1024 * 1024
 _MHZ = 1_000_000.0
 _SLOWEST_PSTATE = 15  # pynvml.NVML_PSTATE_15
+_KB = 1000  # NVML reports PCIe throughput in KB/s
+_NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId of a process outside MIG
+_MAX_MIG_DEVICES = 7  # NVML's ceiling per GPU; a bad count cannot make us loop long
+
+# NVLink error counters by link: NVML has per-link field ids for links 0-11 only.
+_NVLINK_COUNTER_LINKS = 12
+_NVLINK_COUNTERS: tuple[tuple[str, int, int], ...] = (
+    # (NvLinkSample attribute, field id of link 0, field id of link 6)
+    ("crc_flit_errors", pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L0,
+     pynvml.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L6),
+    ("crc_data_errors", pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L0,
+     pynvml.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L6),
+    ("replay_errors", pynvml.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L0,
+     pynvml.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L6),
+    ("recovery_errors", pynvml.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L0,
+     pynvml.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L6),
+)  # fmt: skip
 
 # Errors meaning "the library or the driver is gone": the session must be re-initialised.
 _SESSION_ERRORS = frozenset(
@@ -48,6 +66,8 @@ class RawProcess:
     pid: int
     kind: str
     gpu_memory_bytes: int | None
+    gpu_instance: int | None = None  # MIG instance ids; None outside MIG
+    compute_instance: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +124,12 @@ def _throttle_reasons(handle: Any) -> int | None:
 
 def _merged(first: RawProcess, second: RawProcess) -> RawProcess:
     readings = [m for m in (first.gpu_memory_bytes, second.gpu_memory_bytes) if m is not None]
-    return RawProcess(first.pid, first.kind, max(readings) if readings else None)
+    return dataclasses.replace(first, gpu_memory_bytes=max(readings) if readings else None)
+
+
+def _instance(info: Any, name: str) -> int | None:
+    value = getattr(info, name, None)
+    return None if value is None or int(value) == _NO_INSTANCE else int(value)
 
 
 def _processes(handle: Any) -> tuple[RawProcess, ...]:
@@ -120,7 +145,13 @@ def _processes(handle: Any) -> tuple[RawProcess, ...]:
     ):
         for info in _field(read, handle) or ():
             pid, used = int(info.pid), info.usedGpuMemory
-            process = RawProcess(pid, kind, None if used is None else int(used))
+            process = RawProcess(
+                pid,
+                kind,
+                None if used is None else int(used),
+                gpu_instance=_instance(info, "gpuInstanceId"),
+                compute_instance=_instance(info, "computeInstanceId"),
+            )
             by_pid[pid] = _merged(by_pid[pid], process) if pid in by_pid else process
     return tuple(by_pid.values())
 
@@ -145,11 +176,143 @@ def _ecc(handle: Any, error_type: int) -> int | None:
     return _field(pynvml.nvmlDeviceGetTotalEccErrors, handle, error_type, pynvml.NVML_VOLATILE_ECC)
 
 
-def read_gpu(index: int) -> GpuReading:
+def _aggregate_ecc(handle: Any, error_type: int) -> int | None:
+    return _field(pynvml.nvmlDeviceGetTotalEccErrors, handle, error_type, pynvml.NVML_AGGREGATE_ECC)
+
+
+def _flag(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _remapped_rows(handle: Any) -> dict[str, Any]:
+    rows = _field(pynvml.nvmlDeviceGetRemappedRows, handle)
+    if rows is None:
+        return {}
+    corrected, uncorrected, pending, failure = rows
+    return {
+        "remapped_rows_corrected": int(corrected),
+        "remapped_rows_uncorrected": int(uncorrected),
+        "remapped_rows_pending": bool(pending),
+        "remapped_rows_failure": bool(failure),
+    }
+
+
+def _retired_pages(handle: Any) -> dict[str, Any]:
+    def pages(cause: int) -> int | None:
+        found = _field(pynvml.nvmlDeviceGetRetiredPages, handle, cause)
+        return None if found is None else len(found)
+
+    return {
+        "retired_pages_single_bit": pages(
+            pynvml.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS
+        ),
+        "retired_pages_double_bit": pages(pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
+        "retired_pages_pending": _flag(
+            _field(pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle)
+        ),
+    }
+
+
+def _pcie(handle: Any, *, throughput: bool) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "pcie_replay_errors": _field(pynvml.nvmlDeviceGetPcieReplayCounter, handle),
+        "pcie_link_generation": _field(pynvml.nvmlDeviceGetCurrPcieLinkGeneration, handle),
+        "pcie_link_generation_max": _field(pynvml.nvmlDeviceGetMaxPcieLinkGeneration, handle),
+        "pcie_link_width": _field(pynvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
+        "pcie_link_width_max": _field(pynvml.nvmlDeviceGetMaxPcieLinkWidth, handle),
+    }
+    if throughput:  # each call samples the link for 20 ms, hence opt-in
+        for key, counter in (
+            ("pcie_tx_bytes_per_second", pynvml.NVML_PCIE_UTIL_TX_BYTES),
+            ("pcie_rx_bytes_per_second", pynvml.NVML_PCIE_UTIL_RX_BYTES),
+        ):
+            fields[key] = _scaled(_field(pynvml.nvmlDeviceGetPcieThroughput, handle, counter), _KB)
+    return fields
+
+
+def _nvlink_field_id(first: int, sixth: int, link: int) -> int:
+    return first + link if link < 6 else sixth + link - 6
+
+
+def _nvlinks(handle: Any) -> tuple[NvLinkSample, ...]:
+    """Every link's counters in one field-values call; each field answers on its own."""
+    ids = [pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT]
+    for link in range(_NVLINK_COUNTER_LINKS):
+        ids += [_nvlink_field_id(first, sixth, link) for _, first, sixth in _NVLINK_COUNTERS]
+    answers = _field(pynvml.nvmlDeviceGetFieldValues, handle, ids)
+    if answers is None:
+        return ()
+    by_id = {
+        int(answer.fieldId): _field_value(answer)
+        for answer in answers
+        if answer.nvmlReturn == pynvml.NVML_SUCCESS
+    }
+    count = by_id.get(pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT)
+    if not count:
+        return ()
+    links = []
+    for link in range(int(count)):
+        counters = {
+            attribute: by_id.get(_nvlink_field_id(first, sixth, link))
+            if link < _NVLINK_COUNTER_LINKS
+            else None
+            for attribute, first, sixth in _NVLINK_COUNTERS
+        }
+        state = _field(pynvml.nvmlDeviceGetNvLinkState, handle, link)
+        links.append(NvLinkSample(link=link, up=_flag(state), **counters))
+    return tuple(links)
+
+
+def _field_value(answer: Any) -> int | None:
+    kinds = {
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+        pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+    }
+    member = kinds.get(int(answer.valueType))
+    return None if member is None else int(getattr(answer.value, member))
+
+
+def _mig_mode(handle: Any) -> tuple[bool | None, bool | None]:
+    modes = _field(pynvml.nvmlDeviceGetMigMode, handle)
+    if modes is None:
+        return None, None
+    return bool(modes[0]), bool(modes[1])
+
+
+def _mig_devices(handle: Any) -> tuple[MigSample, ...]:
+    count = _field(pynvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+    devices = []
+    for position in range(min(int(count), _MAX_MIG_DEVICES)):
+        # Indices may have holes (instances destroyed): NOT_FOUND skips one, not the rest.
+        mig = _field(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, position)
+        if mig is None:
+            continue
+        uuid = _text(pynvml.nvmlDeviceGetUUID, mig)
+        if uuid is None:
+            continue
+        name = _text(pynvml.nvmlDeviceGetName, mig) or ""
+        total, used, _free = _memory(mig)
+        devices.append(
+            MigSample(
+                uuid=uuid,
+                gpu_instance=_field(pynvml.nvmlDeviceGetGpuInstanceId, mig),
+                compute_instance=_field(pynvml.nvmlDeviceGetComputeInstanceId, mig),
+                profile=name.split("MIG ", 1)[1] if "MIG " in name else "",
+                memory_used_bytes=used,
+                memory_total_bytes=total,
+            )
+        )
+    return tuple(devices)
+
+
+def read_gpu(index: int, *, pcie_throughput: bool = False) -> GpuReading:
     """Read every field of GPU ``index``; a lost GPU comes back with ``up=False``."""
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return _read_handle(index, handle)
+        return _read_handle(index, handle, pcie_throughput=pcie_throughput)
     except GpuLostError:
         return GpuReading(GpuSample(index=index, up=False))
     except pynvml.NVMLError as error:
@@ -159,8 +322,9 @@ def read_gpu(index: int) -> GpuReading:
         return GpuReading(GpuSample(index=index, up=False))
 
 
-def _read_handle(index: int, handle: Any) -> GpuReading:
+def _read_handle(index: int, handle: Any, *, pcie_throughput: bool) -> GpuReading:
     total, used, free = _memory(handle)
+    mig_mode, mig_mode_pending = _mig_mode(handle)
     utilization, memory_utilization = _utilization(handle)
     pci = _field(pynvml.nvmlDeviceGetPciInfo, handle)
     fan = _field(pynvml.nvmlDeviceGetFanSpeed, handle)
@@ -189,6 +353,19 @@ def _read_handle(index: int, handle: Any) -> GpuReading:
         ecc_corrected_errors=_ecc(handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
         ecc_uncorrected_errors=_ecc(handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
         throttle_reasons=_throttle_reasons(handle),
+        ecc_aggregate_corrected_errors=_aggregate_ecc(
+            handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
+        ),
+        ecc_aggregate_uncorrected_errors=_aggregate_ecc(
+            handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+        ),
+        **_remapped_rows(handle),
+        **_retired_pages(handle),
+        **_pcie(handle, throughput=pcie_throughput),
+        nvlinks=_nvlinks(handle),
+        mig_mode=mig_mode,
+        mig_mode_pending=mig_mode_pending,
+        migs=_mig_devices(handle) if mig_mode else (),
     )
     return GpuReading(sample, _processes(handle))
 
@@ -214,9 +391,15 @@ class NvmlSession:
         self._next_attempt = 0.0
         self._initialized = False
         self._reported_failure = False
-        self.generation = 0  # counts successful initialisations: reads are only valid within one
         self.driver = DriverInfo()
         self.last_error = ""
+        # Increases by one per successful init: handles and event sets of an earlier
+        # generation are invalid, so their holders rebuild them when it changes.
+        self.generation = 0
+
+    @property
+    def initialized(self) -> bool:
+        return self._initialized
 
     def ensure(self) -> bool:
         """Initialise NVML if it is not and the backoff allows; tell whether it is usable."""

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from exporter.events import XidWatcher
 from exporter.host import read_host
 from exporter.nvml_reader import GpuReading, NvmlSession, is_session_error, read_gpu
 from exporter.processes import ProcessResolver
@@ -58,6 +59,8 @@ class Sampler:
         hostname: str | None = None,
         session: NvmlSession | None = None,
         resolver: ProcessResolver | None = None,
+        pcie_throughput: bool = False,
+        xid_events: bool = True,
     ) -> None:
         self.interval = interval
         self._gpu_timeout = gpu_timeout
@@ -65,6 +68,8 @@ class Sampler:
         self._hostname = hostname
         self._session = session or NvmlSession()
         self._resolver = resolver or ProcessResolver()
+        self._pcie_throughput = pcie_throughput
+        self._xids = XidWatcher(self._session) if xid_events else None
         self._pool = ThreadPoolExecutor(_MAX_READER_THREADS, thread_name_prefix="nvml-read")
         self._pending: dict[int, _Read] = {}
         self._last: dict[int, GpuReading] = {}
@@ -91,9 +96,13 @@ class Sampler:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
         self._thread.start()
+        if self._xids is not None:
+            self._xids.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._xids is not None:
+            self._xids.stop()  # before the session closes under its wait
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 1)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -119,7 +128,7 @@ class Sampler:
             timestamp=time.time(),
             host=host,
             driver=self._session.driver,
-            gpus=gpus,
+            gpus=self._with_xids(gpus),
             collectors=(nvml_status, process_status, host_status),
             sequence=self._latest.sequence + 1,
         )
@@ -173,7 +182,11 @@ class Sampler:
             if not pending.future.done() or pending.generation == self._session.generation:
                 return pending
             self._end_hang(index, pending)
-        read = _Read(self._pool.submit(read_gpu, index), time.monotonic(), self._session.generation)
+        read = _Read(
+            self._pool.submit(read_gpu, index, pcie_throughput=self._pcie_throughput),
+            time.monotonic(),
+            self._session.generation,
+        )
         self._pending[index] = read
         return read
 
@@ -247,6 +260,7 @@ class Sampler:
         gpus = []
         for reading in readings:
             processes = []
+            mig_uuids = {(m.gpu_instance, m.compute_instance): m.uuid for m in reading.sample.migs}
             for raw in reading.processes:
                 owner = owners.get(raw.pid)
                 processes.append(
@@ -256,7 +270,20 @@ class Sampler:
                         gpu_memory_bytes=raw.gpu_memory_bytes,
                         user=owner.user if owner else "",
                         command=owner.command if owner else "",
+                        gpu_instance=raw.gpu_instance,
+                        compute_instance=raw.compute_instance,
+                        mig_uuid=mig_uuids.get((raw.gpu_instance, raw.compute_instance), ""),
                     )
                 )
             gpus.append(dataclasses.replace(reading.sample, processes=tuple(processes)))
         return tuple(gpus), CollectorStatus("processes", success, time.perf_counter() - started)
+
+    def _with_xids(self, gpus: tuple[GpuSample, ...]) -> tuple[GpuSample, ...]:
+        """Copy the event thread's XID counts in: no NVML call, a lock held for a dict copy."""
+        if self._xids is None:
+            return gpus
+        counts = self._xids.counts()
+        return tuple(
+            dataclasses.replace(gpu, xid=counts[gpu.index]) if gpu.index in counts else gpu
+            for gpu in gpus
+        )

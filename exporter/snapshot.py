@@ -33,6 +33,43 @@ class ProcessSample:
     gpu_memory_bytes: int | None
     user: str = ""  # empty when the owner cannot be read (other PID namespace, exited)
     command: str = ""
+    # On a GPU in MIG mode: the instance the process runs in, and that MIG device's uuid.
+    gpu_instance: int | None = None
+    compute_instance: int | None = None
+    mig_uuid: str = ""
+
+
+@dataclass(frozen=True)
+class MigSample:
+    """One MIG device (a compute instance inside a GPU instance) of a GPU in MIG mode."""
+
+    uuid: str
+    gpu_instance: int | None = None
+    compute_instance: int | None = None
+    profile: str = ""  # what follows "MIG " in the device name, e.g. "3g.40gb"
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class NvLinkSample:
+    """One NVLink link: its state and error counters (each ``None`` when not readable)."""
+
+    link: int
+    up: bool | None = None
+    crc_flit_errors: int | None = None
+    crc_data_errors: int | None = None
+    replay_errors: int | None = None
+    recovery_errors: int | None = None
+
+
+@dataclass(frozen=True)
+class XidSample:
+    """XID errors seen on one GPU since the exporter started: counts per code, and the last."""
+
+    counts: tuple[tuple[int, int], ...] = ()  # (xid code, times seen), by code
+    last_xid: int | None = None
+    last_timestamp_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +98,30 @@ class GpuSample:
     ecc_corrected_errors: int | None = None
     ecc_uncorrected_errors: int | None = None
     throttle_reasons: int | None = None  # raw bitmask, decoded with THROTTLE_REASONS
+    # Lifetime ECC counters (NVML_AGGREGATE_ECC), beside the volatile ones above.
+    ecc_aggregate_corrected_errors: int | None = None
+    ecc_aggregate_uncorrected_errors: int | None = None
+    # Row remapping (Ampere and later) ...
+    remapped_rows_corrected: int | None = None
+    remapped_rows_uncorrected: int | None = None
+    remapped_rows_pending: bool | None = None  # a reset is needed to apply a remap
+    remapped_rows_failure: bool | None = None  # remapping failed: replace the GPU
+    # ... or page retirement (before Ampere).
+    retired_pages_single_bit: int | None = None
+    retired_pages_double_bit: int | None = None
+    retired_pages_pending: bool | None = None
+    pcie_replay_errors: int | None = None
+    pcie_link_generation: int | None = None
+    pcie_link_generation_max: int | None = None
+    pcie_link_width: int | None = None
+    pcie_link_width_max: int | None = None
+    pcie_tx_bytes_per_second: float | None = None  # only with the opt-in throughput reading
+    pcie_rx_bytes_per_second: float | None = None
+    nvlinks: tuple[NvLinkSample, ...] = ()
+    mig_mode: bool | None = None  # current MIG mode; None on GPUs without MIG
+    mig_mode_pending: bool | None = None  # the mode after the next reset
+    migs: tuple[MigSample, ...] = ()
+    xid: XidSample | None = None  # None until the event watcher has registered this GPU
     processes: tuple[ProcessSample, ...] = ()
 
 
