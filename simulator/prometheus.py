@@ -92,10 +92,14 @@ def write_config(
     targets_file: Path,
     interval: str = "1s",
     alert_for: str | None = "2s",
+    alertmanagers: Sequence[str] = (),
+    extra_rule_files: Sequence[Path] = (),
 ) -> Path:
     """Write a configuration derived from the shipped one into ``directory``.
 
     ``alert_for`` replaces every non-zero ``for:`` of the rules; None keeps the shipped ones.
+    ``alertmanagers`` (``host:port``) receive the alerts; ``extra_rule_files`` are loaded after
+    the shipped rules, unchanged.
     """
     config = load_yaml(CONFIG)
     config["global"].update(
@@ -110,7 +114,8 @@ def write_config(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
         rule_files.append(str(target))
-    config["rule_files"] = rule_files
+    config["rule_files"] = rule_files + [str(path) for path in extra_rule_files]
+    config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = list(alertmanagers)
     jobs = [job for job in config["scrape_configs"] if job["job_name"] == "gpu"]
     assert len(jobs) == 1, "prometheus.yml must have exactly one scrape job named gpu"
     jobs[0].update(scrape_interval=interval, scrape_timeout=interval)
@@ -209,6 +214,8 @@ def running_prometheus(
     alert_for: str | None = "2s",
     port: int | None = None,
     extra_args: Sequence[str] = (),
+    alertmanagers: Sequence[str] = (),
+    extra_rule_files: Sequence[Path] = (),
 ) -> Iterator[PrometheusServer]:
     """Start Prometheus on 127.0.0.1 with the bundle's configuration; stop it on exit.
 
@@ -216,7 +223,12 @@ def running_prometheus(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
-        workdir, targets_file=targets_file, interval=interval, alert_for=alert_for
+        workdir,
+        targets_file=targets_file,
+        interval=interval,
+        alert_for=alert_for,
+        alertmanagers=alertmanagers,
+        extra_rule_files=extra_rule_files,
     )
     promtool("check", "config", str(config))
     port = port or free_port()

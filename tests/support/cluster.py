@@ -14,7 +14,7 @@ from __future__ import annotations
 import getpass
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -116,6 +116,8 @@ def monitored_cluster(
     *,
     hot: bool = False,
     alert_for: str = "2s",
+    alertmanagers: Sequence[str] = (),
+    extra_rule_files: Sequence[Path] = (),
 ) -> Iterator[Cluster]:
     """Start both exporters and Prometheus; yield once every target is up and rules recorded."""
     workers = {"localhost": worker_pids(3), "127.0.0.1": worker_pids(2)}
@@ -128,9 +130,13 @@ def monitored_cluster(
         node: exporter_factory(scenario, *flags[node]) for node, scenario in scenarios.items()
     }
     targets = write_targets(tmp_path, {node: e.port for node, e in exporters.items()})
-    with running_prometheus(tmp_path / "prometheus", targets_file=targets, alert_for=alert_for) as (
-        prometheus
-    ):
+    with running_prometheus(
+        tmp_path / "prometheus",
+        targets_file=targets,
+        alert_for=alert_for,
+        alertmanagers=alertmanagers,
+        extra_rule_files=extra_rule_files,
+    ) as prometheus:
         prometheus.wait_for('up{job="gpu"} == 1', lambda result: len(result) == 2)
         # Two evaluations of the GPU-seconds counter: it has a rate by then.
         prometheus.wait_for("user:gpu_seconds:total > 0", lambda result: len(result) == 2)
