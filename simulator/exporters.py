@@ -21,7 +21,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from simulator.fakenvml import scenario as fake
-from simulator.proc import ManagedProcess, free_port, wait_http, wait_until
+from simulator.proc import ManagedProcess, StartError, free_port, wait_started, wait_until
 
 PASSWORD = "test-password"
 
@@ -103,7 +103,10 @@ def start_exporter(
     interval: float = 0.5,
     name: str = "exporter",
 ) -> ExporterProcess:
-    """Start ``gpu-exporter`` on the fake library with its files under ``workdir``; wait ready."""
+    """Start ``gpu-exporter`` on the fake library with its files under ``workdir``; wait ready.
+
+    :class:`~simulator.proc.StartError` (the exporter stopped) if it does not become ready.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     scenario_path = workdir / f"{name}.scn"
     write_scenario(scenario_path, scenario)
@@ -120,10 +123,10 @@ def start_exporter(
     )
     exporter = ExporterProcess(process, port, password, scenario_path)
     try:
-        wait_http(f"{exporter.url}/-/ready", timeout=30)
-    except TimeoutError as error:
+        wait_started(process, f"{exporter.url}/-/ready", what="exporter", timeout=30)
+    except StartError:
         exporter.stop()
-        raise AssertionError(f"{error}\nexporter log:\n{exporter.log()}") from None
+        raise
     return exporter
 
 

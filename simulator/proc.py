@@ -1,4 +1,8 @@
-"""Start and stop real processes for the tests, and wait for their HTTP endpoints."""
+"""Start and stop real processes for the tests and the demo, and wait for their HTTP endpoints.
+
+A process that does not come up raises :class:`StartError`, so a caller (the demo) can report
+it without catching the tests' ``AssertionError``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 import requests
+
+
+class StartError(RuntimeError):
+    """A process did not come up; the message names it and ends with its log."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -50,6 +58,27 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def wait_started(
+    process: ManagedProcess,
+    url: str,
+    *,
+    what: str,
+    timeout: float = 30.0,
+    log_tail: int | None = None,
+) -> None:
+    """Wait for ``url`` to answer 200; :class:`StartError` with ``process``'s log if it does not.
+
+    ``log_tail`` keeps only the last characters of the log (None: all of it).
+    """
+    try:
+        wait_http(url, timeout=timeout)
+    except TimeoutError as error:
+        log = process.log()
+        if log_tail is not None:
+            log = log[-log_tail:]
+        raise StartError(f"{what} did not start: {error}\n{what} log:\n{log}") from None
 
 
 class ManagedProcess:

@@ -9,6 +9,9 @@ shortened (the shipped files are never changed). It yields a ``PrometheusServer`
     with running_prometheus(tmp_path, targets_file=targets) as prometheus:
         prometheus.wait_for("up == 1", lambda result: len(result) == 2)
         print(prometheus.query("sum(gpu_up)"))
+
+A Prometheus that cannot start (binary missing, configuration rejected, never ready) raises
+:class:`~simulator.proc.StartError`; a failing promtool run raises :class:`PromtoolError`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import requests
 import yaml
 
 from simulator import REPO
-from simulator.proc import ManagedProcess, free_port, wait_http
+from simulator.proc import ManagedProcess, StartError, free_port, wait_started
 
 PROMETHEUS_DIR = REPO / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -38,11 +41,15 @@ class PrometheusQueryError(AssertionError):
     """Prometheus answered a query with an error (bad PromQL, execution error)."""
 
 
+class PromtoolError(RuntimeError):
+    """promtool exited with an error; the message holds its command line and whole output."""
+
+
 def find_binary(name: str) -> str:
     """The path of ``name``; a clear failure (not a skip) when it is not installed."""
     path = shutil.which(name)
     if path is None:
-        raise AssertionError(
+        raise StartError(
             f"{name} not found on PATH: install the Debian package 'prometheus' "
             "(it provides prometheus and promtool)"
         )
@@ -50,7 +57,7 @@ def find_binary(name: str) -> str:
 
 
 def promtool(*args: str, cwd: Path | None = None, timeout: float = 60) -> str:
-    """Run promtool; AssertionError with its whole output when it fails."""
+    """Run promtool; :class:`PromtoolError` with its whole output when it fails."""
     command = [find_binary("promtool"), *args]
     completed = subprocess.run(
         command,
@@ -63,7 +70,7 @@ def promtool(*args: str, cwd: Path | None = None, timeout: float = 60) -> str:
     )
     output = completed.stdout + completed.stderr
     if completed.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({completed.returncode}):\n{output}")
+        raise PromtoolError(f"{' '.join(command)} failed ({completed.returncode}):\n{output}")
     return output
 
 
@@ -220,6 +227,7 @@ def running_prometheus(
     """Start Prometheus on 127.0.0.1 with the bundle's configuration; stop it on exit.
 
     ``port`` None picks a free one. The configuration, rules and database live in ``workdir``.
+    :class:`~simulator.proc.StartError` if it cannot start or does not become ready.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
@@ -230,7 +238,10 @@ def running_prometheus(
         alertmanagers=alertmanagers,
         extra_rule_files=extra_rule_files,
     )
-    promtool("check", "config", str(config))
+    try:
+        promtool("check", "config", str(config))
+    except PromtoolError as error:
+        raise StartError(f"Prometheus did not start: configuration rejected: {error}") from None
     port = port or free_port()
     command = [
         find_binary("prometheus"),
@@ -243,10 +254,7 @@ def running_prometheus(
     process = ManagedProcess(command, log_path=workdir / "prometheus.log")
     server = PrometheusServer(f"http://127.0.0.1:{port}", config, process)
     try:
-        try:
-            wait_http(f"{server.url}/-/ready", timeout=30)
-        except TimeoutError as error:
-            raise AssertionError(f"{error}\nPrometheus log:\n{process.log()[-4000:]}") from None
+        wait_started(process, f"{server.url}/-/ready", what="Prometheus", log_tail=4000)
         yield server
     finally:
         process.stop()

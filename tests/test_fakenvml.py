@@ -1,8 +1,8 @@
 """The fake NVML library through pynvml's real ctypes calls, and the scenario builder.
 
-pynvml keeps the library it loaded for the life of a process, so every check runs a short
-Python program in a child process with ``LD_LIBRARY_PATH`` on the fake library and prints
-its findings as JSON.
+pynvml keeps the library it loaded for the life of a process, so every check runs a probe of
+tests/nvml_probes in a child process (``python -m tests.nvml_probes NAME``) with
+``LD_LIBRARY_PATH`` on the fake library; the probe prints its findings as JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,14 @@ import pytest
 
 from simulator.fakenvml import scenario as fake
 from simulator.fakenvml.build import LIBRARY, build
+from tests.nvml_probes.scenarios import (
+    A100,
+    DEVICE_HEALTH_ENTRY_POINTS,
+    HEALTH_ENTRY_POINTS,
+    NEW_ENTRY_POINTS,
+    fault_scenario,
+    mig_scenario,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "tests" / "scenarios"
@@ -36,47 +45,6 @@ GPU_IS_LOST = 15
 ARGUMENT_VERSION_MISMATCH = 25
 UNKNOWN = 999
 
-PRELUDE = r'''
-import ctypes, json, os, sys, threading, time
-from dataclasses import replace
-from pathlib import Path
-import pynvml as N
-from simulator.fakenvml import scenario as fake
-
-out = {}
-SCENARIO = Path(os.environ.get("FAKE_NVML_SCENARIO", "/nonexistent"))
-
-def code(fn, *args):
-    """0, or the nvmlReturn_t of the NVMLError a pynvml call raised."""
-    try:
-        fn(*args)
-        return 0
-    except N.NVMLError as error:
-        return error.value
-
-def value(fn, *args):
-    try:
-        return fn(*args)
-    except N.NVMLError as error:
-        return {"error": error.value}
-
-def timed(fn, *args):
-    started = time.monotonic()
-    result = value(fn, *args)
-    return result, time.monotonic() - started
-
-def text(field):
-    """pynvml hands char arrays back as str or bytes depending on the structure."""
-    return field.decode() if isinstance(field, bytes) else field
-
-def raw(name):
-    """The library's own entry point, for calls pynvml does not make the way a test needs."""
-    return N._nvmlGetFunctionPointer(name)
-
-def handles():
-    return [N.nvmlDeviceGetHandleByIndex(i) for i in range(N.nvmlDeviceGetCount())]
-'''
-
 
 @dataclass
 class Probe:
@@ -86,21 +54,24 @@ class Probe:
 
 def run_probe(
     library: Path,
-    code: str,
+    name: str,
     *,
+    args: Sequence[Any] = (),
     scenario: Path | None,
     env: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> Probe:
-    """Run ``code`` after PRELUDE in a fresh interpreter on the fake library."""
+    """Run the probe ``name`` (with JSON ``args``) in a fresh interpreter on the fake library."""
     environment = {k: v for k, v in os.environ.items() if k != "FAKE_NVML_SCENARIO"}
     environment["LD_LIBRARY_PATH"] = str(library)
     if scenario is not None:
         environment["FAKE_NVML_SCENARIO"] = str(scenario)
     environment.update(env or {})
-    program = PRELUDE + code + '\nprint("RESULT " + json.dumps(out))\n'
+    command = [sys.executable, "-m", "tests.nvml_probes", name]
+    if args:
+        command.append(json.dumps(list(args)))
     result = subprocess.run(
-        [sys.executable, "-c", program],
+        command,
         cwd=REPO,
         env=environment,
         capture_output=True,
@@ -117,11 +88,11 @@ def run_probe(
 
 @pytest.fixture
 def probe(fake_nvml: Path, tmp_path: Path):
-    """``probe(code, scenario)``: write the scenario (object, text or bytes), then run code."""
+    """``probe(name, scenario)``: write the scenario (object, text or bytes), then run the probe."""
     path = tmp_path / "scenario.scn"
 
     def run(
-        code: str,
+        name: str,
         scenario: fake.FakeScenario | str | bytes | None = None,
         **options: Any,
     ) -> Probe:
@@ -129,7 +100,7 @@ def probe(fake_nvml: Path, tmp_path: Path):
             fake.write(path, scenario)
         elif scenario is not None:
             path.write_bytes(scenario.encode() if isinstance(scenario, str) else scenario)
-        return run_probe(fake_nvml, code, scenario=path, **options)
+        return run_probe(fake_nvml, name, scenario=path, **options)
 
     return run
 
@@ -190,49 +161,7 @@ def test_every_field_through_pynvml(probe):
     )
     scenario = fake.FakeScenario(gpus=[fake.make_gpu(0), gpu])
     result = probe(
-        """
-N.nvmlInit()
-h = N.nvmlDeviceGetHandleByIndex(1)
-pci = N.nvmlDeviceGetPciInfo(h)
-ext = N.nvmlPciInfoExt_v1_t(); ext.version = N.nvmlPciInfoExt_v1
-N.nvmlDeviceGetPciInfoExt(h, ctypes.byref(ext))  # pynvml passes it on as given
-m1 = N.nvmlDeviceGetMemoryInfo(h)
-m2 = N.nvmlDeviceGetMemoryInfo(h, N.nvmlMemory_v2)
-rates = N.nvmlDeviceGetUtilizationRates(h)
-out.update(
-    driver=N.nvmlSystemGetDriverVersion(), nvml=N.nvmlSystemGetNVMLVersion(),
-    cuda=N.nvmlSystemGetCudaDriverVersion(), cuda2=N.nvmlSystemGetCudaDriverVersion_v2(),
-    count=N.nvmlDeviceGetCount(), index=N.nvmlDeviceGetIndex(h),
-    name=N.nvmlDeviceGetName(h), uuid=N.nvmlDeviceGetUUID(h), serial=N.nvmlDeviceGetSerial(h),
-    minor=N.nvmlDeviceGetMinorNumber(h),
-    pci=[text(pci.busId), text(pci.busIdLegacy), pci.domain, pci.bus, pci.device],
-    pci_ext=[text(ext.busId), ext.bus, ext.baseClass],
-    mem_v1=[m1.total, m1.used, m1.free],
-    mem_v2=[m2.total, m2.reserved, m2.used, m2.free],
-    rates=[rates.gpu, rates.memory],
-    temperature=N.nvmlDeviceGetTemperature(h, N.NVML_TEMPERATURE_GPU),
-    temperature_v=N.nvmlDeviceGetTemperatureV(h, N.NVML_TEMPERATURE_GPU),
-    power=N.nvmlDeviceGetPowerUsage(h), limit=N.nvmlDeviceGetEnforcedPowerLimit(h),
-    management_limit=N.nvmlDeviceGetPowerManagementLimit(h),
-    energy=N.nvmlDeviceGetTotalEnergyConsumption(h),
-    fan=N.nvmlDeviceGetFanSpeed(h), fan_v2=N.nvmlDeviceGetFanSpeed_v2(h, 0),
-    fans=N.nvmlDeviceGetNumFans(h),
-    clock_sm=N.nvmlDeviceGetClockInfo(h, N.NVML_CLOCK_SM),
-    clock_mem=N.nvmlDeviceGetClockInfo(h, N.NVML_CLOCK_MEM),
-    clock_graphics=code(N.nvmlDeviceGetClockInfo, h, N.NVML_CLOCK_GRAPHICS),
-    pstate=N.nvmlDeviceGetPerformanceState(h), power_state=N.nvmlDeviceGetPowerState(h),
-    ecc=[
-        N.nvmlDeviceGetTotalEccErrors(h, kind, counter)
-        for kind in (N.NVML_MEMORY_ERROR_TYPE_CORRECTED, N.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)
-        for counter in (N.NVML_VOLATILE_ECC, N.NVML_AGGREGATE_ECC)
-    ],
-    events=N.nvmlDeviceGetCurrentClocksEventReasons(h),
-    throttle=N.nvmlDeviceGetCurrentClocksThrottleReasons(h),
-    by_uuid=N.nvmlDeviceGetIndex(N.nvmlDeviceGetHandleByUUID(N.nvmlDeviceGetUUID(h))),
-    by_pci=N.nvmlDeviceGetIndex(N.nvmlDeviceGetHandleByPciBusId(pci.busId)),
-    bad_version=raw("nvmlDeviceGetMemoryInfo_v2")(h, ctypes.byref(N.c_nvmlMemory_v2_t())),
-)
-""",
+        "every_field",
         scenario,
     )
     out = result.out
@@ -263,45 +192,10 @@ out.update(
     assert result.stderr == ""
 
 
-DEVICE_GETTERS = """
-GETTERS = {
-    "name": (N.nvmlDeviceGetName,), "uuid": (N.nvmlDeviceGetUUID,),
-    "serial": (N.nvmlDeviceGetSerial,), "pci": (N.nvmlDeviceGetPciInfo,),
-    "minor": (N.nvmlDeviceGetMinorNumber,),
-    "memory": (N.nvmlDeviceGetMemoryInfo,),
-    "memory_v2": (N.nvmlDeviceGetMemoryInfo, N.nvmlMemory_v2),
-    "rates": (N.nvmlDeviceGetUtilizationRates,),
-    "temperature": (N.nvmlDeviceGetTemperature, 0),
-    "temperature_v": (N.nvmlDeviceGetTemperatureV, 0),
-    "power": (N.nvmlDeviceGetPowerUsage,), "limit": (N.nvmlDeviceGetEnforcedPowerLimit,),
-    "management_limit": (N.nvmlDeviceGetPowerManagementLimit,),
-    "energy": (N.nvmlDeviceGetTotalEnergyConsumption,), "fan": (N.nvmlDeviceGetFanSpeed,),
-    "clock_sm": (N.nvmlDeviceGetClockInfo, 1), "clock_mem": (N.nvmlDeviceGetClockInfo, 2),
-    "pstate": (N.nvmlDeviceGetPerformanceState,),
-    "ecc_corrected": (N.nvmlDeviceGetTotalEccErrors, 0, 0),
-    "ecc_uncorrected": (N.nvmlDeviceGetTotalEccErrors, 1, 0),
-    "events": (N.nvmlDeviceGetCurrentClocksEventReasons,),
-    "throttle": (N.nvmlDeviceGetCurrentClocksThrottleReasons,),
-    "compute": (N.nvmlDeviceGetComputeRunningProcesses,),
-    "graphics": (N.nvmlDeviceGetGraphicsRunningProcesses,),
-}
-def codes(h):
-    return {key: code(fn, h, *args) for key, (fn, *args) in GETTERS.items()}
-"""
-
-
 def test_absent_fields_answer_not_supported(probe):
     text = "[gpu]\n[gpu]\nname only a name\n"  # two GPUs: nothing at all, then just a name
     result = probe(
-        DEVICE_GETTERS
-        + """
-N.nvmlInit()
-out["system"] = [code(N.nvmlSystemGetDriverVersion), code(N.nvmlSystemGetNVMLVersion),
-                 code(N.nvmlSystemGetCudaDriverVersion)]
-out["gpus"] = [codes(h) for h in handles()]
-out["index"] = N.nvmlDeviceGetIndex(N.nvmlDeviceGetHandleByIndex(1))
-out["name"] = N.nvmlDeviceGetName(N.nvmlDeviceGetHandleByIndex(1))
-""",
+        "absent_fields",
         text,
     )
     assert result.out["system"] == [NOT_SUPPORTED] * 3
@@ -315,7 +209,7 @@ out["name"] = N.nvmlDeviceGetName(N.nvmlDeviceGetHandleByIndex(1))
 def test_builder_none_fields_are_absent(probe):
     gpu = fake.make_gpu(0, ecc_corrected=None, fan_speed=None, serial=None, power_limit=None)
     result = probe(
-        DEVICE_GETTERS + "N.nvmlInit()\nout['codes'] = codes(handles()[0])\n",
+        "first_gpu_codes",
         fake.FakeScenario(gpus=[gpu]),
     )
     unsupported = {key for key, value in result.out["codes"].items() if value != SUCCESS}
@@ -331,18 +225,7 @@ def test_fail_globally_and_per_gpu(probe):
     gpus[0].fail = {"nvmlDeviceGetTemperature": UNKNOWN, "nvmlDeviceGetPowerUsage": NO_PERMISSION}
     scenario = fake.FakeScenario(gpus=gpus, fail={"nvmlDeviceGetFanSpeed": 17})
     result = probe(
-        """
-N.nvmlInit()
-h0, h1 = handles()
-out["temperature"] = [code(N.nvmlDeviceGetTemperature, h, 0) for h in (h0, h1)]
-out["power"] = [code(N.nvmlDeviceGetPowerUsage, h) for h in (h0, h1)]
-out["fan"] = [code(N.nvmlDeviceGetFanSpeed, h) for h in (h0, h1)]
-out["other"] = [code(N.nvmlDeviceGetUtilizationRates, h) for h in (h0, h1)]
-try:
-    N.nvmlDeviceGetTemperature(h0, 0)
-except N.NVMLError_Unknown as error:
-    out["message"] = str(error)
-""",
+        "fail_globally_and_per_gpu",
         scenario,
     )
     assert result.out["temperature"] == [UNKNOWN, SUCCESS]
@@ -354,16 +237,7 @@ except N.NVMLError_Unknown as error:
 
 def test_lost_gpu_answers_gpu_is_lost_to_every_call(probe):
     result = probe(
-        DEVICE_GETTERS
-        + """
-N.nvmlInit()
-out["count"] = N.nvmlDeviceGetCount()
-out["handle"] = [code(N.nvmlDeviceGetHandleByIndex, i) for i in range(4)]
-out["by_uuid"] = code(N.nvmlDeviceGetHandleByUUID, "GPU-5f2b1c7e-0002-4000-8000-000000000002")
-h = [N.nvmlDeviceGetHandleByIndex(i) for i in (0, 1, 3)]
-out["others"] = [N.nvmlDeviceGetTemperature(x, 0) for x in h]
-out["message"] = N.nvmlErrorString(15)
-""",
+        "lost_gpu",
         (SHIPPED / "lost-gpu.scn").read_bytes(),
     )
     assert result.out["count"] == 4
@@ -376,17 +250,7 @@ out["message"] = N.nvmlErrorString(15)
 def test_lost_applies_to_a_handle_taken_before(probe):
     gpus = [fake.make_gpu(i) for i in range(2)]
     result = probe(
-        DEVICE_GETTERS
-        + """
-N.nvmlInit()
-h0, h1 = handles()
-before = codes(h1)
-scenario = fake.FakeScenario(gpus=[fake.make_gpu(0), fake.make_gpu(1, lost=True)])
-fake.write(SCENARIO, scenario)
-out["before"] = sorted(set(before.values()))
-out["after"] = sorted(set(codes(h1).values()))
-out["gpu0"] = N.nvmlDeviceGetTemperature(h0, 0)
-""",
+        "lost_after_the_handle",
         fake.FakeScenario(gpus=gpus),
     )
     assert result.out["before"] == [SUCCESS]
@@ -398,26 +262,7 @@ def test_block_delays_that_call_only(probe):
     gpus = [fake.make_gpu(i) for i in range(2)]
     gpus[0].block = {"nvmlDeviceGetPowerUsage": 1.0}
     result = probe(
-        """
-N.nvmlInit()
-h0, h1 = handles()
-def slow():
-    out["slow"] = timed(N.nvmlDeviceGetPowerUsage, h0)
-thread = threading.Thread(target=slow)
-thread.start()
-time.sleep(0.2)
-# While that call sleeps: the same GPU's other fields, the other GPU, global calls, and a
-# change of scenario, which the sleeping call must see when it wakes.
-out["fast"] = [
-    timed(N.nvmlDeviceGetTemperature, h0, 0), timed(N.nvmlDeviceGetPowerUsage, h1),
-    timed(N.nvmlDeviceGetCount), timed(code, N.nvmlDeviceGetHandleByIndex, 0),
-]
-changed = fake.FakeScenario(gpus=[fake.make_gpu(0, power_usage=555000), fake.make_gpu(1)])
-fake.write(SCENARIO, changed)
-out["fast"].append(timed(N.nvmlDeviceGetTemperature, h1, 0))
-out["overlapped"] = thread.is_alive()
-thread.join()
-""",
+        "block_one_call",
         fake.FakeScenario(gpus=gpus),
     )
     power, elapsed = result.out["slow"]
@@ -431,15 +276,7 @@ def test_global_block_delays_every_caller_of_that_entry_point(probe):
     scenario = fake.idle(2)
     scenario.block = {"nvmlDeviceGetCount_v2": 1.0}
     result = probe(
-        """
-N.nvmlInit()
-h = N.nvmlDeviceGetHandleByIndex(0)
-thread = threading.Thread(target=lambda: out.setdefault("count", timed(N.nvmlDeviceGetCount)))
-thread.start()
-time.sleep(0.2)
-out["temperature"] = timed(N.nvmlDeviceGetTemperature, h, 0)
-thread.join()
-""",
+        "global_block",
         scenario,
     )
     count, elapsed = result.out["count"]
@@ -454,19 +291,7 @@ thread.join()
 def test_reload_after_atomic_replace_keeps_handles_valid(probe):
     two = fake.FakeScenario(gpus=[fake.make_gpu(0, temperature=50), fake.make_gpu(1)])
     result = probe(
-        """
-N.nvmlInit()
-h0, h1 = handles()
-inode = SCENARIO.stat().st_ino
-def temperatures():
-    return [value(N.nvmlDeviceGetTemperature, h, 0) for h in (h0, h1)]
-out["start"] = temperatures()
-fake.write(SCENARIO, fake.FakeScenario(gpus=[fake.make_gpu(0, temperature=77)]))
-out["replaced_inode"] = SCENARIO.stat().st_ino != inode
-out["one"] = temperatures() + [N.nvmlDeviceGetCount(), code(N.nvmlDeviceGetHandleByIndex, 1)]
-fake.write(SCENARIO, fake.FakeScenario(gpus=[fake.make_gpu(0), fake.make_gpu(1, temperature=80)]))
-out["two"] = temperatures() + [N.nvmlDeviceGetCount()]
-""",
+        "reload_after_atomic_replace",
         two,
     )
     assert result.out["start"] == [50, two.gpus[1].temperature]
@@ -481,33 +306,7 @@ def test_reload_after_in_place_rewrites(probe):
 
     assert len(text(10)) == len(text(99))
     result = probe(
-        """
-def text(temperature, gpus=1):
-    return fake.render(fake.FakeScenario(gpus=[fake.make_gpu(0, temperature=temperature)] * gpus))
-N.nvmlInit()
-h = N.nvmlDeviceGetHandleByIndex(0)
-inode = SCENARIO.stat().st_ino
-seen = [N.nvmlDeviceGetTemperature(h, 0)]
-# Same size, same inode, rewritten faster than file timestamps tick.
-for temperature in range(11, 41):
-    with open(SCENARIO, "r+b") as stream:
-        stream.write(text(temperature))
-    seen.append(N.nvmlDeviceGetTemperature(h, 0))
-out["seen"] = seen
-with open(SCENARIO, "wb") as stream:  # truncate and rewrite with a different size
-    stream.write(text(15, gpus=2))
-out["resized"] = [N.nvmlDeviceGetCount(), N.nvmlDeviceGetTemperature(h, 0)]
-out["same_inode"] = SCENARIO.stat().st_ino == inode
-# A copy that keeps size and modification time (cp -p, rsync -t), seen well after the last read.
-before = SCENARIO.stat()
-time.sleep(0.3)
-with open(SCENARIO, "r+b") as stream:
-    stream.write(text(50, gpus=2))
-os.utime(SCENARIO, ns=(before.st_atime_ns, before.st_mtime_ns))
-out["kept_mtime"] = [
-    SCENARIO.stat().st_mtime_ns == before.st_mtime_ns, N.nvmlDeviceGetTemperature(h, 0)
-]
-""",
+        "reload_after_in_place_rewrites",
         text(10),
     )
     assert result.out["seen"] == list(range(10, 41))
@@ -518,15 +317,7 @@ out["kept_mtime"] = [
 
 def test_a_broken_file_keeps_the_last_good_state_and_logs_once(probe, tmp_path):
     result = probe(
-        """
-N.nvmlInit()
-h = N.nvmlDeviceGetHandleByIndex(0)
-good = SCENARIO.read_bytes()
-SCENARIO.write_bytes(good + b"bogus_key 1\\n")
-out["during"] = [N.nvmlDeviceGetTemperature(h, 0) for _ in range(5)] + [N.nvmlDeviceGetCount()]
-fake.write(SCENARIO, fake.FakeScenario(gpus=[fake.make_gpu(0, temperature=42)]))
-out["after"] = N.nvmlDeviceGetTemperature(h, 0)
-""",
+        "broken_file_keeps_the_last_good_state",
         fake.idle(1),
     )
     lines_in_file = len(fake.render(fake.idle(1)).splitlines())
@@ -544,19 +335,16 @@ out["after"] = N.nvmlDeviceGetTemperature(h, 0)
 
 
 def test_init_without_a_scenario_is_driver_not_loaded(fake_nvml, tmp_path):
-    code = "out['init'] = code(N.nvmlInit)\nout['count'] = code(N.nvmlDeviceGetCount)\n"
-    unset = run_probe(fake_nvml, code, scenario=None)
+    unset = run_probe(fake_nvml, "init_and_count_codes", scenario=None)
     assert unset.out == {"init": DRIVER_NOT_LOADED, "count": UNINITIALIZED}
     assert "FAKE_NVML_SCENARIO is not set" in unset.stderr
-    missing = run_probe(fake_nvml, code, scenario=tmp_path / "nothing-here.scn")
+    missing = run_probe(fake_nvml, "init_and_count_codes", scenario=tmp_path / "nothing-here.scn")
     assert missing.out == {"init": DRIVER_NOT_LOADED, "count": UNINITIALIZED}
     assert "nothing-here.scn" in missing.stderr and "No such file" in missing.stderr
 
 
 def test_init_on_a_broken_file_is_unknown_and_names_the_line(probe, tmp_path):
-    result = probe(
-        "out['init'] = code(N.nvmlInit)\n", "driver_version 1\n\n[gpu]\ntemperature hot\n"
-    )
+    result = probe("init_code", "driver_version 1\n\n[gpu]\ntemperature hot\n")
     assert result.out["init"] == UNKNOWN
     assert f"{tmp_path / 'scenario.scn'}:4: temperature needs an integer" in result.stderr
 
@@ -564,13 +352,7 @@ def test_init_on_a_broken_file_is_unknown_and_names_the_line(probe, tmp_path):
 def test_injected_init_failure_then_recovery(probe):
     broken = replace(fake.idle(1), fail={"nvmlInitWithFlags": DRIVER_NOT_LOADED})
     result = probe(
-        """
-out["first"] = code(N.nvmlInit)
-out["count_before"] = code(N.nvmlDeviceGetCount)
-fake.write(SCENARIO, fake.idle(3))
-out["second"] = code(N.nvmlInit)
-out["count"] = N.nvmlDeviceGetCount()
-""",
+        "init_failure_then_recovery",
         broken,
     )
     assert result.out == {
@@ -583,17 +365,7 @@ out["count"] = N.nvmlDeviceGetCount()
 
 def test_init_and_shutdown_are_reference_counted(probe):
     result = probe(
-        """
-N.nvmlInit()
-N.nvmlInitWithFlags(0)
-init_v2 = raw("nvmlInit_v2")
-out["init_v2"] = init_v2()
-out["steps"] = []
-for _ in range(3):
-    out["steps"].append([code(N.nvmlShutdown), code(N.nvmlDeviceGetCount)])
-out["last"] = [code(N.nvmlShutdown), code(N.nvmlDeviceGetCount)]
-out["again"] = [code(N.nvmlInit), N.nvmlDeviceGetCount()]
-""",
+        "init_and_shutdown_counts",
         fake.idle(2),
     )
     assert result.out["init_v2"] == SUCCESS
@@ -604,8 +376,7 @@ out["again"] = [code(N.nvmlInit), N.nvmlDeviceGetCount()]
 
 def test_error_strings_read_like_the_real_library(probe):
     result = probe(
-        "N.nvmlInit()  # pynvml loads the library here\n"
-        "out['strings'] = {c: N.nvmlErrorString(c) for c in (0, 1, 3, 7, 9, 15, 999, 12345)}\n",
+        "error_strings",
         fake.idle(1),
     )
     assert result.out["strings"] == {
@@ -633,34 +404,7 @@ def test_process_lists(probe):
         ],
     )
     result = probe(
-        """
-N.nvmlInit()
-h0, h1 = handles()
-def listed(fn, h):
-    return [[p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId] for p in fn(h)]
-out["compute"] = listed(N.nvmlDeviceGetComputeRunningProcesses, h0)
-out["graphics"] = listed(N.nvmlDeviceGetGraphicsRunningProcesses, h0)
-out["compute_v2"] = listed(N.nvmlDeviceGetComputeRunningProcesses_v2, h0)
-out["graphics_v2"] = listed(N.nvmlDeviceGetGraphicsRunningProcesses_v2, h0)
-out["none"] = [
-    N.nvmlDeviceGetComputeRunningProcesses(h1), N.nvmlDeviceGetGraphicsRunningProcesses(h1)
-]
-
-class InfoV1(ctypes.Structure):
-    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
-def probe_count(name, h, size, buffer_type=N.c_nvmlProcessInfo_v3_t):
-    count = ctypes.c_uint(size)
-    infos = (buffer_type * size)() if size else None
-    rc = raw(name)(h, ctypes.byref(count), infos)
-    listed = [[i.pid, i.usedGpuMemory] for i in infos[: count.value]] if rc == 0 and size else []
-    return [rc, count.value, *listed]
-out["probe"] = probe_count("nvmlDeviceGetComputeRunningProcesses_v3", h0, 0)
-out["probe_graphics"] = probe_count("nvmlDeviceGetGraphicsRunningProcesses_v3", h0, 0)
-out["probe_empty"] = probe_count("nvmlDeviceGetComputeRunningProcesses_v3", h1, 0)
-out["too_small"] = probe_count("nvmlDeviceGetComputeRunningProcesses_v3", h0, 1)
-out["exact"] = probe_count("nvmlDeviceGetComputeRunningProcesses_v3", h0, 2)
-out["v1"] = probe_count("nvmlDeviceGetComputeRunningProcesses", h0, 4, InfoV1)
-""",
+        "process_lists",
         fake.FakeScenario(gpus=[gpu, fake.make_gpu(1)]),
     )
     no_instance = 0xFFFFFFFF
@@ -681,17 +425,7 @@ def test_sixteen_gpus_with_512_processes(probe):
     pids = list(range(200_000, 200_512))
     scenario = fake.busy(16, pids, seed=3)
     result = probe(
-        """
-N.nvmlInit()
-out["gpus"] = [
-    [[p.pid, p.usedGpuMemory] for p in N.nvmlDeviceGetComputeRunningProcesses(h)]
-    for h in handles()
-]
-started = time.monotonic()
-for h in handles():
-    N.nvmlDeviceGetComputeRunningProcesses(h)
-out["seconds"] = time.monotonic() - started
-""",
+        "many_processes",
         scenario,
     )
     expected = [[[p.pid, p.used_bytes] for p in gpu.processes] for gpu in scenario.gpus]
@@ -705,21 +439,6 @@ out["seconds"] = time.monotonic() - started
 
 NOT_FOUND = 6
 HOUR_US = 3600 * 1_000_000
-
-UTILIZATION_PRELUDE = """
-def samples(h, last_seen):
-    got = value(N.nvmlDeviceGetProcessUtilization, h, last_seen)
-    if isinstance(got, dict):
-        return got
-    return [[s.pid, s.timeStamp, s.smUtil, s.memUtil, s.encUtil, s.decUtil] for s in got]
-
-def size_query(h, size, last_seen=0):
-    count = ctypes.c_uint(size)
-    buffer = (N.c_nvmlProcessUtilizationSample_t * size)() if size else None
-    rc = raw("nvmlDeviceGetProcessUtilization")(h, buffer, ctypes.byref(count),
-                                                ctypes.c_ulonglong(last_seen))
-    return [rc, count.value]
-"""
 
 
 def test_process_utilization_size_query_filtering_and_support(probe):
@@ -737,23 +456,7 @@ def test_process_utilization_size_query_filtering_and_support(probe):
     idle_but_supported = fake.make_gpu(2, process_utilization_period=HOUR_US)
     started_us = int(time.time() * 1e6)
     result = probe(
-        UTILIZATION_PRELUDE
-        + """
-N.nvmlInit()
-h0, h1, h2 = handles()
-first = samples(h0, 0)
-stamp = first[0][1]
-out.update(
-    first=first, now_us=int(time.time() * 1e6),
-    probe=size_query(h0, 0), too_small=size_query(h0, 1), exact=size_query(h0, 2),
-    older=samples(h0, stamp - 1), seen=samples(h0, stamp), probe_seen=size_query(h0, 0, stamp),
-    no_lines=[samples(h1, 0), size_query(h1, 0)], idle=[samples(h2, 0), size_query(h2, 0)],
-    video=[value(N.nvmlDeviceGetEncoderUtilization, h0),
-           value(N.nvmlDeviceGetDecoderUtilization, h0),
-           value(N.nvmlDeviceGetEncoderUtilization, h1),
-           value(N.nvmlDeviceGetDecoderUtilization, h1)],
-)
-""",
+        "process_utilization",
         fake.FakeScenario(gpus=[sampled, no_lines, idle_but_supported]),
     )
     out = result.out
@@ -780,26 +483,7 @@ def test_process_utilization_is_restamped_per_period_and_per_reload(probe):
         process_utilization_period=period,
     )
     result = probe(
-        UTILIZATION_PRELUDE
-        + """
-N.nvmlInit()
-h = N.nvmlDeviceGetHandleByIndex(0)
-first = samples(h, 0)[0][1]
-time.sleep(0.45)  # two periods and more
-second = samples(h, first)
-out["periodic"] = [first, second[0][1] if isinstance(second, list) else second]
-# Period 0: stamped when the file is loaded, and only then.
-once = fake.FakeProcessUtilization(7, sm=41, memory=10)
-fake.write(SCENARIO, fake.FakeScenario(gpus=[replace(fake.make_gpu(0),
-           process_utilization=[once], process_utilization_period=0)]))
-reloaded = samples(h, 0)
-time.sleep(0.3)
-out["reloaded"] = [reloaded, samples(h, reloaded[0][1])]
-changed = fake.FakeProcessUtilization(7, sm=90, memory=10)
-fake.write(SCENARIO, fake.FakeScenario(gpus=[replace(fake.make_gpu(0),
-           process_utilization=[changed], process_utilization_period=0)]))
-out["changed"] = samples(h, reloaded[0][1])
-""",
+        "process_utilization_restamped",
         fake.FakeScenario(gpus=[gpu]),
     )
     first, second = result.out["periodic"]
@@ -813,95 +497,11 @@ out["changed"] = samples(h, reloaded[0][1])
 
 # ---------------------------------------------------------------- MIG
 
-A100 = "NVIDIA A100-SXM4-40GB"
-
-
-def mig_scenario(**overrides: Any) -> fake.FakeScenario:
-    """GPU 0 in MIG mode: GPU instance 1 split in two compute instances, GPU instance 2 whole;
-    GPU 1 without MIG; GPU 2 MIG-capable, disabled, enabled at the next reset."""
-    migs = [
-        fake.FakeMig(1, 0, "1c.3g.20gb", fake.mig_uuid(0, 0), 20 * fake.GIB, 1 * fake.GIB),
-        fake.FakeMig(1, 1, "2c.3g.20gb", fake.mig_uuid(0, 1), 20 * fake.GIB, 2 * fake.GIB),
-        fake.FakeMig(2, 0, "1g.5gb", fake.mig_uuid(0, 2), 5 * fake.GIB, 0),
-    ]
-    processes = [
-        fake.FakeProcess(301, 1 * fake.GIB, gpu_instance=1, compute_instance=0),
-        fake.FakeProcess(302, 2 * fake.GIB, gpu_instance=1, compute_instance=1),
-        fake.FakeProcess(303, 3 * fake.GIB, kind="graphics", gpu_instance=1, compute_instance=1),
-        fake.FakeProcess(304, 4 * fake.GIB, gpu_instance=1, compute_instance=1),
-    ]
-    parent = fake.make_gpu(
-        0,
-        name=A100,
-        mig_mode=(1, 1),
-        migs=migs,
-        processes=processes,
-        process_utilization=[fake.FakeProcessUtilization(301, sm=5, memory=5)],
-        encoder_utilization=1,
-    )
-    gpus = [replace(parent, **overrides), fake.make_gpu(1), fake.make_gpu(2, mig_mode=(0, 1))]
-    return fake.FakeScenario(gpus=gpus)
-
-
-MIG_PRELUDE = """
-def address(h):
-    return ctypes.cast(h, ctypes.c_void_p).value
-
-def mig_handles(h):
-    return [N.nvmlDeviceGetMigDeviceHandleByIndex(h, i) for i in range(3)]
-
-def is_mig(h):
-    got = N.nvmlDeviceIsMigDeviceHandle(h)  # pynvml hands back the c_uint itself
-    return getattr(got, "value", got)
-"""
-
 
 def test_mig_handles_ids_and_identity(probe):
     scenario = mig_scenario()
     result = probe(
-        MIG_PRELUDE
-        + """
-N.nvmlInit()
-h0, h1, h2 = handles()
-migs = mig_handles(h0)
-def identity(m):
-    v1, v2 = N.nvmlDeviceGetMemoryInfo(m), N.nvmlDeviceGetMemoryInfo(m, N.nvmlMemory_v2)
-    a = N.nvmlDeviceGetAttributes_v2(m)
-    return [
-        is_mig(m), address(N.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(m)) == address(h0),
-        N.nvmlDeviceGetGpuInstanceId(m), N.nvmlDeviceGetComputeInstanceId(m),
-        N.nvmlDeviceGetUUID(m), N.nvmlDeviceGetName(m), N.nvmlDeviceGetIndex(m),
-        [v1.total, v1.used, v1.free], [v2.total, v2.reserved, v2.used, v2.free],
-        [a.multiprocessorCount, a.gpuInstanceSliceCount, a.computeInstanceSliceCount,
-         a.memorySizeMB],
-        address(N.nvmlDeviceGetHandleByUUID(N.nvmlDeviceGetUUID(m))) == address(m),
-    ]
-out.update(
-    count=N.nvmlDeviceGetCount(),
-    modes=[value(N.nvmlDeviceGetMigMode, h) for h in (h0, h1, h2)],
-    max=[N.nvmlDeviceGetMaxMigDeviceCount(h) for h in (h0, h1, h2)],
-    by_index=[code(N.nvmlDeviceGetMigDeviceHandleByIndex, h0, i) for i in range(8)],
-    others=[code(N.nvmlDeviceGetMigDeviceHandleByIndex, h, 0) for h in (h1, h2)],
-    distinct=len({address(m) for m in migs} | {address(h) for h in (h0, h1, h2)}),
-    migs=[identity(m) for m in migs],
-    gpu_handle=[is_mig(h0), N.nvmlDeviceGetName(h0), N.nvmlDeviceGetIndex(h0)] + [
-        code(fn, h0) for fn in (N.nvmlDeviceGetDeviceHandleFromMigDeviceHandle,
-                                N.nvmlDeviceGetGpuInstanceId, N.nvmlDeviceGetComputeInstanceId,
-                                N.nvmlDeviceGetAttributes_v2)
-    ],
-    # What a GPU in MIG mode cannot tell, and what a MIG handle does not answer.
-    parent_unsupported=[code(N.nvmlDeviceGetUtilizationRates, h0),
-                        code(N.nvmlDeviceGetProcessUtilization, h0, 0),
-                        code(N.nvmlDeviceGetEncoderUtilization, h0)],
-    mig_unsupported=[code(N.nvmlDeviceGetUtilizationRates, migs[0]),
-                     code(N.nvmlDeviceGetProcessUtilization, migs[0], 0),
-                     code(N.nvmlDeviceGetTemperature, migs[0], 0),
-                     code(N.nvmlDeviceGetMigMode, migs[0]),
-                     code(N.nvmlDeviceGetMaxMigDeviceCount, migs[0]),
-                     code(N.nvmlDeviceGetMigDeviceHandleByIndex, migs[0], 0)],
-    non_mig_gpu=[is_mig(h1), N.nvmlDeviceGetUtilizationRates(h1).gpu],
-)
-""",
+        "mig_identity",
         scenario,
     )
     out = result.out
@@ -930,26 +530,7 @@ out.update(
 
 def test_mig_processes_carry_their_instances(probe):
     result = probe(
-        MIG_PRELUDE
-        + """
-N.nvmlInit()
-h0 = N.nvmlDeviceGetHandleByIndex(0)
-migs = mig_handles(h0)
-def listed(fn, h):
-    return [[p.pid, p.usedGpuMemory, p.gpuInstanceId, p.computeInstanceId] for p in fn(h)]
-def size_probe(h):
-    count = ctypes.c_uint(0)
-    rc = raw("nvmlDeviceGetComputeRunningProcesses_v3")(h, ctypes.byref(count), None)
-    return [rc, count.value]
-out.update(
-    parent=listed(N.nvmlDeviceGetComputeRunningProcesses, h0),
-    parent_v2=listed(N.nvmlDeviceGetComputeRunningProcesses_v2, h0),
-    parent_graphics=listed(N.nvmlDeviceGetGraphicsRunningProcesses, h0),
-    migs=[listed(N.nvmlDeviceGetComputeRunningProcesses, m) for m in migs],
-    migs_graphics=[listed(N.nvmlDeviceGetGraphicsRunningProcesses_v2, m) for m in migs],
-    probes=[size_probe(h) for h in [h0, *migs]],
-)
-""",
+        "mig_processes",
         mig_scenario(),
     )
     out = result.out
@@ -966,30 +547,7 @@ out.update(
 
 def test_mig_handles_stay_valid_across_reloads(probe):
     result = probe(
-        MIG_PRELUDE
-        + """
-from tests.test_fakenvml import mig_scenario
-N.nvmlInit()
-h0 = N.nvmlDeviceGetHandleByIndex(0)
-migs = mig_handles(h0)
-def state():
-    return [value(N.nvmlDeviceGetComputeInstanceId, m) for m in migs] + [
-        value(lambda m: N.nvmlDeviceGetMemoryInfo(m).used, migs[0])]
-out["start"] = state()
-base = mig_scenario()
-fewer = mig_scenario(migs=[replace(base.gpus[0].migs[0], memory_used=7)],
-                     processes=base.gpus[0].processes[:1])
-fake.write(SCENARIO, fewer)
-out["fewer"] = state() + [code(N.nvmlDeviceGetMigDeviceHandleByIndex, h0, 1)]
-fake.write(SCENARIO, mig_scenario(mig_mode=(0, 0), migs=[], processes=[]))
-out["disabled"] = state() + [code(N.nvmlDeviceGetMigDeviceHandleByIndex, h0, 0),
-                             code(N.nvmlDeviceGetUtilizationRates, h0)]
-fake.write(SCENARIO, base)
-out["restored"] = state() + [address(N.nvmlDeviceGetMigDeviceHandleByIndex(h0, 2)) ==
-                             address(migs[2])]
-fake.write(SCENARIO, mig_scenario(lost=True))
-out["lost"] = state()
-""",
+        "mig_handles_across_reloads",
         mig_scenario(),
     )
     out = result.out
@@ -1002,64 +560,9 @@ out["lost"] = state()
     assert out["lost"] == [{"error": GPU_IS_LOST}] * 4
 
 
-# Each new entry point and its pynvml call, on GPU 0 (in MIG mode: g, or its MIG handle m) or
-# GPU 1 (with samples and video utilization: g1).
-NEW_ENTRY_POINTS = {
-    "nvmlDeviceGetProcessUtilization": "N.nvmlDeviceGetProcessUtilization(g1, 0)",
-    "nvmlDeviceGetEncoderUtilization": "N.nvmlDeviceGetEncoderUtilization(g1)",
-    "nvmlDeviceGetDecoderUtilization": "N.nvmlDeviceGetDecoderUtilization(g1)",
-    "nvmlDeviceGetMigMode": "N.nvmlDeviceGetMigMode(g)",
-    "nvmlDeviceGetMaxMigDeviceCount": "N.nvmlDeviceGetMaxMigDeviceCount(g)",
-    "nvmlDeviceGetMigDeviceHandleByIndex": "N.nvmlDeviceGetMigDeviceHandleByIndex(g, 0)",
-    "nvmlDeviceIsMigDeviceHandle": "N.nvmlDeviceIsMigDeviceHandle(m)",
-    "nvmlDeviceGetDeviceHandleFromMigDeviceHandle": (
-        "N.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(m)"
-    ),
-    "nvmlDeviceGetGpuInstanceId": "N.nvmlDeviceGetGpuInstanceId(m)",
-    "nvmlDeviceGetComputeInstanceId": "N.nvmlDeviceGetComputeInstanceId(m)",
-    "nvmlDeviceGetAttributes_v2": "N.nvmlDeviceGetAttributes_v2(m)",
-}
-
-
-def fault_scenario(kind: str) -> fake.FakeScenario:
-    """``healthy``; ``fail``: each new entry point fails with its own code, on the GPU its
-    call goes to (a MIG handle through its parent); ``block``: two of them sleep 0.5 s."""
-    parent = mig_scenario().gpus[0]
-    sampled = fake.make_gpu(
-        1,
-        process_utilization=[fake.FakeProcessUtilization(1, sm=2, memory=3)],
-        encoder_utilization=1,
-        decoder_utilization=2,
-    )
-    if kind == "fail":
-        for code, name in enumerate(NEW_ENTRY_POINTS, start=100):
-            (sampled if "g1" in NEW_ENTRY_POINTS[name] else parent).fail[name] = code
-    elif kind == "block":
-        sampled.block = {"nvmlDeviceGetProcessUtilization": 0.5}
-        parent.block = {"nvmlDeviceGetGpuInstanceId": 0.5}
-    return fake.FakeScenario(gpus=[parent, sampled])
-
-
 def test_fail_and_block_on_the_new_entry_points(probe):
-    calls = "{" + ", ".join(f"{k!r}: lambda: {v}" for k, v in NEW_ENTRY_POINTS.items()) + "}"
     result = probe(
-        f"""
-from tests.test_fakenvml import fault_scenario
-CALLS = {calls}
-N.nvmlInit()
-g, g1 = handles()
-m = N.nvmlDeviceGetMigDeviceHandleByIndex(g, 0)
-out["healthy"] = {{name: code(call) for name, call in CALLS.items()}}
-fake.write(SCENARIO, fault_scenario("fail"))
-out["failing"] = {{name: code(call) for name, call in CALLS.items()}}
-fake.write(SCENARIO, fault_scenario("block"))
-out["blocked"] = [
-    timed(code, CALLS[name]) for name in (
-        "nvmlDeviceGetProcessUtilization", "nvmlDeviceGetGpuInstanceId",
-        "nvmlDeviceGetComputeInstanceId",
-    )
-]
-""",
+        "fail_and_block_new_entry_points",
         fault_scenario("healthy"),
     )
     out = result.out
@@ -1077,35 +580,7 @@ out["blocked"] = [
 
 def test_concurrent_calls_while_the_file_changes(probe):
     result = probe(
-        """
-def scenario(n, temperature):
-    return fake.FakeScenario(gpus=[fake.make_gpu(i, temperature=temperature) for i in range(n)])
-N.nvmlInit()
-h0, h1 = handles()
-stop = threading.Event()
-seen, errors = set(), []
-def reader():
-    while not stop.is_set():
-        for h in (h0, h1):
-            got = value(N.nvmlDeviceGetTemperature, h, 0)
-            if isinstance(got, dict):
-                if got["error"] != 15:
-                    errors.append(got)
-            else:
-                seen.add(got)
-threads = [threading.Thread(target=reader) for _ in range(4)]
-for thread in threads:
-    thread.start()
-for k in range(60):
-    fake.write(SCENARIO, scenario(1 + k % 2, 50 + k % 3))
-    time.sleep(0.005)
-stop.set()
-for thread in threads:
-    thread.join()
-fake.write(SCENARIO, scenario(2, 77))
-final = [N.nvmlDeviceGetTemperature(h, 0) for h in (h0, h1)]
-out.update(seen=sorted(seen), errors=errors, final=final)
-""",
+        "concurrent_calls_while_the_file_changes",
         fake.idle(2),
     )
     assert result.out["errors"] == []
@@ -1115,25 +590,7 @@ out.update(seen=sorted(seen), errors=errors, final=final)
 
 def test_memory_does_not_grow_across_reloads(probe):
     result = probe(
-        """
-big = [fake.render(fake.busy(64, range(1, 4097), seed=s)) for s in (1, 2)]
-N.nvmlInit()
-h = N.nvmlDeviceGetHandleByIndex(0)
-def rss():
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-def reload(k):
-    temporary = SCENARIO.with_suffix(".tmp")
-    temporary.write_bytes(big[k % 2])
-    os.replace(temporary, SCENARIO)
-    N.nvmlDeviceGetComputeRunningProcesses(h)
-for k in range(50):
-    reload(k)
-before = rss()
-for k in range(400):
-    reload(k)
-out["growth"] = rss() - before
-out["count"] = N.nvmlDeviceGetCount()
-""",
+        "memory_across_reloads",
         fake.idle(1),
     )
     assert result.out["count"] == 64
@@ -1142,25 +599,6 @@ out["count"] = N.nvmlDeviceGetCount()
 
 
 # ---------------------------------------------------------------- GPU health
-
-HEALTH_GETTERS = """
-GETTERS = {
-    "remapped_rows": (N.nvmlDeviceGetRemappedRows,),
-    "retired_sbe": (N.nvmlDeviceGetRetiredPages, 0),
-    "retired_dbe_v2": (N.nvmlDeviceGetRetiredPages_v2, 1),
-    "retired_pending": (N.nvmlDeviceGetRetiredPagesPendingStatus,),
-    "ecc_aggregate": (N.nvmlDeviceGetTotalEccErrors, 0, N.NVML_AGGREGATE_ECC),
-    "pcie_replay": (N.nvmlDeviceGetPcieReplayCounter,),
-    "pcie_gen": (N.nvmlDeviceGetCurrPcieLinkGeneration,),
-    "pcie_max_gen": (N.nvmlDeviceGetMaxPcieLinkGeneration,),
-    "pcie_width": (N.nvmlDeviceGetCurrPcieLinkWidth,),
-    "pcie_max_width": (N.nvmlDeviceGetMaxPcieLinkWidth,),
-    "pcie_tx": (N.nvmlDeviceGetPcieThroughput, N.NVML_PCIE_UTIL_TX_BYTES),
-    "nvlink_state": (N.nvmlDeviceGetNvLinkState, 0),
-}
-def health(h):
-    return {key: value(fn, h, *args) for key, (fn, *args) in GETTERS.items()}
-"""
 
 
 def _health_gpu(index: int, **overrides: Any) -> fake.FakeGpu:
@@ -1188,18 +626,7 @@ def test_health_values_through_pynvml(probe):
     volta = fake.make_gpu(1, retired_pages={"sbe": 2, "dbe": 1}, retired_pages_pending=True)
     scenario = fake.FakeScenario(gpus=[ampere, volta, fake.make_gpu(2)])
     result = probe(
-        HEALTH_GETTERS
-        + """
-N.nvmlInit()
-h0, h1, h2 = handles()
-out["gpus"] = [health(h) for h in (h0, h1, h2)]
-out["ecc_volatile"] = [N.nvmlDeviceGetTotalEccErrors(h0, t, N.NVML_VOLATILE_ECC) for t in (0, 1)]
-out["ecc_aggregate"] = [N.nvmlDeviceGetTotalEccErrors(h0, t, N.NVML_AGGREGATE_ECC) for t in (0, 1)]
-out["pcie_rx"] = N.nvmlDeviceGetPcieThroughput(h0, N.NVML_PCIE_UTIL_RX_BYTES)
-out["pcie_bad_counter"] = code(N.nvmlDeviceGetPcieThroughput, h0, 2)
-out["links"] = [value(N.nvmlDeviceGetNvLinkState, h0, link) for link in range(4)]
-out["ecc_bad_type"] = code(N.nvmlDeviceGetTotalEccErrors, h0, 2, 0)
-""",
+        "health_values",
         scenario,
     )
     ampere_out, volta_out, bare = result.out["gpus"]
@@ -1238,28 +665,7 @@ out["ecc_bad_type"] = code(N.nvmlDeviceGetTotalEccErrors, h0, 2, 0)
 def test_retired_pages_size_query(probe):
     gpu = fake.make_gpu(0, retired_pages={"sbe": 3})
     result = probe(
-        """
-N.nvmlInit()
-h = handles()[0]
-def pages(name, cause, size, null_buffer=False, times=False):
-    count = ctypes.c_uint(size)
-    addresses = None if null_buffer else (ctypes.c_ulonglong * max(size, 1))()
-    stamps = (ctypes.c_ulonglong * max(size, 1))()
-    args = [h, cause, ctypes.byref(count), addresses] + ([stamps] if times else [])
-    rc = raw(name)(*args)
-    got = list(addresses[: count.value]) if rc == 0 and addresses is not None else []
-    return [rc, count.value, got] + ([list(stamps[: count.value])] if times and rc == 0 else [])
-out["probe"] = pages("nvmlDeviceGetRetiredPages", 0, 0, null_buffer=True)
-out["too_small"] = pages("nvmlDeviceGetRetiredPages", 0, 2)
-out["exact"] = pages("nvmlDeviceGetRetiredPages", 0, 3)
-out["larger"] = pages("nvmlDeviceGetRetiredPages", 0, 8)
-out["none_of_cause"] = pages("nvmlDeviceGetRetiredPages", 1, 0, null_buffer=True)
-out["null_buffer"] = pages("nvmlDeviceGetRetiredPages", 0, 5, null_buffer=True)
-out["bad_cause"] = pages("nvmlDeviceGetRetiredPages", 2, 8)
-out["v2_probe"] = pages("nvmlDeviceGetRetiredPages_v2", 0, 0, null_buffer=True, times=True)
-out["v2"] = pages("nvmlDeviceGetRetiredPages_v2", 0, 3, times=True)
-out["null_count"] = raw("nvmlDeviceGetRetiredPages")(h, 0, None, None)
-""",
+        "retired_pages_size_query",
         fake.FakeScenario(gpus=[gpu]),
     )
     addresses = [(1 << 32) + i * 4096 for i in range(3)]
@@ -1278,39 +684,7 @@ out["null_count"] = raw("nvmlDeviceGetRetiredPages")(h, 0, None, None)
 def test_field_values_each_with_its_own_return(probe):
     scenario = fake.FakeScenario(gpus=[_health_gpu(0), fake.make_gpu(1)])
     result = probe(
-        """
-N.nvmlInit()
-h0, h1 = handles()
-F = [
-    N.NVML_FI_DEV_NVLINK_LINK_COUNT, N.NVML_FI_DEV_PCIE_REPLAY_COUNTER,
-    N.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L0, N.NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_L1,
-    N.NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_L1, N.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_L0,
-    N.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
-    N.NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL,
-    N.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L3, N.NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_L6,
-    (N.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY, 1), (N.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY, 0),
-    (N.NVML_FI_DEV_NVLINK_ERROR_DL_CRC, 1), (N.NVML_FI_DEV_NVLINK_ERROR_DL_CRC, 3),
-    N.NVML_FI_DEV_RETIRED_SBE, N.NVML_FI_DEV_ECC_CURRENT, 310,  # NVML_FI_MAX in nvml.h
-]
-def fields(h):
-    before = time.time()
-    values = N.nvmlDeviceGetFieldValues(h, F)
-    after = time.time()
-    rows = []
-    for v in values:
-        wide = v.valueType == N.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
-        number = (v.value.ullVal if wide else v.value.uiVal) if v.nvmlReturn == 0 else None
-        rows.append([v.fieldId, v.scopeId, v.nvmlReturn, v.valueType, number])
-        assert before - 1 <= v.timestamp / 1e6 <= after + 1, v.timestamp
-        assert v.latencyUsec == 0
-    return rows
-out["h0"] = fields(h0)
-out["h1"] = fields(h1)
-empty = (N.c_nvmlFieldValue_t * 1)()
-out["null"] = raw("nvmlDeviceGetFieldValues")(h0, 1, None)
-out["zero"] = raw("nvmlDeviceGetFieldValues")(h0, 0, empty)
-out["negative"] = raw("nvmlDeviceGetFieldValues")(h0, -1, empty)
-""",
+        "field_values",
         scenario,
     )
     UINT, ULL = 1, 3
@@ -1341,22 +715,6 @@ out["negative"] = raw("nvmlDeviceGetFieldValues")(h0, -1, empty)
     assert result.out["negative"] == INVALID_ARGUMENT
 
 
-EVENTS = """
-def event(data):
-    return [N.nvmlDeviceGetIndex(data.device), data.eventType, data.eventData,
-            data.gpuInstanceId, data.computeInstanceId]
-def drain(event_set, timeout_ms=0):
-    got = []
-    while True:
-        try:
-            got.append(event(N.nvmlEventSetWait_v2(event_set, timeout_ms)))
-        except N.NVMLError as error:
-            got.append(error.value)
-            return got
-XID = N.nvmlEventTypeXidCriticalError
-"""
-
-
 def _xids(*codes_and_ids: tuple[int, int | None]) -> list[fake.FakeXid]:
     return [fake.FakeXid(code, id=given) for code, given in codes_and_ids]
 
@@ -1368,35 +726,7 @@ def test_xid_events_are_delivered_once_across_reloads(probe):
         fake.make_gpu(2, xids=_xids((31, None))),  # never registered
     ]
     result = probe(
-        EVENTS
-        + """
-N.nvmlInit()
-h0, h1, h2 = handles()
-out["supported"] = N.nvmlDeviceGetSupportedEventTypes(h0)
-s = N.nvmlEventSetCreate()
-N.nvmlDeviceRegisterEvents(h0, XID | N.nvmlEventTypePState, s)
-N.nvmlDeviceRegisterEvents(h1, XID, s)
-out["first"] = drain(s)
-GPUS = [fake.make_gpu(0, xids=[fake.FakeXid(79), fake.FakeXid(48)]),
-        fake.make_gpu(1, xids=[fake.FakeXid(13, id=5)]), fake.make_gpu(2, xids=[fake.FakeXid(31)])]
-# The same lines again, plus one: only the new one comes.
-GPUS[0].xids.append(fake.FakeXid(48))
-fake.write(SCENARIO, fake.FakeScenario(gpus=GPUS))
-out["appended"] = drain(s)
-# A changed code at the same id is a new event; an unchanged line is not.
-GPUS[1].xids = [fake.FakeXid(94, id=5)]
-fake.write(SCENARIO, fake.FakeScenario(gpus=GPUS))
-out["changed"] = drain(s)
-# A second set gets nothing already delivered.
-s2 = N.nvmlEventSetCreate()
-N.nvmlDeviceRegisterEvents(h0, XID, s2)
-out["second_set"] = drain(s2)
-N.nvmlEventSetFree(s2)
-N.nvmlEventSetFree(s)
-out["freed_wait"] = code(N.nvmlEventSetWait_v2, s, 0)
-out["freed_register"] = code(N.nvmlDeviceRegisterEvents, h0, XID, s)
-out["double_free"] = code(N.nvmlEventSetFree, s)
-""",
+        "xid_events_once",
         fake.FakeScenario(gpus=gpus),
     )
     no_instance = 0xFFFFFFFF
@@ -1418,22 +748,7 @@ out["double_free"] = code(N.nvmlEventSetFree, s)
 def test_event_registration_checks_the_types(probe):
     gpus = [fake.make_gpu(0, event_types=0x8), fake.make_gpu(1)]
     result = probe(
-        EVENTS
-        + """
-N.nvmlInit()
-h0, h1 = handles()
-s = N.nvmlEventSetCreate()
-out["supported"] = N.nvmlDeviceGetSupportedEventTypes(h0)
-out["unsupported"] = code(N.nvmlDeviceRegisterEvents, h0, XID | N.nvmlEventTypePState, s)
-out["outside_all"] = code(N.nvmlDeviceRegisterEvents, h0, 1 << 40, s)
-out["null_set"] = raw("nvmlDeviceRegisterEvents")(h0, ctypes.c_ulonglong(XID), None)
-out["null_data"] = raw("nvmlEventSetWait_v2")(s, None, ctypes.c_uint(0))
-out["null_create"] = raw("nvmlEventSetCreate")(None)
-out["supported_ok"] = code(N.nvmlDeviceRegisterEvents, h0, XID, s)
-fake.write(SCENARIO, fake.FakeScenario(gpus=[fake.make_gpu(0), fake.make_gpu(1, lost=True)]))
-out["lost"] = code(N.nvmlDeviceRegisterEvents, h1, XID, s)
-out["lost_types"] = code(N.nvmlDeviceGetSupportedEventTypes, h1)
-""",
+        "event_registration",
         fake.FakeScenario(gpus=gpus),
     )
     assert result.out == {
@@ -1451,34 +766,7 @@ out["lost_types"] = code(N.nvmlDeviceGetSupportedEventTypes, h1)
 
 def test_xid_injected_by_a_reload_mid_wait(probe):
     result = probe(
-        EVENTS
-        + """
-N.nvmlInit()
-h0, h1 = handles()
-s = N.nvmlEventSetCreate()
-N.nvmlDeviceRegisterEvents(h1, XID, s)
-got = {}
-def reader():
-    # Like an exporter's event thread: 1000 ms waits in a loop.
-    while "event" not in got:
-        try:
-            data = N.nvmlEventSetWait_v2(s, 1000)
-            got["event"], got["at"] = event(data), time.monotonic()
-        except N.NVMLError_Timeout:
-            got["timeouts"] = got.get("timeouts", 0) + 1
-thread = threading.Thread(target=reader)
-thread.start()
-time.sleep(0.4)
-# Other threads' calls are not held up by the waiting one.
-out["reads"] = [timed(N.nvmlDeviceGetTemperature, h, 0) for h in (h0, h1)]
-injected = time.monotonic()
-with_xid = fake.make_gpu(1, xids=[fake.FakeXid(79)])
-fake.write(SCENARIO, fake.FakeScenario(gpus=[fake.make_gpu(0), with_xid]))
-thread.join(timeout=10)
-out["event"] = got.get("event")
-out["latency"] = got["at"] - injected if "at" in got else None
-out["after"] = drain(s, 50)
-""",
+        "xid_mid_wait",
         fake.idle(2),
     )
     assert result.out["event"] == [1, 8, 79, 0xFFFFFFFF, 0xFFFFFFFF]
@@ -1490,17 +778,7 @@ out["after"] = drain(s, 50)
 
 def test_wait_without_events_times_out(probe):
     result = probe(
-        EVENTS
-        + """
-N.nvmlInit()
-s = N.nvmlEventSetCreate()
-N.nvmlDeviceRegisterEvents(handles()[0], XID, s)
-out["short"] = timed(code, N.nvmlEventSetWait_v2, s, 300)
-out["zero"] = timed(code, N.nvmlEventSetWait_v2, s, 0)
-out["unversioned"] = raw("nvmlEventSetWait")(s, ctypes.byref(N.c_nvmlEventData_t()), 0)
-N.nvmlShutdown()
-out["after_shutdown"] = code(N.nvmlEventSetWait_v2, s, 0)
-""",
+        "wait_times_out",
         fake.idle(1),
     )
     rc, elapsed = result.out["short"]
@@ -1513,21 +791,7 @@ out["after_shutdown"] = code(N.nvmlEventSetWait_v2, s, 0)
 
 def test_a_lost_gpu_still_delivers_its_xids(probe):
     result = probe(
-        EVENTS
-        + """
-N.nvmlInit()
-h0, h1 = handles()
-s = N.nvmlEventSetCreate()
-N.nvmlDeviceRegisterEvents(h1, XID, s)
-gpus = [fake.make_gpu(0), fake.make_gpu(1, lost=True, xids=[fake.FakeXid(79)])]
-fake.write(SCENARIO, fake.FakeScenario(gpus=gpus))
-data = N.nvmlEventSetWait_v2(s, 1000)
-out["event"] = [data.eventData, code(N.nvmlDeviceGetIndex, data.device)]
-out["then"] = drain(s)
-out["health"] = [
-    code(N.nvmlDeviceGetPcieReplayCounter, h1), code(N.nvmlDeviceGetFieldValues, h1, [91])
-]
-""",
+        "lost_gpu_xids",
         fake.idle(2),
     )
     assert result.out["event"] == [79, GPU_IS_LOST]  # the handle is the lost GPU's
@@ -1535,74 +799,10 @@ out["health"] = [
     assert result.out["health"] == [GPU_IS_LOST, GPU_IS_LOST]
 
 
-# Every health entry point, called through pynvml (or its raw symbol) on GPU 0.
-HEALTH_CALLS = """
-def call(name, h, s):
-    calls = {
-        "nvmlEventSetCreate": lambda: N.nvmlEventSetCreate(),
-        "nvmlEventSetFree": lambda: N.nvmlEventSetFree(N.nvmlEventSetCreate()),
-        "nvmlDeviceGetSupportedEventTypes": lambda: N.nvmlDeviceGetSupportedEventTypes(h),
-        "nvmlDeviceRegisterEvents": lambda: N.nvmlDeviceRegisterEvents(h, 8, s),
-        "nvmlEventSetWait_v2": lambda: N.nvmlEventSetWait_v2(s, 0),
-        "nvmlEventSetWait": lambda: N._nvmlCheckReturn(
-            raw("nvmlEventSetWait")(s, ctypes.byref(N.c_nvmlEventData_t()), 0)),
-        "nvmlDeviceGetRemappedRows": lambda: N.nvmlDeviceGetRemappedRows(h),
-        "nvmlDeviceGetRetiredPages": lambda: N.nvmlDeviceGetRetiredPages(h, 0),
-        "nvmlDeviceGetRetiredPages_v2": lambda: N.nvmlDeviceGetRetiredPages_v2(h, 0),
-        "nvmlDeviceGetRetiredPagesPendingStatus": (
-            lambda: N.nvmlDeviceGetRetiredPagesPendingStatus(h)),
-        "nvmlDeviceGetTotalEccErrors": lambda: N.nvmlDeviceGetTotalEccErrors(h, 0, 1),
-        "nvmlDeviceGetPcieReplayCounter": lambda: N.nvmlDeviceGetPcieReplayCounter(h),
-        "nvmlDeviceGetCurrPcieLinkGeneration": lambda: N.nvmlDeviceGetCurrPcieLinkGeneration(h),
-        "nvmlDeviceGetMaxPcieLinkGeneration": lambda: N.nvmlDeviceGetMaxPcieLinkGeneration(h),
-        "nvmlDeviceGetCurrPcieLinkWidth": lambda: N.nvmlDeviceGetCurrPcieLinkWidth(h),
-        "nvmlDeviceGetMaxPcieLinkWidth": lambda: N.nvmlDeviceGetMaxPcieLinkWidth(h),
-        "nvmlDeviceGetPcieThroughput": lambda: N.nvmlDeviceGetPcieThroughput(h, 0),
-        "nvmlDeviceGetNvLinkState": lambda: N.nvmlDeviceGetNvLinkState(h, 0),
-        "nvmlDeviceGetFieldValues": lambda: N.nvmlDeviceGetFieldValues(h, [91]),
-    }
-    return code(calls[name])
-"""
-HEALTH_ENTRY_POINTS = [
-    "nvmlEventSetCreate", "nvmlEventSetFree", "nvmlDeviceGetSupportedEventTypes",
-    "nvmlDeviceRegisterEvents", "nvmlEventSetWait_v2", "nvmlEventSetWait",
-    "nvmlDeviceGetRemappedRows", "nvmlDeviceGetRetiredPages", "nvmlDeviceGetRetiredPages_v2",
-    "nvmlDeviceGetRetiredPagesPendingStatus", "nvmlDeviceGetTotalEccErrors",
-    "nvmlDeviceGetPcieReplayCounter", "nvmlDeviceGetCurrPcieLinkGeneration",
-    "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
-    "nvmlDeviceGetMaxPcieLinkWidth", "nvmlDeviceGetPcieThroughput", "nvmlDeviceGetNvLinkState",
-    "nvmlDeviceGetFieldValues",
-]  # fmt: skip
-DEVICE_HEALTH_ENTRY_POINTS = [name for name in HEALTH_ENTRY_POINTS if "Device" in name]
-
-
 def test_fail_and_block_on_every_health_entry_point(probe):
     gpu = _health_gpu(0, remapped_rows=None, retired_pages={"sbe": 1})
-    names = json.dumps([HEALTH_ENTRY_POINTS, DEVICE_HEALTH_ENTRY_POINTS])
     result = probe(
-        HEALTH_CALLS
-        + f"""
-NAMES, DEVICE = json.loads({names!r})
-N.nvmlInit()
-h0, h1 = handles()
-s = N.nvmlEventSetCreate()
-N.nvmlDeviceRegisterEvents(h0, 8, s)
-out["clean"] = {{name: call(name, h0, s) for name in NAMES}}
-start = SCENARIO.read_bytes()
-def with_lines(lines, *, per_gpu=False):
-    # Global lines go before the first [gpu], per-GPU ones right after it (GPU 0).
-    text = "".join(line + "\\n" for line in lines).encode()
-    new = b"[gpu]\\n" + text if per_gpu else text + b"[gpu]"
-    SCENARIO.write_bytes(start.replace(b"[gpu]", new, 1))
-with_lines([f"fail {{n}} 17" for n in NAMES])
-out["global"] = {{name: call(name, h0, s) for name in NAMES}}
-with_lines([f"fail {{n}} 999" for n in DEVICE], per_gpu=True)
-out["per_gpu"] = {{name: [call(name, h0, s), call(name, h1, s)] for name in DEVICE}}
-with_lines(["block nvmlEventSetWait_v2 0.5", "block nvmlDeviceGetNvLinkState 0.5"])
-blocked = ("nvmlEventSetWait_v2", "nvmlDeviceGetNvLinkState")
-out["blocked"] = [timed(call, name, h0, s) for name in blocked]
-out["unblocked"] = timed(call, "nvmlDeviceGetPcieReplayCounter", h0, s)
-""",
+        "fail_and_block_health_entry_points",
         fake.FakeScenario(gpus=[gpu, fake.make_gpu(1)]),
     )
     normal = {"nvmlEventSetWait_v2": TIMEOUT, "nvmlEventSetWait": TIMEOUT}
@@ -1712,16 +912,7 @@ BAD_FILES = [
 
 
 def test_bad_files_are_rejected_with_file_and_line(probe, tmp_path):
-    cases = json.dumps([text for text, _, _ in BAD_FILES])
-    result = probe(
-        f"""
-out["codes"] = []
-for text in json.loads({cases!r}):
-    SCENARIO.write_bytes(text.encode())
-    out["codes"].append(code(N.nvmlInit))
-""",
-        fake.idle(1),
-    )
+    result = probe("bad_files", fake.idle(1), args=[[text for text, _, _ in BAD_FILES]])
     assert result.out["codes"] == [UNKNOWN] * len(BAD_FILES)
     logged = result.stderr.splitlines()
     assert len(logged) == len(BAD_FILES), result.stderr
@@ -1744,14 +935,7 @@ def test_format_details(probe):
         b"process graphics 7 0x10\n"
     )
     result = probe(
-        """
-N.nvmlInit()
-h = N.nvmlDeviceGetHandleByIndex(0)
-out.update(driver=N.nvmlSystemGetDriverVersion(), cuda=N.nvmlSystemGetCudaDriverVersion(),
-           name=N.nvmlDeviceGetName(h), minor=N.nvmlDeviceGetMinorNumber(h),
-           throttle=N.nvmlDeviceGetCurrentClocksEventReasons(h),
-           graphics=[[p.pid, p.usedGpuMemory] for p in N.nvmlDeviceGetGraphicsRunningProcesses(h)])
-""",
+        "format_details",
         text,
     )
     assert result.out == {
@@ -1771,12 +955,7 @@ def test_hostile_names_come_back_byte_for_byte(probe):
     serials = [line[7:] for line in data.splitlines() if line.startswith(b"serial ")]
     assert any(b"\xff" in name for name in names) and any(b"<script>" in n for n in names)
     result = probe(
-        """
-N.nvmlInit()
-get_name = N.nvmlDeviceGetName.__wrapped__  # the bytes, before pynvml decodes them
-out["names"] = [get_name(h).hex() for h in handles()]
-out["serial"] = N.nvmlDeviceGetSerial.__wrapped__(handles()[0]).hex()
-""",
+        "raw_names",
         data,
     )
     assert [bytes.fromhex(name) for name in result.out["names"]] == names
@@ -1797,7 +976,7 @@ out["serial"] = N.nvmlDeviceGetSerial.__wrapped__(handles()[0]).hex()
 def test_shipped_scenarios_load(fake_nvml, name, gpus):
     result = run_probe(
         fake_nvml,
-        "N.nvmlInit()\nout['count'] = N.nvmlDeviceGetCount()\n",
+        "count",
         scenario=SHIPPED / name,
     )
     assert result.out["count"] == gpus
@@ -1811,7 +990,7 @@ def test_readme_example_scenario_loads(probe):
     # Its examples of global faults would fail the init and stall the count.
     faults = ("fail nvmlInitWithFlags", "block nvmlDeviceGetCount_v2")
     loadable = "\n".join(line for line in example.splitlines() if not line.startswith(faults))
-    result = probe("N.nvmlInit()\nout['count'] = N.nvmlDeviceGetCount()\n", loadable)
+    result = probe("count", loadable)
     assert result.out["count"] == 2
     assert result.stderr == ""
 
@@ -1827,18 +1006,7 @@ def test_shipped_idle_scenario_is_the_builders(fake_nvml):
 def test_shipped_faults_scenario_does_what_it_says(fake_nvml):
     result = run_probe(
         fake_nvml,
-        """
-N.nvmlInit()
-h0, h1, h2 = handles()
-out["cuda"] = code(N.nvmlSystemGetCudaDriverVersion)
-out["gpu0"] = [
-    code(N.nvmlDeviceGetTemperature, h0, 0),
-    code(N.nvmlDeviceGetTotalEnergyConsumption, h0),
-    N.nvmlDeviceGetPowerUsage(h0),
-]
-out["gpu1"] = N.nvmlDeviceGetTemperature(h1, 0)
-out["gpu2"] = [code(N.nvmlDeviceGetComputeRunningProcesses, h2), N.nvmlDeviceGetTemperature(h2, 0)]
-""",
+        "shipped_faults",
         scenario=SHIPPED / "faults.scn",
     )
     assert result.out == {
@@ -1852,7 +1020,7 @@ out["gpu2"] = [code(N.nvmlDeviceGetComputeRunningProcesses, h2), N.nvmlDeviceGet
 def test_shipped_unsupported_fields_scenario(fake_nvml):
     result = run_probe(
         fake_nvml,
-        DEVICE_GETTERS + "N.nvmlInit()\nout['codes'] = [codes(h) for h in handles()]\n",
+        "every_gpu_codes",
         scenario=SHIPPED / "unsupported-fields.scn",
     )
     full, consumer = result.out["codes"]
@@ -1932,9 +1100,7 @@ def test_scenario_command_line(fake_nvml, tmp_path):
     assert done.returncode == 0, done.stderr
     assert target.read_bytes() == fake.render(fake.busy(8, [1, 2, 3]))
     assert oct(target.stat().st_mode & 0o777) == "0o644"
-    served = run_probe(
-        fake_nvml, "N.nvmlInit()\nout['count'] = N.nvmlDeviceGetCount()\n", scenario=target
-    )
+    served = run_probe(fake_nvml, "count", scenario=target)
     assert served.out["count"] == 8
     bad = subprocess.run(
         [*command, "busy", "--gpus", "8", "--pids", "1,x"],
