@@ -16,7 +16,7 @@ import argparse
 import copy
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ STALE_SECONDS = 60
 NODE = 'node=~"$node"'
 NODE_GPU = 'node=~"$node", gpu=~"$gpu"'
 GPU_LEGEND = "{{node}} GPU {{gpu}}"
+GRID_COLUMNS = 24  # Grafana's dashboard grid
 
 Panel = dict[str, Any]
 
@@ -94,13 +95,19 @@ def field_config(
     return {"defaults": defaults, "overrides": overrides or []}
 
 
-def panel(kind: str, title: str, description: str, targets: list[dict[str, Any]]) -> Panel:
+def panel(
+    kind: str, title: str, description: str, targets: list[dict[str, Any]], *, width: int
+) -> Panel:
+    """A panel ``width`` grid columns wide (of 24); ``laid_out`` places it and sets its height."""
+    if not 1 <= width <= GRID_COLUMNS:
+        raise ValueError(f"panel {title!r}: width {width} is not within 1-{GRID_COLUMNS}")
     return {
         "datasource": DATASOURCE,
         "description": description,
         "targets": targets,
         "title": title,
         "type": kind,
+        "gridPos": {"w": width},
     }
 
 
@@ -110,11 +117,12 @@ def stat(
     targets: list[dict[str, Any]],
     unit: str,
     *,
+    width: int,
     steps: dict[str, Any] = SINGLE_COLOR,
     overrides: list[dict[str, Any]] | None = None,
     decimals: int | None = None,
 ) -> Panel:
-    result = panel("stat", title, description, targets)
+    result = panel("stat", title, description, targets, width=width)
     result["fieldConfig"] = field_config(unit, steps=steps, overrides=overrides, decimals=decimals)
     result["options"] = {
         "colorMode": "value",
@@ -135,6 +143,7 @@ def timeseries(
     targets: list[dict[str, Any]],
     unit: str,
     *,
+    width: int,
     steps: dict[str, Any] = SINGLE_COLOR,
     threshold_line: bool = False,
     minimum: float | None = None,
@@ -157,7 +166,7 @@ def timeseries(
         "stacking": {"group": "A", "mode": "normal" if stack else "none"},
         "thresholdsStyle": {"mode": "dashed" if threshold_line else "off"},
     }
-    result = panel("timeseries", title, description, targets)
+    result = panel("timeseries", title, description, targets, width=width)
     result["fieldConfig"] = field_config(
         unit,
         steps=steps,
@@ -181,8 +190,10 @@ def state_timeline(
     targets: list[dict[str, Any]],
     unit: str,
     mappings: list[dict[str, Any]],
+    *,
+    width: int,
 ) -> Panel:
-    result = panel("state-timeline", title, description, targets)
+    result = panel("state-timeline", title, description, targets, width=width)
     result["fieldConfig"] = field_config(
         unit,
         mappings=mappings,
@@ -212,12 +223,13 @@ def table(
     targets: list[dict[str, Any]],
     unit: str,
     *,
+    width: int,
     columns: dict[str, str],
     sort_by: str | None = None,
     overrides: list[dict[str, Any]] | None = None,
 ) -> Panel:
     """A table of an instant query: ``columns`` maps label (or Value) to header, in order."""
-    result = panel("table", title, description, targets)
+    result = panel("table", title, description, targets, width=width)
     result["fieldConfig"] = field_config(
         unit,
         custom={"align": "auto", "cellOptions": {"type": "auto"}, "filterable": True},
@@ -246,8 +258,10 @@ def table(
     return result
 
 
-def bar_gauge(title: str, description: str, targets: list[dict[str, Any]], unit: str) -> Panel:
-    result = panel("bargauge", title, description, targets)
+def bar_gauge(
+    title: str, description: str, targets: list[dict[str, Any]], unit: str, *, width: int
+) -> Panel:
+    result = panel("bargauge", title, description, targets, width=width)
     result["fieldConfig"] = field_config(unit, minimum=0, color={"mode": "palette-classic"})
     result["options"] = {
         "displayMode": "gradient",
@@ -292,6 +306,7 @@ def cluster_row() -> list[Panel]:
             "none",
             overrides=[by_name("down", thresholds=thresholds((None, "green"), (1, "red")))],
             decimals=0,
+            width=3,
         ),
         stat(
             "GPUs in use",
@@ -300,6 +315,7 @@ def cluster_row() -> list[Panel]:
             "none",
             steps=thresholds((None, "blue")),
             decimals=0,
+            width=3,
         ),
         stat(
             "GPUs free",
@@ -308,6 +324,7 @@ def cluster_row() -> list[Panel]:
             "none",
             steps=thresholds((None, "orange"), (1, "green")),
             decimals=0,
+            width=3,
         ),
         stat(
             "GPU memory",
@@ -318,6 +335,7 @@ def cluster_row() -> list[Panel]:
             ],
             "bytes",
             steps=thresholds((None, "blue")),
+            width=3,
         ),
         stat(
             "Mean GPU utilization",
@@ -325,6 +343,7 @@ def cluster_row() -> list[Panel]:
             [target(f"avg(gpu_utilization_ratio{{{NODE}}})", "utilization")],
             "percentunit",
             steps=thresholds((None, "blue")),
+            width=3,
         ),
         stat(
             "GPU power",
@@ -332,6 +351,7 @@ def cluster_row() -> list[Panel]:
             [target(f"sum(node:gpu_power_watts:sum{{{NODE}}})", "power")],
             "watt",
             steps=thresholds((None, "blue")),
+            width=3,
         ),
         stat(
             "Active users",
@@ -345,6 +365,7 @@ def cluster_row() -> list[Panel]:
             "none",
             steps=thresholds((None, "blue")),
             decimals=0,
+            width=3,
         ),
         stat(
             "Alerts firing",
@@ -360,6 +381,7 @@ def cluster_row() -> list[Panel]:
             "none",
             steps=thresholds((None, "green"), (1, "red")),
             decimals=0,
+            width=3,
         ),
     ]
 
@@ -373,6 +395,7 @@ def node_row() -> list[Panel]:
             "percentunit",
             minimum=0,
             maximum=1,
+            width=12,
         ),
         timeseries(
             "GPU memory bandwidth utilization",
@@ -381,6 +404,7 @@ def node_row() -> list[Panel]:
             "percentunit",
             minimum=0,
             maximum=1,
+            width=12,
         ),
         timeseries(
             "GPU memory used",
@@ -388,6 +412,7 @@ def node_row() -> list[Panel]:
             [target(f"gpu_memory_used_bytes{{{NODE_GPU}}}", GPU_LEGEND)],
             "bytes",
             minimum=0,
+            width=12,
         ),
         timeseries(
             "GPU memory used (share)",
@@ -404,6 +429,7 @@ def node_row() -> list[Panel]:
             threshold_line=True,
             minimum=0,
             maximum=1,
+            width=12,
         ),
         timeseries(
             "GPU temperature",
@@ -412,6 +438,7 @@ def node_row() -> list[Panel]:
             "celsius",
             steps=thresholds((None, "green"), (HOT_CELSIUS, "red")),
             threshold_line=True,
+            width=12,
         ),
         timeseries(
             "GPU power",
@@ -434,6 +461,7 @@ def node_row() -> list[Panel]:
                     ],
                 }
             ],
+            width=12,
         ),
     ]
 
@@ -456,6 +484,7 @@ def user_row() -> list[Panel]:
             "bytes",
             minimum=0,
             stack=True,
+            width=9,
         ),
         timeseries(
             "GPUs per user",
@@ -471,6 +500,7 @@ def user_row() -> list[Panel]:
             minimum=0,
             decimals=0,
             stack=True,
+            width=9,
         ),
         bar_gauge(
             "GPU-hours in the selected range",
@@ -488,6 +518,7 @@ def user_row() -> list[Panel]:
                 )
             ],
             "h",
+            width=6,
         ),
         table(
             "Processes on GPUs",
@@ -517,6 +548,7 @@ def user_row() -> list[Panel]:
             },
             sort_by="Value",
             overrides=[by_name("Command", **{"custom.minWidth": 300})],
+            width=24,
         ),
     ]
 
@@ -536,6 +568,7 @@ def health_row() -> list[Panel]:
             ],
             "bool_on_off",
             [value_map(1, "throttled", "orange")],
+            width=12,
         ),
         timeseries(
             "ECC errors",
@@ -558,6 +591,7 @@ def health_row() -> list[Panel]:
                     ],
                 }
             ],
+            width=12,
         ),
         stat(
             "Lost GPUs",
@@ -566,6 +600,7 @@ def health_row() -> list[Panel]:
             "none",
             steps=thresholds((None, "green"), (1, "red")),
             decimals=0,
+            width=6,
         ),
         stat(
             "Uncorrected ECC errors in range",
@@ -581,6 +616,7 @@ def health_row() -> list[Panel]:
             "none",
             steps=thresholds((None, "green"), (1, "red")),
             decimals=0,
+            width=6,
         ),
         state_timeline(
             "Exporter collectors",
@@ -594,6 +630,7 @@ def health_row() -> list[Panel]:
             ],
             "bool_on_off",
             [value_map(1, "ok", "green"), value_map(0, "failing", "red")],
+            width=12,
         ),
         timeseries(
             "Sample age",
@@ -610,6 +647,7 @@ def health_row() -> list[Panel]:
             steps=thresholds((None, "green"), (STALE_SECONDS, "red")),
             threshold_line=True,
             minimum=0,
+            width=12,
         ),
         timeseries(
             "Collector duration",
@@ -622,6 +660,7 @@ def health_row() -> list[Panel]:
             ],
             "s",
             minimum=0,
+            width=12,
         ),
         table(
             "Exporters",
@@ -641,16 +680,17 @@ def health_row() -> list[Panel]:
                 "cuda_version": "CUDA",
                 "nvml_version": "NVML",
             },
+            width=24,
         ),
     ]
 
 
-# (title, panels, width of each panel, height)
-ROWS: tuple[tuple[str, Any, tuple[int, ...], int], ...] = (
-    ("Cluster overview", cluster_row, (3,) * 8, 5),
-    ("Nodes", node_row, (12,) * 6, 8),
-    ("Users", user_row, (9, 9, 6, 24), 9),
-    ("Health", health_row, (12, 12, 6, 6, 12, 12, 12, 24), 8),
+# (title, panels, height of the row's panels); each panel states its own width.
+ROWS: tuple[tuple[str, Callable[[], list[Panel]], int], ...] = (
+    ("Cluster overview", cluster_row, 5),
+    ("Nodes", node_row, 8),
+    ("Users", user_row, 9),
+    ("Health", health_row, 8),
 )
 
 
@@ -658,21 +698,20 @@ def laid_out() -> Iterator[Panel]:
     """Every panel with its id and grid position, rows included, in reading order."""
     ids = iter(range(1, 1000))
     y = 0
-    for title, build, widths, height in ROWS:
+    for title, build, height in ROWS:
         yield {
             "collapsed": False,
-            "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+            "gridPos": {"h": 1, "w": GRID_COLUMNS, "x": 0, "y": y},
             "id": next(ids),
             "panels": [],
             "title": title,
             "type": "row",
         }
         y += 1
-        panels = build()
-        assert len(panels) == len(widths), title
         x = 0
-        for item, width in zip(panels, widths):
-            if x + width > 24:
+        for item in build():
+            width = item.pop("gridPos")["w"]
+            if x + width > GRID_COLUMNS:  # no room left on this line: start the next
                 x, y = 0, y + height
             item["gridPos"] = {"h": height, "w": width, "x": x, "y": y}
             item["id"] = next(ids)

@@ -17,8 +17,6 @@ from prometheus_client.registry import Collector
 from status_api import __version__
 from status_api.cluster import OFFLINE, ONLINE, STALE, Cluster
 
-_PREFIX = "gpu_status_api_"
-
 
 class ClusterCollector(Collector):
     """Renders the poll bookkeeping of the latest round."""
@@ -30,30 +28,32 @@ class ClusterCollector(Collector):
         views = self._cluster.views
         labels = ["node"]
         success = GaugeMetricFamily(
-            _PREFIX + "node_poll_success",
+            "gpu_status_api_node_poll_success",
             "Whether the latest poll of the node succeeded.",
             labels=labels,
         )
         duration = GaugeMetricFamily(
-            _PREFIX + "node_poll_duration_seconds",
+            "gpu_status_api_node_poll_duration_seconds",
             "How long the latest poll of the node took.",
             labels=labels,
         )
         last_success = GaugeMetricFamily(
-            _PREFIX + "node_last_success_timestamp_seconds",
+            "gpu_status_api_node_last_success_timestamp_seconds",
             "When the node last answered a poll correctly (this machine's clock).",
             labels=labels,
         )
         polls = CounterMetricFamily(
-            _PREFIX + "node_polls", "Polls of the node since the service started.", labels=labels
+            "gpu_status_api_node_polls_total",
+            "Polls of the node since the service started.",
+            labels=labels,
         )
         failures = CounterMetricFamily(
-            _PREFIX + "node_poll_failures",
+            "gpu_status_api_node_poll_failures_total",
             "Failed polls of the node since the service started.",
             labels=labels,
         )
         state = GaugeMetricFamily(
-            _PREFIX + "node_state",
+            "gpu_status_api_node_state",
             "1 for the node's current state (online, stale or offline).",
             labels=["node", "state"],
         )
@@ -75,28 +75,28 @@ class ClusterCollector(Collector):
 
     def _service(self, counts: dict[str, int]) -> Iterator[Metric]:
         nodes = GaugeMetricFamily(
-            _PREFIX + "nodes", "Nodes in hosts.txt by state.", labels=["state"]
+            "gpu_status_api_nodes", "Nodes in hosts.txt by state.", labels=["state"]
         )
         for name, count in counts.items():
             nodes.add_metric([name], count)
         yield nodes
         yield CounterMetricFamily(
-            _PREFIX + "rounds", "Polling rounds completed.", value=self._cluster.rounds
+            "gpu_status_api_rounds_total", "Polling rounds completed.", value=self._cluster.rounds
         )
         if self._cluster.last_round_seconds is not None:
             yield GaugeMetricFamily(
-                _PREFIX + "round_duration_seconds",
+                "gpu_status_api_round_duration_seconds",
                 "How long the latest polling round took.",
                 value=self._cluster.last_round_seconds,
             )
         if self._cluster.ready:
             yield GaugeMetricFamily(
-                _PREFIX + "last_round_timestamp_seconds",
+                "gpu_status_api_last_round_timestamp_seconds",
                 "When the latest polling round finished.",
                 value=self._cluster.views.generated_at,
             )
         info = GaugeMetricFamily(
-            _PREFIX + "build_info", "Version of gpu-status-api.", labels=["version"]
+            "gpu_status_api_build_info", "Version of gpu-status-api.", labels=["version"]
         )
         info.add_metric([__version__], 1.0)
         yield info

@@ -207,6 +207,20 @@ def test_panel_ids_are_unique_and_the_layout_does_not_overlap():
         assert apart, f"panels overlap: {a} {b}"
 
 
+def test_each_panel_states_its_own_width_and_the_layout_keeps_it():
+    build = generator()
+    stated = [(item["title"], item["gridPos"]["w"]) for _, row, _ in build.ROWS for item in row()]
+    assert all(1 <= width <= 24 for _, width in stated), stated
+    laid_out = [(p["title"], p["gridPos"]["w"]) for p in PANELS]
+    assert laid_out == stated
+
+
+def test_a_panel_wider_than_the_grid_is_refused_by_name():
+    build = generator()
+    with pytest.raises(ValueError, match="'Too wide': width 25"):
+        build.panel("stat", "Too wide", "A panel.", [], width=25)
+
+
 def test_rows_of_the_issue_are_there():
     rows = [p["title"] for p in DASHBOARD["panels"] if p["type"] == "row"]
     assert rows == ["Cluster overview", "Nodes", "Users", "Health"]

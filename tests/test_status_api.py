@@ -155,6 +155,7 @@ def test_metrics(service: StatusService, nodes: FakeNodes) -> None:
     assert value(text, "gpu_status_api_rounds_total") >= 1
     assert value(text, "gpu_status_api_round_duration_seconds") < 1.5
     assert len(values(text, "gpu_status_api_build_info")) == 1
+    assert abs(value(text, "gpu_status_api_last_round_timestamp_seconds") - time.time()) < 30
 
 
 # ---- errors are JSON, never tracebacks -----------------------------------------------------
