@@ -9,6 +9,7 @@ test_prometheus_rules.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,10 +213,35 @@ def readme_metrics() -> dict[str, Family]:
     return documented
 
 
+def every_family_scenario(pids: list[int]) -> fake.FakeScenario:
+    """Two loaded GPUs with processes, one of them reporting every health reading; an older GPU
+    that retires pages and has seen an XID; a GPU in MIG mode: every family has a sample."""
+    busy = fake.busy(2, pids)
+    first = dataclasses.replace(
+        busy.gpus[0],
+        ecc_aggregate_corrected=1,
+        ecc_aggregate_uncorrected=0,
+        pcie_replay=0,
+        pcie_link=fake.FakePcieLink(max_gen=5, max_width=16, gen=5, width=16),
+        pcie_throughput=(1000, 2000),
+        nvlinks=[fake.FakeNvLink()],
+        remapped_rows=fake.FakeRemappedRows(),
+    )
+    older = dataclasses.replace(
+        busy.gpus[1], retired_pages={"sbe": 1, "dbe": 0}, xids=[fake.FakeXid(13)]
+    )
+    return dataclasses.replace(busy, gpus=[first, older, fake.make_mig_gpu(2)])
+
+
 @pytest.fixture
 def busy_metrics(exporter_factory, worker_pids) -> str:
-    """OpenMetrics text of an exporter on two loaded GPUs with processes, once sampled."""
-    exporter = exporter_factory(fake.busy(2, worker_pids(4)))
+    """OpenMetrics text of an exporter whose scenario gives every metric family a sample."""
+    exporter = exporter_factory(
+        every_family_scenario(worker_pids(4)),
+        "--collector.pcie-throughput",
+        "--metrics.command-line",
+    )
+    exporter.wait_for_metrics(lambda text: "gpu_xid_errors_total{" in text)
     response = requests.get(f"{exporter.url}/metrics", headers={"Accept": OPENMETRICS}, timeout=5)
     response.raise_for_status()
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
