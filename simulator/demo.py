@@ -170,7 +170,9 @@ class JobRunner:
             env={"DEMO_PARENT_PID": str(os.getpid()), "PATH": "/usr/bin:/bin"},
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            **_account(user),
+            user=user.uid,  # None: stay this process's user
+            group=user.gid,
+            extra_groups=None if user.uid is None else [],  # drop ours when switching users
         )
         job = Job(process, user, memory)
         with self._lock:
@@ -194,12 +196,6 @@ class JobRunner:
             for job in self._running:
                 counts[job.user.name] = counts.get(job.user.name, 0) + 1
             return counts
-
-
-def _account(user: JobUser) -> dict[str, object]:
-    if user.uid is None:
-        return {}
-    return {"user": user.uid, "group": user.gid, "extra_groups": []}
 
 
 def _stop_group(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
