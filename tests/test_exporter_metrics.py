@@ -157,6 +157,7 @@ def test_gzip_only_when_accepted_and_always_varying(exporter_factory):
         assert b"gpu_up{" in body
 
 
+@pytest.mark.prometheus
 def test_promtool_check_metrics_is_clean_on_8x64(exporter_factory, busy_8x64):
     scenario, _ = busy_8x64
     text = exporter_factory(scenario).metrics()

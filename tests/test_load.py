@@ -24,6 +24,8 @@ from simulator.fakenvml import scenario as fake
 from simulator.load import Churn, Scraper, checkpoint, scrape_load
 from tests.support.metrics import label_sets
 
+pytestmark = [pytest.mark.soak, pytest.mark.slow]
+
 CLIENTS = 50
 LOAD_SECONDS = 10.0
 SOAK_WARMUP_SECONDS = 15.0

@@ -22,6 +22,8 @@ from status_api.nodemetrics import parse_power
 from status_api.poller import NodeClient, PollResult, PollSettings
 from tests.support.old_node import jsonify, node_info_status, sample_gpus
 
+pytestmark = pytest.mark.unit
+
 
 def _status(**overrides: Any) -> dict[str, Any]:
     status = legacy_status("gpu-a", gpus=2, users_per_gpu=2)
