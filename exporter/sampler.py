@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable
 
 from exporter.host import read_host
 from exporter.nvml_reader import GpuReading, NvmlSession, is_session_error, read_gpu
@@ -44,6 +45,7 @@ class Sampler:
         hostname: str | None = None,
         session: NvmlSession | None = None,
         resolver: ProcessResolver | None = None,
+        read: Callable[[int], GpuReading] = read_gpu,
     ) -> None:
         self.interval = interval
         self._gpu_timeout = gpu_timeout
@@ -51,6 +53,7 @@ class Sampler:
         self._hostname = hostname
         self._session = session or NvmlSession()
         self._resolver = resolver or ProcessResolver()
+        self._read = read  # one GPU by index; the tests read GPUs without NVML
         self._pool = ThreadPoolExecutor(_MAX_READER_THREADS, thread_name_prefix="nvml-read")
         self._pending: dict[int, Future[GpuReading]] = {}
         self._identity: dict[int, GpuSample] = {}  # each GPU's last sample while up
@@ -150,7 +153,7 @@ class Sampler:
         pending = self._pending.get(index)
         if pending is not None and not pending.done():
             return pending  # still stuck in NVML from an earlier pass: do not pile up calls
-        future = self._pool.submit(read_gpu, index)
+        future = self._pool.submit(self._read, index)
         self._pending[index] = future
         return future
 
