@@ -95,16 +95,20 @@ def test_provisioned_dashboard_has_no_inputs():
     assert "${DS_" not in text
 
 
-def test_dashboard_identity_and_refresh():
-    assert DASHBOARD["uid"] == "gpu-cluster"
-    assert DASHBOARD["title"]
-    assert DASHBOARD["id"] is None
-    assert DASHBOARD["tags"] and "gpu" in DASHBOARD["tags"]
+def test_dashboard_identity_is_what_the_readme_promises_and_refresh():
+    readme = (dash.GRAFANA_DIR / "README.md").read_text(encoding="utf-8")
+    # Links and bookmarks use the uid; the README tells people both uids.
+    assert f"uid `{DASHBOARD['uid']}`" in readme
+    datasource_uid = VARIABLES["datasource"]["current"]["value"]
+    assert f"data source uid `{datasource_uid}`" in readme
+    assert re.fullmatch(r"[a-z0-9-]{1,40}", DASHBOARD["uid"]), "Grafana uids: 40 characters"
+    assert DASHBOARD["id"] is None  # an id would overwrite whatever dashboard has it
     assert DASHBOARD["schemaVersion"] >= 37  # Grafana 10
     refresh = DASHBOARD["refresh"]
     assert re.fullmatch(r"\d+[smh]", refresh)
     seconds = int(refresh[:-1]) * {"s": 1, "m": 60, "h": 3600}[refresh[-1]]
-    assert seconds >= 15, "refreshing faster than Prometheus scrapes only adds load"
+    scrape = load_yaml(CONFIG)["global"]["scrape_interval"]
+    assert seconds >= int(scrape.rstrip("s")), "refreshing faster than Prometheus scrapes"
 
 
 def test_datasource_provisioning_matches_dashboard_and_scrape_interval():
@@ -131,28 +135,40 @@ def test_dashboard_provisioning_loads_the_dashboards_folder():
 # --- variables -----------------------------------------------------------------------------------
 
 
-def test_datasource_variable():  # template-datasource-rule
+def test_the_one_datasource_variable_is_the_one_every_query_uses():  # template-datasource-rule
     templated = [v for v in VARIABLES.values() if v["type"] == "datasource"]
     assert len(templated) == 1
     (variable,) = templated
-    assert variable["name"] == "datasource"
-    assert variable["label"] == "Data source"
-    assert variable["query"] == "prometheus"
+    assert DATASOURCE["uid"] == "${" + variable["name"] + "}"
+    assert variable["query"] == DATASOURCE["type"]  # it offers data sources of the panels' type
+    assert variable["label"].strip()
 
 
-@pytest.mark.parametrize("name", ["node", "gpu"])
-def test_node_and_gpu_variables_are_multi_select_with_all(name):
-    variable = VARIABLES[name]
-    assert variable["type"] == "query"
-    assert variable["multi"] is True
-    assert variable["includeAll"] is True
-    assert variable["allValue"] == ".*"
+def _matchers(name: str) -> list[str]:
+    """How each query of the dashboard uses ``$name``: the operator before it, or "" if none."""
+    texts = [t["expr"] for _, t in exprs()]
+    texts += [str(v.get("query", "")) for v in VARIABLES.values()]
+    found = []
+    for text in texts:
+        for match in re.finditer(r"(=~|!~|!=|=)?\s*\"?\$\{?" + name + r"\b", text):
+            found.append(match.group(1) or "")
+    return found
 
 
-def test_user_variable():
-    variable = VARIABLES["user"]
-    assert variable["type"] == "query"
-    assert variable["includeAll"] is True
+@pytest.mark.parametrize(
+    "name", [n for n, v in VARIABLES.items() if v.get("multi") or v.get("includeAll")]
+)
+def test_multi_value_variables_are_only_used_in_regex_matchers(name):
+    """Several values (or All) expand to ``a|b``, which only a regex matcher reads as intended."""
+    used = _matchers(name)
+    assert used, f"${name} is never used"
+    assert set(used) <= {"=~", "!~"}, f"${name} used with {sorted(set(used))}"
+    all_value = VARIABLES[name].get("allValue")
+    if VARIABLES[name].get("includeAll"):
+        # A fixed regex instead of every value listed: a long alternation is slow and can be
+        # cut off; and it must match every value, also one that appears after the page loaded.
+        assert all_value is not None
+        assert all(re.fullmatch(all_value, v) for v in ("gpu-a", "0", "alice", "x.y-z_1"))
 
 
 def test_query_variables_reload_on_time_change_and_use_label_values():
