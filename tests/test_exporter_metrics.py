@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
-import requests
 
+from simulator.exporters import ClientAddresses
 from simulator.fakenvml import scenario as fake
 from tests.support.encoding import GZIP_NEGOTIATION, check_negotiated, encoding_header
 from tests.support.metrics import label_sets, parse_samples, value, values
@@ -155,8 +155,12 @@ def test_concurrent_scrapes_of_one_snapshot_are_identical(exporter_factory, work
     bodies: dict[str, list[bytes]] = {name: [] for name in SCRAPE_FORMATS}
     failures: list[str] = []
 
+    addresses = ClientAddresses()
+
     def scrape(name: str) -> None:
-        with requests.Session() as session:  # a session is not shared between threads
+        # One session per thread (they are not thread-safe), each from its own loopback address
+        # like separate Prometheus servers: one address may only have a few requests in flight.
+        with addresses.session() as session:
             for _ in range(rounds):
                 start.wait(timeout=30)
                 response = session.get(
