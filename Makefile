@@ -1,5 +1,5 @@
 # Entry points; each target is one command a person can also run by hand.
-.PHONY: test demo lint bench
+.PHONY: test check demo lint bench
 
 test:  ## set up everything on a fresh machine and run the whole suite
 	./scripts/test.sh
@@ -7,6 +7,12 @@ test:  ## set up everything on a fresh machine and run the whole suite
 demo:  ## three simulated GPU nodes, the status page and Prometheus, no GPU needed; Ctrl-C stops
 	./scripts/setup.sh demo
 	.venv/bin/python -m simulator.demo $(DEMO_ARGS)
+
+check:  ## seconds, no child processes: lint, type-check, the in-process unit tests
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+	PYTHONPATH=$(CURDIR) .venv/bin/python -m pytest -m unit -q
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -64,7 +64,9 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def measure(name: str, label: str, env: dict[str, str], workdir: Path, args) -> Result:
+def measure(
+    name: str, label: str, env: dict[str, str], workdir: Path, args: argparse.Namespace
+) -> Result:
     port = free_port()
     process = ManagedProcess(_command(name, port), log_path=workdir / f"{name}.log", env=env)
     url = f"http://127.0.0.1:{port}/metrics"

@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Callable
 
 from exporter.events import XidWatcher
 from exporter.host import read_host
@@ -34,7 +35,6 @@ from exporter.snapshot import (
 
 log = logging.getLogger(__name__)
 
-_IDENTITY_FIELDS = ("uuid", "name", "serial", "pci_bus_id")
 _MAX_READER_THREADS = 32
 
 
@@ -61,6 +61,7 @@ class Sampler:
         resolver: ProcessResolver | None = None,
         pcie_throughput: bool = False,
         xid_events: bool = True,
+        read: Callable[..., GpuReading] = read_gpu,
     ) -> None:
         self.interval = interval
         self._gpu_timeout = gpu_timeout
@@ -69,12 +70,13 @@ class Sampler:
         self._session = session or NvmlSession()
         self._resolver = resolver or ProcessResolver()
         self._pcie_throughput = pcie_throughput
+        self._read = read  # one GPU by index; the unit tests read GPUs without NVML
         self._xids = XidWatcher(self._session) if xid_events else None
         self._pool = ThreadPoolExecutor(_MAX_READER_THREADS, thread_name_prefix="nvml-read")
         self._pending: dict[int, _Read] = {}
         self._last: dict[int, GpuReading] = {}
         self._hung: set[int] = set()
-        self._identity: dict[int, dict[str, str | None]] = {}
+        self._identity: dict[int, GpuSample] = {}  # each GPU's last sample while up
         self._latest = empty_snapshot(read_host(hostname=hostname))
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -122,8 +124,8 @@ class Sampler:
     def sample_once(self) -> Snapshot:
         """Run one sampling pass, publish and return its snapshot."""
         host, host_status = self._timed_host()
-        gpus, nvml_status = self._timed_gpus()
-        gpus, process_status = self._with_processes(gpus)
+        readings, nvml_status = self._timed_gpus()
+        gpus, process_status = self._with_processes(readings)
         snapshot = Snapshot(
             timestamp=time.time(),
             host=host,
@@ -183,7 +185,7 @@ class Sampler:
                 return pending
             self._end_hang(index, pending)
         read = _Read(
-            self._pool.submit(read_gpu, index, pcie_throughput=self._pcie_throughput),
+            self._pool.submit(self._read, index, pcie_throughput=self._pcie_throughput),
             time.monotonic(),
             self._session.generation,
         )
@@ -237,27 +239,34 @@ class Sampler:
         """Keep a down GPU's uuid and name so its series stay the same series."""
         sample = reading.sample
         if sample.up:
-            self._identity[sample.index] = {f: getattr(sample, f) for f in _IDENTITY_FIELDS}
+            self._identity[sample.index] = sample
             return reading
         known = self._identity.get(sample.index)
-        if not known:
+        if known is None:
             return reading
-        return dataclasses.replace(reading, sample=dataclasses.replace(sample, **known))
+        down = dataclasses.replace(
+            sample,
+            uuid=known.uuid,
+            name=known.name,
+            serial=known.serial,
+            pci_bus_id=known.pci_bus_id,
+        )
+        return dataclasses.replace(reading, sample=down)
 
     def _with_processes(
         self, readings: tuple[GpuReading, ...]
     ) -> tuple[tuple[GpuSample, ...], CollectorStatus]:
         started = time.perf_counter()
         if not self._include_processes:
-            gpus = tuple(r.sample for r in readings)
-            return gpus, CollectorStatus("processes", True, time.perf_counter() - started)
+            bare = tuple(r.sample for r in readings)
+            return bare, CollectorStatus("processes", True, time.perf_counter() - started)
         success = True
         try:
             owners = self._resolver.resolve({p.pid for r in readings for p in r.processes})
         except Exception:
             log.exception("process lookup failed")
             owners, success = {}, False
-        gpus = []
+        gpus: list[GpuSample] = []
         for reading in readings:
             processes = []
             mig_uuids = {(m.gpu_instance, m.compute_instance): m.uuid for m in reading.sample.migs}

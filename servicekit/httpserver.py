@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from cheroot import server as cheroot_server
 from cheroot import wsgi
@@ -232,7 +232,7 @@ class RequestLimits:
 class _DeadlineSocketIO(socket.SocketIO):
     """Socket reads that fail once a deadline has passed, however slowly the bytes trickle in."""
 
-    def __init__(self, sock: socket.socket, mode: str, *, idle_timeout: float) -> None:
+    def __init__(self, sock: socket.socket, mode: Literal["rb"], *, idle_timeout: float) -> None:
         super().__init__(sock, mode)
         self.deadline: float | None = None
         self._idle_timeout = idle_timeout

@@ -227,7 +227,7 @@ class FakeNodes:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         endpoint = tuple(writer.get_extra_info("sockname")[:2])
-        index = self._index.get(endpoint, 0)  # type: ignore[arg-type]
+        index = self._index.get(endpoint, 0)
         try:
             while await self._one_request(index, reader, writer):
                 pass

@@ -27,6 +27,8 @@ from simulator.demo import job_users
 from simulator.proc import free_port, wait_until
 from simulator.prometheus import find_binary
 
+pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 READY_LINE = "Ctrl-C stops the demo."
 NODES = {"dgx-a": 8, "dgx-b": 4, "ws-c": 2}  # host name -> GPUs

@@ -22,6 +22,8 @@ from servicekit.password import FailureThrottle, PasswordSource, address_key, cl
 from servicekit.webconfig import BasicAuth, dummy_hash
 from tests.support.encoding import GZIP_NEGOTIATION
 
+pytestmark = pytest.mark.unit
+
 # ---- the limiter's key -------------------------------------------------------------------
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import getpass
+import gzip
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
 
+from simulator.exporters import ClientAddresses
 from simulator.fakenvml import scenario as fake
 from tests.support.encoding import GZIP_NEGOTIATION, check_negotiated, encoding_header
 from tests.support.metrics import label_sets, parse_samples, value, values
@@ -130,9 +133,67 @@ def test_no_processes_flag_drops_per_process_series(exporter_factory, worker_pid
     assert all(gpu["users"] == [] for gpu in exporter.status()["gpus"])
 
 
-def test_concurrent_scrapes_of_one_snapshot_are_identical(exporter_factory):
-    exporter = exporter_factory(fake.idle(2), interval=30)
-    assert exporter.metrics() == exporter.metrics()
+SCRAPE_FORMATS = {
+    "text": {"Accept-Encoding": "identity"},
+    "gzip": {"Accept-Encoding": "gzip"},
+    "openmetrics": {
+        "Accept": "application/openmetrics-text; version=1.0.0",
+        "Accept-Encoding": "identity",
+    },
+}
+
+
+def test_concurrent_scrapes_of_one_snapshot_are_identical(exporter_factory, worker_pids):
+    """Scrapers in three formats released together: each gets its own format, byte for byte.
+
+    The renderer caches one body per format and snapshot; a cache written by one scrape while
+    another reads it must never hand a scraper the other format or a half-built body.
+    """
+    exporter = exporter_factory(fake.busy(4, worker_pids(8)), interval=30)  # one snapshot
+    rounds, per_format = 3, 6
+    start = threading.Barrier(per_format * len(SCRAPE_FORMATS))
+    bodies: dict[str, list[bytes]] = {name: [] for name in SCRAPE_FORMATS}
+    failures: list[str] = []
+
+    addresses = ClientAddresses()
+
+    def scrape(name: str) -> None:
+        # One session per thread (they are not thread-safe), each from its own loopback address
+        # like separate Prometheus servers: one address may only have a few requests in flight.
+        with addresses.session() as session:
+            for _ in range(rounds):
+                start.wait(timeout=30)
+                response = session.get(
+                    f"{exporter.url}/metrics",
+                    headers=SCRAPE_FORMATS[name],
+                    stream=True,
+                    timeout=10,
+                )
+                if response.status_code != 200:
+                    failures.append(f"{name}: HTTP {response.status_code}")
+                if response.headers.get("Content-Encoding") != ("gzip" if name == "gzip" else None):
+                    failures.append(f"{name}: Content-Encoding {response.headers}")
+                bodies[name].append(response.raw.read(decode_content=False))  # bytes as sent
+
+    threads = [
+        threading.Thread(target=scrape, args=(name,))
+        for name in SCRAPE_FORMATS
+        for _ in range(per_format)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    assert {name: len(got) for name, got in bodies.items()} == {
+        name: rounds * per_format for name in SCRAPE_FORMATS
+    }
+    for name, got in bodies.items():
+        assert len(set(got)) == 1, f"{name}: scrapes of one snapshot differ"
+    text, zipped, open_metrics = (bodies[name][0] for name in SCRAPE_FORMATS)
+    assert gzip.decompress(zipped) == text
+    assert not text.endswith(b"# EOF\n") and open_metrics.endswith(b"# EOF\n")
+    assert b"gpu_process_info{" in text and b"gpu_up{" in open_metrics
 
 
 def test_openmetrics_negotiation(exporter_factory):
@@ -157,6 +218,7 @@ def test_gzip_only_when_accepted_and_always_varying(exporter_factory):
         assert b"gpu_up{" in body
 
 
+@pytest.mark.prometheus
 def test_promtool_check_metrics_is_clean_on_8x64(exporter_factory, busy_8x64):
     scenario, _ = busy_8x64
     text = exporter_factory(scenario).metrics()

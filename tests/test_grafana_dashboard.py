@@ -65,6 +65,7 @@ def exprs() -> list[tuple[dict[str, Any], dict[str, Any]]]:
 # --- files ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_committed_json_is_what_the_generator_builds():
     build = generator()
     for path, text in build.expected_files().items():
@@ -74,6 +75,7 @@ def test_committed_json_is_what_the_generator_builds():
     assert build.main(["--check"]) == 0
 
 
+@pytest.mark.unit
 def test_import_copy_is_the_provisioned_dashboard_with_inputs():
     build = generator()
     imported = dash.load(dash.IMPORT_COPY)
@@ -88,6 +90,7 @@ def test_import_copy_is_the_provisioned_dashboard_with_inputs():
     assert required_panels == {p["type"] for p in PANELS}
 
 
+@pytest.mark.unit
 def test_provisioned_dashboard_has_no_inputs():
     text = dash.DASHBOARD.read_text(encoding="utf-8")
     assert "__inputs" not in DASHBOARD
@@ -95,18 +98,24 @@ def test_provisioned_dashboard_has_no_inputs():
     assert "${DS_" not in text
 
 
-def test_dashboard_identity_and_refresh():
-    assert DASHBOARD["uid"] == "gpu-cluster"
-    assert DASHBOARD["title"]
-    assert DASHBOARD["id"] is None
-    assert DASHBOARD["tags"] and "gpu" in DASHBOARD["tags"]
+@pytest.mark.unit
+def test_dashboard_identity_is_what_the_readme_promises_and_refresh():
+    readme = (dash.GRAFANA_DIR / "README.md").read_text(encoding="utf-8")
+    # Links and bookmarks use the uid; the README tells people both uids.
+    assert f"uid `{DASHBOARD['uid']}`" in readme
+    datasource_uid = VARIABLES["datasource"]["current"]["value"]
+    assert f"data source uid `{datasource_uid}`" in readme
+    assert re.fullmatch(r"[a-z0-9-]{1,40}", DASHBOARD["uid"]), "Grafana uids: 40 characters"
+    assert DASHBOARD["id"] is None  # an id would overwrite whatever dashboard has it
     assert DASHBOARD["schemaVersion"] >= 37  # Grafana 10
     refresh = DASHBOARD["refresh"]
     assert re.fullmatch(r"\d+[smh]", refresh)
     seconds = int(refresh[:-1]) * {"s": 1, "m": 60, "h": 3600}[refresh[-1]]
-    assert seconds >= 15, "refreshing faster than Prometheus scrapes only adds load"
+    scrape = load_yaml(CONFIG)["global"]["scrape_interval"]
+    assert seconds >= int(scrape.rstrip("s")), "refreshing faster than Prometheus scrapes"
 
 
+@pytest.mark.unit
 def test_datasource_provisioning_matches_dashboard_and_scrape_interval():
     provisioning = load_yaml(dash.GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yaml")
     assert provisioning["apiVersion"] == 1
@@ -118,6 +127,7 @@ def test_datasource_provisioning_matches_dashboard_and_scrape_interval():
     assert source["jsonData"]["timeInterval"] == scrape
 
 
+@pytest.mark.unit
 def test_dashboard_provisioning_loads_the_dashboards_folder():
     provisioning = load_yaml(dash.GRAFANA_DIR / "provisioning" / "dashboards" / "gpu-cluster.yaml")
     assert provisioning["apiVersion"] == 1
@@ -131,30 +141,45 @@ def test_dashboard_provisioning_loads_the_dashboards_folder():
 # --- variables -----------------------------------------------------------------------------------
 
 
-def test_datasource_variable():  # template-datasource-rule
+@pytest.mark.unit
+def test_the_one_datasource_variable_is_the_one_every_query_uses():  # template-datasource-rule
     templated = [v for v in VARIABLES.values() if v["type"] == "datasource"]
     assert len(templated) == 1
     (variable,) = templated
-    assert variable["name"] == "datasource"
-    assert variable["label"] == "Data source"
-    assert variable["query"] == "prometheus"
+    assert DATASOURCE["uid"] == "${" + variable["name"] + "}"
+    assert variable["query"] == DATASOURCE["type"]  # it offers data sources of the panels' type
+    assert variable["label"].strip()
 
 
-@pytest.mark.parametrize("name", ["node", "gpu"])
-def test_node_and_gpu_variables_are_multi_select_with_all(name):
-    variable = VARIABLES[name]
-    assert variable["type"] == "query"
-    assert variable["multi"] is True
-    assert variable["includeAll"] is True
-    assert variable["allValue"] == ".*"
+def _matchers(name: str) -> list[str]:
+    """How each query of the dashboard uses ``$name``: the operator before it, or "" if none."""
+    texts = [t["expr"] for _, t in exprs()]
+    texts += [str(v.get("query", "")) for v in VARIABLES.values()]
+    found = []
+    for text in texts:
+        for match in re.finditer(r"(=~|!~|!=|=)?\s*\"?\$\{?" + name + r"\b", text):
+            found.append(match.group(1) or "")
+    return found
 
 
-def test_user_variable():
-    variable = VARIABLES["user"]
-    assert variable["type"] == "query"
-    assert variable["includeAll"] is True
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "name", [n for n, v in VARIABLES.items() if v.get("multi") or v.get("includeAll")]
+)
+def test_multi_value_variables_are_only_used_in_regex_matchers(name):
+    """Several values (or All) expand to ``a|b``, which only a regex matcher reads as intended."""
+    used = _matchers(name)
+    assert used, f"${name} is never used"
+    assert set(used) <= {"=~", "!~"}, f"${name} used with {sorted(set(used))}"
+    all_value = VARIABLES[name].get("allValue")
+    if VARIABLES[name].get("includeAll"):
+        # A fixed regex instead of every value listed: a long alternation is slow and can be
+        # cut off; and it must match every value, also one that appears after the page loaded.
+        assert all_value is not None
+        assert all(re.fullmatch(all_value, v) for v in ("gpu-a", "0", "alice", "x.y-z_1"))
 
 
+@pytest.mark.unit
 def test_query_variables_reload_on_time_change_and_use_label_values():
     for variable in VARIABLES.values():
         if variable["type"] != "query":
@@ -165,6 +190,7 @@ def test_query_variables_reload_on_time_change_and_use_label_values():
         assert re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]), variable["name"]
 
 
+@pytest.mark.unit
 def test_every_variable_is_used():
     used = set()
     for panel in PANELS:
@@ -176,6 +202,7 @@ def test_every_variable_is_used():
     assert set(VARIABLES) - used == set()
 
 
+@pytest.mark.unit
 def test_every_variable_reference_resolves():
     known = set(VARIABLES) | dash.GLOBAL_VARIABLES
     texts = [str(v.get("query", "")) for v in VARIABLES.values()]
@@ -190,6 +217,7 @@ def test_every_variable_reference_resolves():
 # --- panels --------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_panel_ids_are_unique_and_the_layout_does_not_overlap():
     everything = list(dash.all_panels(DASHBOARD))
     ids = [p["id"] for p in everything]
@@ -215,12 +243,14 @@ def test_each_panel_states_its_own_width_and_the_layout_keeps_it():
     assert laid_out == stated
 
 
+@pytest.mark.unit
 def test_a_panel_wider_than_the_grid_is_refused_by_name():
     build = generator()
     with pytest.raises(ValueError, match="'Too wide': width 25"):
         build.panel("stat", "Too wide", "A panel.", [], width=25)
 
 
+@pytest.mark.unit
 def test_rows_of_the_issue_are_there():
     rows = [p["title"] for p in DASHBOARD["panels"] if p["type"] == "row"]
     assert rows == ["Cluster overview", "Nodes", "Users", "Health"]
@@ -235,6 +265,7 @@ def test_rows_of_the_issue_are_there():
         assert expected in titles
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
 def test_panel_basics(panel):  # panel-title-description, panel-units, panel-no-targets
     assert panel["type"] in CORE_PANEL_TYPES
@@ -247,6 +278,7 @@ def test_panel_basics(panel):  # panel-title-description, panel-units, panel-no-
     assert len(refs) == len(set(refs))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
 def test_panel_uses_the_datasource_variable(panel):  # panel-datasource-rule
     assert panel["datasource"] == DATASOURCE
@@ -254,6 +286,7 @@ def test_panel_uses_the_datasource_variable(panel):  # panel-datasource-rule
         assert target["datasource"] == DATASOURCE
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
 def test_panel_filters_by_node(panel):
     if panel["title"] in CLUSTER_WIDE:
@@ -262,6 +295,7 @@ def test_panel_filters_by_node(panel):
         assert 'node=~"$node"' in target["expr"], target["expr"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
 def test_rates_use_rate_interval_and_ranges_are_never_hard_coded(panel):
     for target in panel["targets"]:
@@ -272,6 +306,7 @@ def test_rates_use_rate_interval_and_ranges_are_never_hard_coded(panel):
             assert window in {"$__rate_interval", "$__range"}, target["expr"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("panel", PANELS, ids=PANEL_IDS)
 def test_counters_are_wrapped_in_rate_or_increase(panel):  # target-counter-agg-rule
     for target in panel["targets"]:
@@ -280,6 +315,7 @@ def test_counters_are_wrapped_in_rate_or_increase(panel):  # target-counter-agg-
                 assert ranged and function in {"rate", "irate", "increase"}, target["expr"]
 
 
+@pytest.mark.unit
 def test_scan_finds_unwrapped_counters_and_hard_coded_ranges():
     """The two rules above would catch the mistakes they exist for."""
     bare = dash.scan('sum(gpu_ecc_errors_total{type="x"})')
@@ -289,6 +325,7 @@ def test_scan_finds_unwrapped_counters_and_hard_coded_ranges():
     assert hard.selectors == [["gpu_energy_joules_total", "rate", True]]
 
 
+@pytest.mark.unit
 def test_thresholds_on_panels_are_the_alert_thresholds():
     alerts = {
         rule["alert"]: rule["expr"]
@@ -306,6 +343,7 @@ def test_thresholds_on_panels_are_the_alert_thresholds():
     assert alerts["GpuCollectionStale"].endswith(f"> {steps('Sample age')[0]}")
 
 
+@pytest.mark.unit
 def test_tables_are_readable():
     for panel in PANELS:
         if panel["type"] != "table":
@@ -318,6 +356,7 @@ def test_tables_are_readable():
         assert "Time" not in renamed and "__name__" not in renamed
 
 
+@pytest.mark.unit
 def test_processes_table_has_the_columns_of_the_issue():
     (panel,) = [p for p in PANELS if p["title"] == "Processes on GPUs"]
     organize = next(t for t in panel["transformations"] if t["id"] == "organize")
@@ -327,6 +366,7 @@ def test_processes_table_has_the_columns_of_the_issue():
     assert panel["fieldConfig"]["defaults"]["unit"] == "bytes"
 
 
+@pytest.mark.unit
 def test_lint_exclusions_are_only_the_rules_that_do_not_apply():
     lint = yaml.safe_load((dash.GRAFANA_DIR / "dashboards" / ".lint").read_text())
     exclusions = lint["exclusions"]
@@ -334,6 +374,7 @@ def test_lint_exclusions_are_only_the_rules_that_do_not_apply():
     assert all(entry["reason"] for entry in exclusions.values())
 
 
+@pytest.mark.prometheus
 def test_every_query_is_valid_promql(tmp_path):  # target-promql-rule, template-label-promql
     rules = []
     selection = {"node": None, "gpu": None, "user": ["alice"]}

@@ -14,8 +14,12 @@ import math
 import time
 from typing import Any
 
+import pytest
+
 from tests.support import dashboard as dash
 from tests.support.cluster import Cluster, monitored_cluster
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
 DASHBOARD = dash.load()
 RATE_INTERVAL = "1m"  # what Grafana derives from the data source's timeInterval of 15 s

@@ -24,6 +24,8 @@ from simulator.fakenvml import scenario as fake
 from simulator.load import Churn, Scraper, checkpoint, scrape_load
 from tests.support.metrics import label_sets
 
+pytestmark = [pytest.mark.soak, pytest.mark.slow]
+
 CLIENTS = 50
 LOAD_SECONDS = 10.0
 SOAK_WARMUP_SECONDS = 15.0
@@ -84,18 +86,31 @@ def test_soak_with_churn_and_faults_stays_flat(churn_exporter, capsys) -> None:
 def test_distinct_accept_headers_do_not_grow_memory(exporter_factory, worker_pids) -> None:
     """A client sending a new Accept header every time does not get a cached copy each time.
 
-    Renderings are cached per snapshot and format, and the format echoes the Accept header.
+    Renderings are cached per snapshot and format, and the format echoes the Accept header. Each
+    answer must still be the format asked for: a cache keyed too coarsely (one entry for every
+    format) would also keep memory flat, but would answer text requests with OpenMetrics.
     """
     exporter = exporter_factory(fake.busy(8, worker_pids(64)), interval=60.0)  # one snapshot
     session = requests.Session()
     url = f"{exporter.url}/metrics"
-    session.get(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}, timeout=5)
+    plain = {"Accept": "text/plain", "Accept-Encoding": "identity"}
+    text = session.get(url, headers=plain, timeout=5).content
+    assert not text.endswith(b"# EOF\n")
+    first = session.get(
+        url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}, timeout=5
+    )
+    open_metrics = first.content
+    assert open_metrics.endswith(b"# EOF\n")
     before = rss_bytes(exporter.process.pid)
     for n in range(DISTINCT_ACCEPT_HEADERS):
         accept = f"application/openmetrics-text; version=1.0.{n}"
         headers = {"Accept": accept, "Accept-Encoding": "identity"}
         response = session.get(url, headers=headers, timeout=5)
         assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith(accept + ";")
+        assert response.content == open_metrics, accept
+        if n % 50 == 0:  # the text format, asked for between them, is still the text format
+            assert session.get(url, headers=plain, timeout=5).content == text, n
     grown = rss_bytes(exporter.process.pid) - before
     # Uncached, 1000 renderings of ~40 KiB would be ~40 MiB.
     assert grown < 8 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB"

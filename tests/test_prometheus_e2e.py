@@ -14,6 +14,8 @@ import pytest
 
 from tests.support.cluster import GIB, HOT_CELSIUS, UNKNOWN_PID, Cluster, monitored_cluster
 
+pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
+
 
 def by(result: list[dict], *labels: str) -> dict[Any, float]:
     """``{label values: value}`` of a query result; a single label's value is the bare key."""

@@ -36,11 +36,13 @@ def unit_tests() -> list[dict[str, Any]]:
     return [test for path in TEST_FILES for test in load_yaml(path)["tests"]]
 
 
+@pytest.mark.unit
 def test_bundle_has_rules_and_unit_tests():
     assert [p.name for p in RULE_FILES] == ["alerts.yml", "recording.yml"]
     assert TEST_FILES, "no promtool unit tests under prometheus/tests"
 
 
+@pytest.mark.prometheus
 def test_promtool_check_config_with_generated_targets(tmp_path):
     bundle = tmp_path / "prometheus"
     shutil.copytree(PROMETHEUS_DIR, bundle)
@@ -54,12 +56,14 @@ def test_promtool_check_config_with_generated_targets(tmp_path):
     assert "WARNING" not in output, output
 
 
+@pytest.mark.prometheus
 def test_shipped_config_without_targets_only_warns_about_the_missing_file():
     output = promtool("check", "config", str(CONFIG))
     warnings = [line for line in output.splitlines() if "WARNING" in line]
     assert all("targets/gpu-nodes.json" in line for line in warnings), output
 
 
+@pytest.mark.prometheus
 def test_targets_file_feeds_the_gpu_job_with_its_node_label(tmp_path):
     bundle = tmp_path / "prometheus"
     shutil.copytree(PROMETHEUS_DIR, bundle)
@@ -76,6 +80,7 @@ def test_targets_file_feeds_the_gpu_job_with_its_node_label(tmp_path):
     assert labels["job"] == "gpu"
 
 
+@pytest.mark.unit
 def test_scrape_settings_and_alertmanager_section():
     config = load_yaml(CONFIG)
     assert config["global"]["scrape_interval"] == "15s"
@@ -88,16 +93,19 @@ def test_scrape_settings_and_alertmanager_section():
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == []
 
 
+@pytest.mark.prometheus
 def test_promtool_check_rules():
     output = promtool("check", "rules", *map(str, RULE_FILES))
     assert output.count("SUCCESS") == len(RULE_FILES), output
 
 
+@pytest.mark.prometheus
 def test_promtool_rule_unit_tests_pass():
     output = promtool("test", "rules", *map(str, TEST_FILES))
     assert "FAILED" not in output, output
 
 
+@pytest.mark.unit
 def test_every_alert_is_tested_firing_and_not_firing():
     firing: set[str] = set()
     quiet: set[str] = set()
@@ -110,6 +118,7 @@ def test_every_alert_is_tested_firing_and_not_firing():
     assert (firing | quiet) - alerts == set(), "tests of alerts that do not exist"
 
 
+@pytest.mark.unit
 def test_every_recording_rule_is_tested():
     tested = {
         name
@@ -122,6 +131,7 @@ def test_every_recording_rule_is_tested():
     assert records - tested == set(), "recording rules without a promql_expr_test with samples"
 
 
+@pytest.mark.unit
 def test_recording_rules_follow_the_naming_convention():
     for rule in rules_of("record"):
         level, metric, operations = rule["record"].split(":")
@@ -130,6 +140,7 @@ def test_recording_rules_follow_the_naming_convention():
         assert operations, rule["record"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("rule", rules_of("alert"), ids=lambda rule: rule["alert"])
 def test_alert_has_severity_and_annotations_naming_node_and_gpu(rule):
     assert rule["alert"].startswith("Gpu"), "the dashboard counts alerts named Gpu*"
@@ -162,6 +173,7 @@ def readme_thresholds() -> dict[str, dict[str, str]]:
     return rows
 
 
+@pytest.mark.unit
 def test_readme_threshold_table_matches_the_alert_rules():
     rows = readme_thresholds()
     alerts = {rule["alert"]: rule for rule in rules_of("alert")}
@@ -177,6 +189,7 @@ def test_readme_threshold_table_matches_the_alert_rules():
             assert token in row["when"], f"{name}: {token} of the rule is not in README"
 
 
+@pytest.mark.unit
 def test_shorten_for_leaves_the_shipped_rules_alone(tmp_path):
     from simulator.prometheus import shorten_for
 

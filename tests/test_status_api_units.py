@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import gzip
 import json
+import math
 import time
 from typing import Any
 
@@ -21,6 +21,8 @@ from status_api.nodedata import NodeDataError, parse_status, validate_status
 from status_api.nodemetrics import parse_power
 from status_api.poller import NodeClient, PollResult, PollSettings
 from tests.support.old_node import jsonify, node_info_status, sample_gpus
+
+pytestmark = pytest.mark.unit
 
 
 def _status(**overrides: Any) -> dict[str, Any]:
@@ -167,11 +169,72 @@ def test_property_any_json_is_checked_or_rejected(document: object) -> None:
     json.dumps(checked)  # whatever passes can be served
 
 
-@settings(max_examples=200, deadline=None)
-@given(body=st.binary(max_size=200))
-def test_property_any_bytes_are_checked_or_rejected(body: bytes) -> None:
-    with contextlib.suppress(NodeDataError):
+# Every leaf of a status (two GPUs, two processes on GPU 0): its path in error messages, its kind.
+_LEAVES: list[tuple[tuple[str | int, ...], str, str]] = [
+    (("hostname",), "hostname", "string"),
+    (("last_update",), "last_update", "string"),
+    (("ips", 0, 0), "ips[0][0]", "string"),
+    (("ips", 0, 1), "ips[0][1]", "string"),
+    *(
+        (("gpus", g, key), f"gpus[{g}].{key}", kind)
+        for g in (0, 1)
+        for key, kind in [
+            ("index", "integer"),
+            ("name", "string"),
+            ("use_mem", "number"),
+            ("tot_mem", "number"),
+            ("utilize", "number"),
+            ("temp", "number"),
+        ]
+    ),
+    *(
+        (("gpus", 0, "users", u, key), f"gpus[0].users[{u}].{key}", kind)
+        for u in (0, 1)
+        for key, kind in [
+            ("pid", "integer"),
+            ("username", "string"),
+            ("mem(MiB)", "number"),
+            ("command", "string"),
+        ]
+    ),
+]
+_containers = st.lists(st.integers(), max_size=2) | st.dictionaries(
+    st.text(max_size=3), st.integers(), max_size=2
+)
+_WRONG = {
+    "string": st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _containers,
+    "integer": st.none() | st.booleans() | st.floats(allow_nan=False) | st.text() | _containers,
+    "number": st.booleans() | st.text() | _containers | st.sampled_from([math.inf, math.nan]),
+}
+_EXPECTED = {
+    "string": "expected a string",
+    "integer": "expected an integer",
+    "number": "expected a",  # "a number or null", or "a finite number" for NaN and Infinity
+}
+
+
+@st.composite
+def _one_field_wrong(draw: st.DrawFn) -> tuple[bytes, str, str]:
+    path, where, kind = draw(st.sampled_from(_LEAVES))
+    value = draw(_WRONG[kind])
+    status: Any = _status()
+    target = status
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return json.dumps(status).encode(), where, kind
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=_one_field_wrong())
+def test_property_a_body_with_one_wrong_field_is_rejected_naming_it(
+    case: tuple[bytes, str, str],
+) -> None:
+    """Valid JSON of the right shape, one leaf of the wrong type: the error names that leaf."""
+    body, where, kind = case
+    with pytest.raises(NodeDataError) as caught:
         parse_status(body)
+    assert str(caught.value).startswith(f"{where}: {_EXPECTED[kind]}"), (where, str(caught.value))
 
 
 # ---- power from /metrics ------------------------------------------------------------------
@@ -199,8 +262,17 @@ def test_power_from_an_exposition() -> None:
 @settings(max_examples=200, deadline=None)
 @given(text=st.binary(max_size=300))
 def test_property_power_parsing_never_raises(text: bytes) -> None:
-    result = parse_power(b'gpu_power_watts{gpu="0"} 1\n' + text)
-    assert isinstance(result, dict)
+    result = parse_power(
+        b'gpu_power_watts{gpu="0"} 1\n' + text + b'\ngpu_power_watts{gpu="9"} 2.25\n'
+    )
+    assert result[9]["power"] == 2.2  # rounded to 0.1 W; read whatever came before
+    assert result[0]["power"] >= 0 and math.isfinite(result[0]["power"])
+    for index, readings in result.items():
+        assert 0 <= index < 10**6
+        assert set(readings) <= {"power", "power_limit"}
+        assert all(math.isfinite(v) and v >= 0 for v in readings.values()), (index, readings)
+    if b"gpu_power" not in text:
+        assert result == {0: {"power": 1.0}, 9: {"power": 2.2}}
 
 
 # ---- states and views ------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from tests.support.status_service import (  # noqa: F401 - fixture
     status_service_factory,
 )
 
+pytestmark = pytest.mark.browser
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

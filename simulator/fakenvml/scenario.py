@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -214,7 +214,7 @@ class FakeScenario:
     block: dict[str, float] = field(default_factory=dict)
 
 
-def make_gpu(index: int, **overrides: object) -> FakeGpu:
+def make_gpu(index: int, **overrides: Any) -> FakeGpu:
     """The default GPU with a unique uuid, serial, PCI bus id and minor number for ``index``."""
     gpu = FakeGpu(
         uuid=gpu_uuid(index),
@@ -228,7 +228,7 @@ def make_gpu(index: int, **overrides: object) -> FakeGpu:
 def make_mig_gpu(
     index: int,
     profiles: Sequence[str] = ("3g.40gb", "2g.20gb", "1g.10gb"),
-    **overrides: object,
+    **overrides: Any,
 ) -> FakeGpu:
     """``make_gpu(index)`` in MIG mode with one MIG device per profile, each in its own GPU
     instance (ids from 1, compute instance 0), with the memory its profile names."""
@@ -416,12 +416,14 @@ def _process_line(process: FakeProcess) -> bytes:
     if process.kind not in ("compute", "graphics"):
         raise ValueError(f"process kind must be compute or graphics, got {process.kind!r}")
     line = _number(f"process {process.kind} {process.pid}", process.used_bytes)
-    instances = (process.gpu_instance, process.compute_instance)
-    if instances == (None, None):
+    gpu_instance, compute_instance = process.gpu_instance, process.compute_instance
+    if gpu_instance is None and compute_instance is None:
         return line
-    if None in instances:
+    if gpu_instance is None or compute_instance is None:
         raise ValueError(f"process {process.pid} needs both gpu_instance and compute_instance")
-    gi, ci = (_integer(f"process {process.pid} instance", n) for n in instances)
+    gi, ci = (
+        _integer(f"process {process.pid} instance", n) for n in (gpu_instance, compute_instance)
+    )
     return line + f" {gi} {ci}".encode()
 
 

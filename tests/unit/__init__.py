@@ -1,0 +1,1 @@
+"""In-process unit tests: no child processes, no network; ``make check`` runs them in seconds."""

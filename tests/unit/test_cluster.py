@@ -1,0 +1,113 @@
+"""Node states and free GPUs from hand-built poll results, at the exact threshold edges."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from simulator.nodes import legacy_status
+from status_api.cluster import OFFLINE, ONLINE, STALE, Cluster, NodeState, Thresholds
+from status_api.hosts import parse_hosts
+from status_api.poller import PollResult
+
+pytestmark = pytest.mark.unit
+
+THRESHOLDS = Thresholds(stale_after=10, offline_after=30, free_memory_mib=512, free_utilization=5)
+HOST = parse_hosts("node1")[0]
+
+
+def _ok(at: float, status: dict[str, Any] | None = None) -> PollResult:
+    return PollResult(HOST, status or legacy_status("node1", gpus=1), "", at, 0.01)
+
+
+def _failed(at: float, error: str = "HTTP 403: wrong password") -> PollResult:
+    return PollResult(HOST, None, error, at, 0.01)
+
+
+@pytest.mark.parametrize(
+    ("age", "state"),
+    [(0.0, ONLINE), (10.0, ONLINE), (10.001, STALE), (30.0, STALE), (30.001, OFFLINE)],
+)
+def test_state_by_the_age_of_the_last_good_poll(age: float, state: str) -> None:
+    node = NodeState(HOST)
+    node.record(_ok(1000.0))
+    assert node.state(1000.0 + age, THRESHOLDS) == state
+
+
+@pytest.mark.parametrize(("age", "state"), [(0.0, STALE), (30.0, STALE), (30.001, OFFLINE)])
+def test_a_failed_latest_poll_makes_a_recent_node_stale(age: float, state: str) -> None:
+    node = NodeState(HOST)
+    node.record(_ok(1000.0))
+    node.record(_failed(1001.0))
+    assert node.state(1000.0 + age, THRESHOLDS) == state
+    assert (node.polls, node.failures, node.last_seen) == (2, 1, 1000.0)
+    assert node.error == "HTTP 403: wrong password"
+
+
+def test_a_node_never_answering_is_offline_with_its_error() -> None:
+    node = NodeState(HOST)
+    node.record(_failed(1000.0, "no answer within 3 s"))
+    assert node.state(1000.0, THRESHOLDS) == OFFLINE
+    assert (node.status, node.last_seen, node.error) == (None, None, "no answer within 3 s")
+
+
+def _gpu(use_mem: int | None, utilize: int | None, users: int = 0) -> dict[str, Any]:
+    return {
+        "index": 0,
+        "name": "NVIDIA A100",
+        "use_mem": use_mem,
+        "tot_mem": 81920,
+        "utilize": utilize,
+        "temp": 30,
+        "users": [
+            {"pid": 1 + u, "username": "bob", "mem(MiB)": 10, "command": "x"} for u in range(users)
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("gpu", "free"),
+    [
+        (_gpu(512, 4), True),  # at the memory threshold, under the utilisation one
+        (_gpu(513, 0), False),  # one MiB over
+        (_gpu(0, 5), False),  # utilisation at the threshold is busy
+        (_gpu(0, None), True),  # utilisation unknown: memory decides
+        (_gpu(None, 0), False),  # memory unknown (a lost GPU): never free
+        (_gpu(0, 0, users=1), False),  # a process holds it, however small
+    ],
+)
+def test_free_gpu_thresholds(gpu: dict[str, Any], free: bool) -> None:
+    status = legacy_status("node1", gpus=1)
+    status["gpus"] = [gpu]
+    cluster = Cluster(thresholds=THRESHOLDS)
+    cluster.update([HOST], [_ok(time.time(), status)])
+    document = json.loads(cluster.views.cluster.body)
+    assert document["nodes"][0]["state"] == ONLINE
+    assert document["nodes"][0]["gpus"][0]["free"] is free
+    assert document["summary"]["gpus_free"] == int(free)
+    assert document["summary"]["gpus_in_use"] == int(bool(gpu["users"]))
+
+
+def test_summary_counts_stale_gpus_but_offers_none_of_them() -> None:
+    hosts = parse_hosts("a\nb\nc")
+    idle = legacy_status("x", gpus=2, users_per_gpu=0)  # GPU 0 at 87 %, GPU 1 free
+    cluster = Cluster(thresholds=THRESHOLDS)
+    now = time.time()
+    results = [
+        PollResult(hosts[0], idle, "", now, 0.01),
+        PollResult(hosts[1], idle, "", now, 0.01),
+        PollResult(hosts[2], None, "refused", now, 0.01),
+    ]
+    cluster.update(hosts, results)
+    cluster.update(hosts, [PollResult(hosts[1], None, "timed out", now, 0.01)])
+    document = json.loads(cluster.views.cluster.body)
+    assert [n["state"] for n in document["nodes"]] == [ONLINE, STALE, OFFLINE]
+    assert document["summary"] == {
+        "nodes_total": 3, "nodes_online": 1, "nodes_stale": 1, "nodes_offline": 1,
+        "gpus_total": 4, "gpus_in_use": 0, "gpus_free": 1,
+        "memory_used_mib": 0, "memory_total_mib": 4 * 81920,
+    }  # fmt: skip
+    assert cluster.rounds == 2 and cluster.ready
