@@ -4,7 +4,7 @@ Each fake node is a listening address (``127.0.0.1`` with its own port, or one p
 ``127.x.y.z`` addresses) that speaks just enough HTTP/1.1 (keep-alive, Content-Length) to answer
 ``POST /get-status`` with legacy node JSON, or to misbehave on purpose:
 
-* ``ok``: the legacy JSON (and a ``/metrics`` text with power readings);
+* ``ok``: the legacy JSON (and a ``/metrics`` text with power readings and process attribution);
 * ``hang``: read the request and never answer;
 * ``garbage``: 200 with bytes that are not JSON; ``wrong-shape``: JSON that is not a status;
 * ``forbidden``: a 403 JSON error; ``close``: close the connection without answering;
@@ -33,7 +33,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 BEHAVIOURS = (
@@ -81,8 +81,27 @@ def legacy_status(hostname: str, *, gpus: int = 8, users_per_gpu: int = 2) -> di
     }
 
 
-def metrics_text(status: dict[str, Any]) -> bytes:
-    """A Prometheus exposition like the exporter's, roughly as long, with power readings."""
+def default_attribution(status: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Per pid: a Slurm job (500000 + pid) and SM utilization equal to its GPU's utilization."""
+    return {
+        user["pid"]: {
+            "slurm_job": str(500000 + user["pid"]),
+            "sm_utilization": (gpu["utilize"] or 0) / 100,
+        }
+        for gpu in status["gpus"]
+        for user in gpu["users"]
+    }
+
+
+def metrics_text(
+    status: dict[str, Any], attribution: Mapping[int, Mapping[str, Any]] | None = None
+) -> bytes:
+    """A Prometheus exposition like the exporter's, roughly as long, with power readings and,
+    per process, ``gpu_process_info`` and ``gpu_process_sm_utilization_ratio``. ``attribution``
+    gives per pid the labels slurm_job, container, pod, namespace and ``sm_utilization`` (None:
+    no utilization line); by default :func:`default_attribution`."""
+    if attribution is None:
+        attribution = default_attribution(status)
     lines = []
     families = (
         "memory_used_bytes", "memory_total_bytes", "utilization_ratio", "temperature_celsius",
@@ -99,6 +118,18 @@ def metrics_text(status: dict[str, Any]) -> bytes:
         for user in gpu["users"]:
             labels = f'gpu="{gpu["index"]}",pid="{user["pid"]}",user="{user["username"]}"'
             lines.append(f"gpu_process_memory_used_bytes{{{labels}}} {user['mem(MiB)'] * 1048576}")
+    for gpu in status["gpus"]:
+        for user in gpu["users"]:
+            process = attribution.get(user["pid"], {})
+            where = f'gpu="{gpu["index"]}",uuid="GPU-{gpu["index"]}",pid="{user["pid"]}"'
+            info = ",".join(
+                f'{name}="{process.get(name, "")}"'
+                for name in ("slurm_job", "container", "pod", "namespace")
+            )
+            lines.append(f'gpu_process_info{{{where},user="{user["username"]}",{info}}} 1')
+            if process.get("sm_utilization") is not None:
+                ratio = process["sm_utilization"]
+                lines.append(f"gpu_process_sm_utilization_ratio{{{where}}} {ratio}")
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -219,9 +250,15 @@ class FakeNodes:
             raise ValueError(f"unknown behaviour {behaviour!r}")
         self.behaviours[index] = behaviour
 
-    def set_status(self, index: int, status: dict[str, Any]) -> None:
+    def set_status(
+        self,
+        index: int,
+        status: dict[str, Any],
+        *,
+        attribution: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> None:
         self._bodies[index] = json.dumps(status).encode()
-        self._metrics[index] = metrics_text(status)
+        self._metrics[index] = metrics_text(status, attribution)
 
     # -- HTTP ------------------------------------------------------------------------------------
 

@@ -110,6 +110,11 @@ def _state_options(parser: argparse.ArgumentParser) -> None:
         "--free-utilization", type=int, default=5,
         help="... and utilization below this percentage (default 5)",
     )  # fmt: skip
+    group.add_argument(
+        "--idle-held-after", type=positive(float), default=1800.0,
+        help="seconds a GPU's processes may hold memory without computing before the GPU is "
+        "shown as idle but held (default 1800)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,6 +329,7 @@ def serve_main(args: argparse.Namespace) -> int:
         offline_after=args.offline_after,
         free_memory_mib=args.free_memory_mib,
         free_utilization=args.free_utilization,
+        idle_held_after=args.idle_held_after,
     )
     cluster = Cluster(thresholds=thresholds, interval=args.interval)
     cluster.set_hosts(watcher.hosts)

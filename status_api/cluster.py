@@ -13,6 +13,14 @@ memory is used and its utilisation is below ``free_utilization`` percent. The su
 nodes with data (online and stale); free GPUs are counted on online nodes only, since a stale node
 may have been taken meanwhile.
 
+A GPU is *idle but held* when processes hold memory on it and none of them has shown compute
+for ``idle_held_after`` seconds. Compute is judged per process where the node's ``/metrics``
+reports SM utilization for any process of the GPU (a process with SM utilization above 0
+computes; one without a sample did not run), else by the GPU's utilization above
+``free_utilization`` percent (unknown utilization is not taken as idleness). The service tracks
+this between polls per node and GPU (by uuid where ``/metrics`` names it, else by index); a node
+that leaves hosts.txt is forgotten with everything else about it.
+
 After every round :meth:`Cluster.update` renders both JSON documents to bytes (plain and gzip),
 so requests only hand out cached bytes.
 """
@@ -30,6 +38,7 @@ from typing import Any
 
 from status_api.hosts import Host
 from status_api.nodedata import USER_MEMORY
+from status_api.nodemetrics import ATTRIBUTION_LABELS, ProcessMetrics
 from status_api.poller import PollResult
 
 ONLINE, STALE, OFFLINE = "online", "stale", "offline"
@@ -41,6 +50,7 @@ class Thresholds:
     offline_after: float = 30.0
     free_memory_mib: int = 512
     free_utilization: int = 5
+    idle_held_after: float = 1800.0
 
 
 @dataclass
@@ -50,6 +60,10 @@ class NodeState:
     host: Host
     status: dict[str, Any] | None = None
     power: dict[int, dict[str, float]] = field(default_factory=dict)
+    processes: dict[tuple[int, int], ProcessMetrics] = field(default_factory=dict)
+    uuids: dict[int, str] = field(default_factory=dict)
+    # Per GPU (uuid, else "index N"): since when its processes hold memory without computing.
+    idle_since: dict[str, float] = field(default_factory=dict)
     last_seen: float | None = None  # wall time of the last good poll, this machine's clock
     last_poll: float | None = None
     last_ok: bool = False
@@ -67,11 +81,32 @@ class NodeState:
             self.status = result.status
             if result.power is not None:
                 self.power = result.power
+            if result.processes is not None:
+                self.processes = result.processes
+            if result.uuids is not None:
+                self.uuids = result.uuids
             self.last_seen = result.finished_at
             self.error = ""
         else:
             self.failures += 1
             self.error = result.error
+
+    def gpu_key(self, index: int) -> str:
+        return self.uuids.get(index) or f"index {index}"
+
+    def track_idle(self, now: float, thresholds: Thresholds) -> None:
+        """After a good poll: start, keep or end each GPU's idle-but-held period."""
+        since: dict[str, float] = {}
+        reporting = {
+            index
+            for (index, _), process in self.processes.items()
+            if process.sm_utilization is not None
+        }
+        for gpu in (self.status or {}).get("gpus", []):
+            key = self.gpu_key(gpu["index"])
+            if _holds_without_compute(gpu, self.processes, reporting, thresholds):
+                since[key] = self.idle_since.get(key, now)
+        self.idle_since = since  # GPUs held and busy, or gone, are dropped
 
     def state(self, now: float, thresholds: Thresholds) -> str:
         if self.last_seen is None or now - self.last_seen > thresholds.offline_after:
@@ -91,6 +126,27 @@ def _is_free(gpu: dict[str, Any], thresholds: Thresholds) -> bool:
         and used <= thresholds.free_memory_mib
         and (busy is None or busy < thresholds.free_utilization)
     )
+
+
+def _holds_without_compute(
+    gpu: dict[str, Any],
+    processes: dict[tuple[int, int], ProcessMetrics],
+    reporting: set[int],
+    thresholds: Thresholds,
+) -> bool:
+    """Whether processes hold memory on ``gpu`` and none of them computes now; ``reporting``
+    holds the GPU indices whose processes have SM utilization figures."""
+    index = gpu["index"]
+    holders = [user["pid"] for user in gpu["users"] if (user[USER_MEMORY] or 0) > 0]
+    if not holders:
+        return False
+    if index in reporting:
+        return not any(
+            (getattr(processes.get((index, pid)), "sm_utilization", None) or 0) > 0
+            for pid in holders
+        )
+    busy = gpu.get("utilize")
+    return busy is not None and busy <= thresholds.free_utilization
 
 
 @dataclass
@@ -149,33 +205,60 @@ class Views:
 _NO_POWER = {"power": None, "power_limit": None}
 
 
-def _cluster_users(users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _cluster_users(
+    users: list[dict[str, Any]], index: int, processes: dict[tuple[int, int], ProcessMetrics]
+) -> list[dict[str, Any]]:
     """The processes as /api/v1/cluster documents them: memory is ``mem`` there, not the legacy
-    ``mem(MiB)`` (the two views keep their own published schemas)."""
-    return [
-        {
-            "pid": user["pid"],
-            "username": user["username"],
-            "mem": user[USER_MEMORY],
-            "command": user["command"],
-        }
-        for user in users
-    ]
+    ``mem(MiB)`` (the two views keep their own published schemas), plus the attribution and SM
+    utilization that the node's ``/metrics`` gave (empty strings and null when it did not)."""
+    documents = []
+    for user in users:
+        process = processes.get((index, user["pid"])) or _NO_PROCESS
+        documents.append(
+            {
+                "pid": user["pid"],
+                "username": user["username"],
+                "mem": user[USER_MEMORY],
+                "command": user["command"],
+                **{name: getattr(process, name) for name in ATTRIBUTION_LABELS},
+                "sm_utilization": process.sm_utilization,
+            }
+        )
+    return documents
+
+
+_NO_PROCESS = ProcessMetrics()
+
+
+def _idle_held(node: NodeState, index: int, thresholds: Thresholds) -> tuple[bool, float | None]:
+    """Judged as of the node's last good poll: what happened since is not known yet."""
+    since = node.idle_since.get(node.gpu_key(index))
+    if (
+        since is None
+        or node.last_seen is None
+        or node.last_seen - since < thresholds.idle_held_after
+    ):
+        return False, None
+    return True, round(since, 3)
 
 
 def _node_document(node: NodeState, state: str, now: float, thresholds: Thresholds) -> dict:
     status = node.status or {}
     online = state == ONLINE
-    gpus = [
-        {
-            **gpu,
-            "users": _cluster_users(gpu["users"]),
-            **_NO_POWER,
-            **node.power.get(gpu["index"], {}),
-            "free": online and _is_free(gpu, thresholds),
-        }
-        for gpu in status.get("gpus", [])
-    ]
+    gpus = []
+    for gpu in status.get("gpus", []):
+        idle_held, idle_held_since = _idle_held(node, gpu["index"], thresholds)
+        gpus.append(
+            {
+                **gpu,
+                "users": _cluster_users(gpu["users"], gpu["index"], node.processes),
+                **_NO_POWER,
+                **node.power.get(gpu["index"], {}),
+                "free": online and _is_free(gpu, thresholds),
+                "idle_held": idle_held,
+                "idle_held_since": idle_held_since,
+            }
+        )
     return {
         "node": node.host.text,
         "address": node.host.netloc,
@@ -264,6 +347,8 @@ class Cluster:
                 node = self._nodes.get(result.host.key)
                 if node is not None:
                     node.record(result)
+                    if result.ok:
+                        node.track_idle(result.finished_at, self.thresholds)
             self.rounds += 1
             self.last_round_seconds = round_seconds
             self.views = self._render(time.time())
@@ -284,6 +369,7 @@ class Cluster:
                 "offline_after": self.thresholds.offline_after,
                 "free_memory_mib": self.thresholds.free_memory_mib,
                 "free_utilization": self.thresholds.free_utilization,
+                "idle_held_after": self.thresholds.idle_held_after,
             },
             "summary": vars(_summarise(documents)),
         }

@@ -1,53 +1,126 @@
-"""Power readings from a node's ``/metrics``, which the legacy JSON does not carry.
+"""Power and per-process attribution from a node's ``/metrics``, which the legacy JSON lacks.
 
-The legacy ``/get-status`` schema is frozen (old scripts read it), so the page's power column
-comes from the exporter's Prometheus metrics ``gpu_power_watts`` and ``gpu_power_limit_watts``.
-Only those lines are looked at; a node without ``/metrics`` (an old node_info.py) simply has no
-power figures. The text is untrusted like the JSON: anything unexpected is skipped, never raised.
+The legacy ``/get-status`` schema is frozen (old scripts read it), so what the page shows beyond
+it comes from the exporter's Prometheus metrics, read in one pass over one scrape:
+
+* ``gpu_power_watts`` and ``gpu_power_limit_watts``: power per GPU index;
+* ``gpu_process_info``: per process (GPU index, pid) its ``slurm_job``, ``container``, ``pod``
+  and ``namespace`` (empty when not applicable);
+* ``gpu_process_sm_utilization_ratio``: per process its SM utilization, 0..1 (absent where NVML
+  does not support it).
+
+Only those lines are looked at; a node without ``/metrics`` (an old node_info.py) simply has none
+of it. The text is untrusted like the JSON: anything unexpected is skipped, never raised, and
+everything kept is bounded in count and length.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 
-_FAMILIES = ((b"gpu_power_watts{", "power"), (b"gpu_power_limit_watts{", "power_limit"))
-# The rest of a sample line after the family name: labels, then the value.
-_REST = re.compile(rb"([^}\n]*)\}[ \t]+([^ \t\n]+)")
-_GPU_LABEL = re.compile(rb'(?:^|,)\s*gpu="([0-9]{1,6})"')
 MAX_GPUS = 1024
+MAX_PROCESSES = 65536
+MAX_LABEL = 256  # characters kept of an attribution label
+ATTRIBUTION_LABELS = ("slurm_job", "container", "pod", "namespace")
+
+_POWER = {b"gpu_power_watts": "power", b"gpu_power_limit_watts": "power_limit"}
+_INFO = b"gpu_process_info"
+_SM = b"gpu_process_sm_utilization_ratio"
+# One scan for every family of interest at the start of a line. The common prefix "gpu_p" is a
+# literal, which the regex engine searches for fast, so the long rest of a scrape costs little.
+_LINE = re.compile(
+    rb"(?:^|(?<=\n))(gpu_p(?:ower_watts|ower_limit_watts|rocess_info|rocess_sm_utilization_ratio))"
+    rb"\{((?:[a-zA-Z_][a-zA-Z0-9_]*=\"(?:[^\"\\\n]|\\.)*\",?\s*)*)\}[ \t]+([^ \t\n]+)"
+)
+_LABEL = re.compile(rb'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"')
+_INDEX = re.compile(rb"[0-9]{1,9}")
+_UNESCAPE = {b"\\\\": "\\", b'\\"': '"', b"\\n": "\n"}
 
 
-def _samples(text: bytes, prefix: bytes) -> list[tuple[bytes, bytes]]:
-    """(labels, value) of every line starting with ``prefix``; bytes.find keeps it fast on the
-    long per-process part of a scrape, which a line-anchored regex would crawl through."""
-    found = []
-    position = text.find(prefix)
-    while position >= 0:
-        if position == 0 or text[position - 1] == 0x0A:  # at the start of a line
-            match = _REST.match(text, position + len(prefix))
-            if match is not None:
-                found.append((match.group(1), match.group(2)))
-        position = text.find(prefix, position + len(prefix))
+@dataclass
+class ProcessMetrics:
+    """What ``/metrics`` says about one process beyond the legacy JSON."""
+
+    slurm_job: str = ""
+    container: str = ""
+    pod: str = ""
+    namespace: str = ""
+    sm_utilization: float | None = None  # 0..1; None when the node does not report it
+
+
+@dataclass
+class NodeMetrics:
+    """Power and uuid per GPU index, and attribution per (GPU index, pid)."""
+
+    power: dict[int, dict[str, float]] = field(default_factory=dict)
+    uuids: dict[int, str] = field(default_factory=dict)  # from the power lines' uuid label
+    processes: dict[tuple[int, int], ProcessMetrics] = field(default_factory=dict)
+
+
+def _labels(raw: bytes) -> dict[bytes, bytes]:
+    return {match.group(1): match.group(2) for match in _LABEL.finditer(raw)}
+
+
+def _index(labels: dict[bytes, bytes], name: bytes) -> int | None:
+    raw = labels.get(name)
+    return int(raw) if raw is not None and _INDEX.fullmatch(raw) else None
+
+
+def _text(raw: bytes) -> str:
+    """A label value, unescaped, decoded leniently and cut to :data:`MAX_LABEL` characters."""
+    unescaped = re.sub(rb'\\[\\"n]', lambda m: _UNESCAPE[m.group(0)].encode(), raw[: MAX_LABEL * 4])
+    return unescaped.decode("utf-8", "replace")[:MAX_LABEL]
+
+
+def _value(raw: bytes) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _process(metrics: NodeMetrics, labels: dict[bytes, bytes]) -> ProcessMetrics | None:
+    gpu, pid = _index(labels, b"gpu"), _index(labels, b"pid")
+    if gpu is None or pid is None:
+        return None
+    key = (gpu, pid)
+    found = metrics.processes.get(key)
+    if found is None:
+        if len(metrics.processes) >= MAX_PROCESSES:
+            return None
+        found = metrics.processes[key] = ProcessMetrics()
     return found
+
+
+def parse_metrics(text: bytes) -> NodeMetrics:
+    """Everything of interest in an exposition text, in one pass over it."""
+    metrics = NodeMetrics()
+    for match in _LINE.finditer(text):
+        family, labels, value = match.group(1), _labels(match.group(2)), _value(match.group(3))
+        if value is None:
+            continue
+        if family in _POWER:
+            gpu = _index(labels, b"gpu")
+            if gpu is None or (gpu not in metrics.power and len(metrics.power) >= MAX_GPUS):
+                continue
+            metrics.power.setdefault(gpu, {})[_POWER[family]] = round(value, 1)
+            if b"uuid" in labels:
+                metrics.uuids[gpu] = _text(labels[b"uuid"])
+        elif family == _INFO:
+            process = _process(metrics, labels)
+            if process is not None:
+                for name in ATTRIBUTION_LABELS:
+                    setattr(process, name, _text(labels.get(name.encode(), b"")))
+        elif family == _SM and value <= 1:
+            process = _process(metrics, labels)
+            if process is not None:
+                process.sm_utilization = round(value, 4)
+    return metrics
 
 
 def parse_power(text: bytes) -> dict[int, dict[str, float]]:
     """``{gpu index: {"power": W, "power_limit": W}}`` from an exposition text."""
-    readings: dict[int, dict[str, float]] = {}
-    for prefix, key in _FAMILIES:
-        for labels, raw in _samples(text, prefix):
-            gpu = _GPU_LABEL.search(labels)
-            if gpu is None:
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                continue
-            if not math.isfinite(value) or value < 0:
-                continue
-            index = int(gpu.group(1))
-            if index not in readings and len(readings) >= MAX_GPUS:
-                continue
-            readings.setdefault(index, {})[key] = round(value, 1)
-    return readings
+    return parse_metrics(text).power

@@ -9,8 +9,9 @@ failed the previous round are started first, so their timeouts run alongside the
 instead of after them. Connections are kept alive between rounds, which makes a steady-state
 round much cheaper than the first.
 
-The legacy JSON has no power readings, so every ``power_interval`` seconds a node's ``/metrics``
-is read too (in the same time budget) for ``gpu_power_watts`` and ``gpu_power_limit_watts``.
+The legacy JSON has no power readings and no attribution, so every ``power_interval`` seconds a
+node's ``/metrics`` is read too (in the same time budget) and parsed once for power per GPU and,
+per process, its Slurm job, pod, container and SM utilization (status_api/nodemetrics.py).
 
 Redirects are never followed: any user can bind a node's unprivileged port, and a redirect would
 hand the password (request body) and the basic-auth header to whatever the answer points at. A
@@ -39,7 +40,7 @@ from yarl import URL
 
 from status_api.hosts import Host
 from status_api.nodedata import NodeDataError, parse_status
-from status_api.nodemetrics import parse_power
+from status_api.nodemetrics import NodeMetrics, ProcessMetrics, parse_metrics
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ class PollResult:
     duration: float
     # Power per GPU index; None when this poll did not ask (the previous readings still hold).
     power: dict[int, dict[str, float]] | None = None
+    # Attribution per (GPU index, pid), from the same read; None exactly when power is None.
+    processes: dict[tuple[int, int], ProcessMetrics] | None = None
+    uuids: dict[int, str] | None = None  # GPU uuid per index, from the same read
 
     @property
     def ok(self) -> bool:
@@ -261,7 +265,7 @@ class NodeClient:
 
     async def _fetch(
         self, host: Host, body: bytes, auth: aiohttp.BasicAuth | None, deadline: float
-    ) -> tuple[dict[str, Any], dict[int, dict[str, float]] | None]:
+    ) -> tuple[dict[str, Any], NodeMetrics | None]:
         memo = self._memo(host)
         timeout = max(0.05, deadline - time.monotonic())
         limits = aiohttp.ClientTimeout(
@@ -293,15 +297,15 @@ class NodeClient:
 
     async def _power(
         self, memo: _NodeMemo, auth: aiohttp.BasicAuth | None, deadline: float
-    ) -> dict[int, dict[str, float]] | None:
-        """Power per GPU from the node's /metrics, when due; {} when unavailable. A scrape costs
-        as much as the status itself, hence not every round. Only a redirect is an error: the
-        node (or whatever holds its port) tried to send the credentials elsewhere."""
+    ) -> NodeMetrics | None:
+        """Power and attribution from the node's /metrics, when due; empty when unavailable. A
+        scrape costs as much as the status itself, hence not every round. Only a redirect is an
+        error: the node (or whatever holds its port) tried to send the credentials elsewhere."""
         now = time.monotonic()
         if not self._power_due(memo, now):
             return None
         if memo.no_metrics_until > now or deadline - now < 0.05:
-            return {}
+            return NodeMetrics()
         limits = aiohttp.ClientTimeout(total=deadline - now)
         try:
             async with self._request(
@@ -310,14 +314,14 @@ class NodeClient:
                 _refuse_redirect(response, "/metrics")
                 if response.status == 404:
                     memo.no_metrics_until = now + _NO_METRICS_RETRY_SECONDS
-                    return {}
+                    return NodeMetrics()
                 if response.status != 200:
-                    return {}
-                return parse_power(await _read_capped(response, self.settings.max_body))
+                    return NodeMetrics()
+                return parse_metrics(await _read_capped(response, self.settings.max_body))
         except RedirectRefused:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, PollError):
-            return {}
+            return NodeMetrics()
 
     async def poll(
         self,
@@ -337,7 +341,7 @@ class NodeClient:
             deadline = origin + self.settings.timeout
             try:
                 # The request timeout covers the exchange; this guard also covers the parse.
-                status, power = await asyncio.wait_for(
+                status, metrics = await asyncio.wait_for(
                     self._fetch(host, body, auth, deadline), self.settings.timeout + 1.0
                 )
                 error = ""
@@ -346,9 +350,20 @@ class NodeClient:
             except Exception as caught:
                 if not isinstance(caught, (PollError, aiohttp.ClientError, asyncio.TimeoutError)):
                     log.debug("unexpected error polling %s", host.text, exc_info=True)
-                status, power, error = None, None, _error_text(caught, self.settings)
+                status, metrics, error = None, None, _error_text(caught, self.settings)
             duration = time.monotonic() - started
-            return PollResult(host, status, error, time.time(), duration, power)
+            if metrics is None:
+                return PollResult(host, status, error, time.time(), duration)
+            return PollResult(
+                host,
+                status,
+                error,
+                time.time(),
+                duration,
+                metrics.power,
+                metrics.processes,
+                metrics.uuids,
+            )
 
     async def poll_all(self, hosts: Sequence[Host]) -> list[PollResult]:
         """One round: poll every host once; results come back in the order of ``hosts``.

@@ -19,6 +19,20 @@ TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 SEVERITIES = {"critical", "warning"}
 # Alerts about a whole node's exporter: their descriptions speak of all its GPUs.
 NODE_ALERTS = {"GpuExporterDown", "GpuCollectionFailing", "GpuCollectionStale"}
+# Levels of recording rules, as listed at the top of rules/recording.yml.
+LEVELS = {
+    "node_gpu_process",
+    "node_gpu_user",
+    "node_gpu_slurm_job",
+    "node_gpu_pod",
+    "node_gpu",
+    "node_user",
+    "node",
+    "user",
+    "slurm_job",
+    "namespace",
+    "cluster",
+}
 
 
 def rules_of(kind: str) -> list[dict[str, Any]]:
@@ -135,7 +149,7 @@ def test_every_recording_rule_is_tested():
 def test_recording_rules_follow_the_naming_convention():
     for rule in rules_of("record"):
         level, metric, operations = rule["record"].split(":")
-        assert level in {"node_gpu_user", "node_gpu", "node_user", "node", "user", "cluster"}
+        assert level in LEVELS, rule["record"]
         assert metric.startswith("gpu"), rule["record"]
         assert operations, rule["record"]
 

@@ -20,7 +20,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulator.nodes import FakeNodes, RecordingListener
+from simulator.nodes import FakeNodes, RecordingListener, legacy_status
 from simulator.proc import free_port, wait_http
 from tests.support.encoding import GZIP_NEGOTIATION, check_negotiated, encoding_header
 from tests.support.metrics import value, values
@@ -458,3 +458,49 @@ def test_stops_promptly_on_sigterm_even_mid_round(status_service_factory) -> Non
         assert service.stop() == 0
         assert time.monotonic() - started < 3
         assert "Traceback" not in service.log()
+
+
+# ---- per-process attribution and idle-but-held GPUs --------------------------------------------
+
+
+def test_attribution_and_idle_held_through_the_service(status_service_factory) -> None:  # noqa: F811
+    """The node's /metrics names each process's job or pod and its SM utilization; a GPU whose
+    processes hold memory without computing turns idle_held after --idle-held-after seconds,
+    and back as soon as one of them computes."""
+    with FakeNodes(["ok"], gpus=2) as fake:
+        status = legacy_status("fake0", gpus=2, users_per_gpu=2)
+        first, second = (user["pid"] for user in status["gpus"][0]["users"])
+        attribution = {
+            first: {"slurm_job": "4242", "sm_utilization": 0.0},
+            second: {"namespace": "ml", "pod": "train-0", "container": "t", "sm_utilization": 0},
+        }
+        fake.set_status(0, status, attribution=attribution)
+        (line,) = fake.hosts_lines()
+        service = status_service_factory(
+            [line], "--power-interval", "0", "--idle-held-after", "1.5"
+        )
+        document = service.wait_for(
+            lambda d: node(d, line)["gpus"][0]["users"][0]["slurm_job"] == "4242",
+            what="attribution from /metrics",
+        )
+        gpu = node(document, line)["gpus"][0]
+        job, pod = gpu["users"]
+        assert (job["sm_utilization"], job["pod"]) == (0, "")
+        assert (pod["namespace"], pod["pod"], pod["container"]) == ("ml", "train-0", "t")
+        assert gpu["idle_held"] is False  # idle for less than 1.5 s yet
+        started = time.time()
+        document = service.wait_for(
+            lambda d: node(d, line)["gpus"][0]["idle_held"], what="GPU 0 idle but held"
+        )
+        gpu0, gpu1 = node(document, line)["gpus"]
+        assert time.time() - started >= 0.5
+        assert gpu0["idle_held_since"] <= time.time() - 1.5
+        assert gpu1["idle_held"] is False and gpu1["idle_held_since"] is None  # holds nothing
+
+        attribution[second] = {**attribution[second], "sm_utilization": 0.4}
+        fake.set_status(0, status, attribution=attribution)
+        document = service.wait_for(
+            lambda d: not node(d, line)["gpus"][0]["idle_held"], what="GPU 0 computing again"
+        )
+        assert node(document, line)["gpus"][0]["users"][1]["sm_utilization"] == 0.4
+        assert b"slurm_job" not in service.get("/get-status").content  # legacy view unchanged

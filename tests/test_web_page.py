@@ -335,3 +335,41 @@ def test_hostile_text_is_shown_as_text(
         assert page.evaluate("window.__xss") is None
         assert page.locator("article.node img, article.node script, article.node svg").count() == 0
         assert page.locator("article.node b, article.node iframe").count() == 0
+
+
+def test_jobs_pods_and_idle_held_gpus(
+    status_service_factory: Callable[..., StatusService],  # noqa: F811
+    page: Page,
+) -> None:
+    status = _lab_box_status()
+    attribution = {
+        4101: {"slurm_job": "77123", "sm_utilization": 0.0},
+        4102: {"namespace": "ml", "pod": "notebook-0", "container": "jupyter", "sm_utilization": 0},
+        4103: {"slurm_job": "77124", "sm_utilization": 0.64},
+    }
+    with FakeNodes(["ok"]) as lab_box:
+        lab_box.set_status(0, status, attribution=attribution)
+        service = status_service_factory(
+            lab_box.hosts_lines(), "--power-interval", "0", "--idle-held-after", "1",
+            interval=0.5, timeout=0.8,
+        )  # fmt: skip
+        service.wait_for(
+            lambda d: d["nodes"][0]["gpus"][0]["idle_held"], what="GPU 0 idle but held"
+        )
+        page.goto(service.url + "/")
+        rows = page.locator("tr.gpu")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0).locator(".user-job")).to_have_text("job 77123")
+        expect(rows.nth(0).locator(".user-pod")).to_have_text("ml/notebook-0")
+        expect(rows.nth(0).locator(".user-sm").first).to_have_text("SM 0 %")
+        expect(rows.nth(1).locator(".user-sm")).to_have_text("SM 64 %")
+        expect(rows.nth(0).locator(".idle-held-mark")).to_have_text("idle but held")
+        expect(rows.nth(0).locator(".idle-held-since")).to_contain_text("since ")
+        expect(rows.nth(1).locator(".idle-held-mark")).to_have_count(0)
+
+        page.fill("#filter-user", "77124")
+        expect(page.locator("tr.gpu")).to_have_count(1)
+        expect(page.locator("tr.gpu .user-job")).to_have_text("job 77124")
+        page.fill("#filter-user", "notebook-0")
+        expect(page.locator("tr.gpu")).to_have_count(1)
+        expect(page.locator("tr.gpu.idle-held")).to_have_count(1)

@@ -123,7 +123,9 @@
   function gpuMatches(gpu, f) {
     if (f.free && !gpu.free) return false;
     if (f.user) {
-      return gpu.users.some((u) => String(u.username).toLowerCase().includes(f.user));
+      // A user name, a Slurm job id or a pod name (namespace/pod) matches.
+      return gpu.users.some((u) => [u.username, u.slurm_job, u.pod, u.namespace && u.pod ? u.namespace + '/' + u.pod : '']
+        .some((text) => text && String(text).toLowerCase().includes(f.user)));
     }
     return true;
   }
@@ -169,17 +171,34 @@
   function userChip(user) {
     const chip = el('span', 'user');
     chip.append(el('span', 'user-name', user.username || '(unknown)'), el('span', 'user-mem', mib(user.mem)));
-    chip.title = 'pid ' + user.pid + ': ' + user.command;
+    if (user.slurm_job) chip.append(el('span', 'user-job', 'job ' + user.slurm_job));
+    if (user.pod) {
+      const pod = el('span', 'user-pod', (user.namespace ? user.namespace + '/' : '') + user.pod);
+      if (user.container) pod.title = 'container ' + user.container;
+      chip.append(pod);
+    }
+    if (isNumber(user.sm_utilization)) {
+      chip.append(el('span', 'user-sm', 'SM ' + Math.round(user.sm_utilization * 100) + ' %'));
+    }
+    chip.title = 'pid ' + user.pid + ': ' + user.command + (user.container ? ' (container ' + user.container + ')' : '');
     return chip;
   }
 
   function gpuRow(gpu) {
-    const row = el('tr', 'gpu' + (gpu.free ? ' free' : ''));
+    const row = el('tr', 'gpu' + (gpu.free ? ' free' : '') + (gpu.idle_held ? ' idle-held' : ''));
     row.dataset.index = String(gpu.index);
 
     const id = el('td', 'gpu-id');
     id.append(el('span', 'gpu-index', gpu.index));
     if (gpu.free) id.append(el('span', 'free-mark', 'free'));
+    if (gpu.idle_held) {
+      const since = isNumber(gpu.idle_held_since) ? new Date(gpu.idle_held_since * 1000) : null;
+      const mark = el('span', 'idle-held-mark', 'idle but held');
+      mark.title = 'processes hold memory but have not computed' +
+        (since ? ' since ' + since.toLocaleString() : '');
+      id.append(mark);
+      if (since) id.append(el('div', 'idle-held-since', 'since ' + since.toLocaleTimeString()));
+    }
     const name = el('div', 'gpu-name', gpu.name);
     name.title = gpu.name;
     id.append(name);
