@@ -37,10 +37,10 @@ import requests
 
 from simulator.nodes import free_port_on, loopback_addresses
 from simulator.proc import ManagedProcess, free_port, wait_http
-from status_api.cli import tune_process
 from status_api.cluster import Cluster
 from status_api.hosts import parse_hosts
 from status_api.poller import NodeClient, PollSettings
+from status_api.tuning import tune_process
 
 
 @dataclass

@@ -10,7 +10,6 @@ Flask's import alone would cost a third of the exporter's memory.
 
 from __future__ import annotations
 
-import gzip
 import html
 import json
 import logging
@@ -18,14 +17,14 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Callable
 
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
-
 from exporter import __version__
 from exporter.collector import SnapshotCollector
 from exporter.legacy import legacy_status_json
 from exporter.snapshot import Snapshot
-from servicekit.encoding import VARY, accepts_gzip
-from servicekit.password import FailureThrottle, PasswordSource, client_key
+from servicekit.limiter import FailureThrottle, client_key
+from servicekit.metricsformat import MetricsFormat, negotiate
+from servicekit.password import PasswordSource
+from servicekit.responses import JSON, json_error_body
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class Reply:
 
 
 def _json_error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Reply:
-    return Reply(status, json.dumps({"error": message}).encode(), "application/json", headers)
+    return Reply(status, json_error_body(message), JSON, headers)
 
 
 def _text(status: int, text: str) -> Reply:
@@ -84,14 +83,6 @@ def _text(status: int, text: str) -> Reply:
 
 
 _MAX_CACHED_FORMATS = 8  # formats differ by the Accept header's parameters; clients choose them
-
-
-def choose_metrics_encoder(accept: str | None) -> tuple[Callable[..., bytes], str]:
-    """The encoder the Accept header asks for; the classic text format when it cannot be read."""
-    try:
-        return choose_encoder(accept)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # e.g. "version=1.x": the library compares str with int
-        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
 
 
 class MetricsRenderer:
@@ -113,12 +104,13 @@ class MetricsRenderer:
         self._sequence = -1
         self._cache: dict[tuple[str, bool], bytes] = {}
 
-    def render(self, accept: str | None, accept_encoding: str | None) -> tuple[bytes, str, bool]:
-        """Body, content type and whether the body is gzip-compressed."""
-        encoder, content_type = choose_metrics_encoder(accept)
-        compress = accepts_gzip(accept_encoding)
+    def render(
+        self, accept: str | None, accept_encoding: str | None
+    ) -> tuple[bytes, MetricsFormat]:
+        """The body for a request with these headers, and the format it is in."""
+        metrics_format = negotiate(accept, accept_encoding)
         snapshot = self._latest()
-        key = (content_type, compress)
+        key = metrics_format.key
         with self._lock:
             if snapshot.sequence != self._sequence:
                 self._cache.clear()
@@ -130,13 +122,11 @@ class MetricsRenderer:
                 include_processes=self._include_processes,
                 include_commands=self._include_commands,
             )
-            cached = encoder(view)
-            if compress:
-                cached = gzip.compress(cached, compresslevel=3)
+            cached = metrics_format.encode(view)
             with self._lock:
                 if snapshot.sequence == self._sequence and len(self._cache) < _MAX_CACHED_FORMATS:
                     self._cache[key] = cached
-        return cached, content_type, compress
+        return cached, metrics_format
 
 
 def _password(body: bytes) -> str:
@@ -231,11 +221,10 @@ class ExporterApp:
         return handler(environ)
 
     def metrics(self, environ: dict[str, Any]) -> Reply:
-        body, content_type, compressed = self._renderer.render(
+        body, metrics_format = self._renderer.render(
             environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
         )
-        headers = [VARY, ("Content-Encoding", "gzip")] if compressed else [VARY]
-        return Reply(200, body, content_type, headers)
+        return Reply(200, body, metrics_format.content_type, metrics_format.headers())
 
     def get_status(self, environ: dict[str, Any]) -> Reply:
         key = client_key(environ)
@@ -258,7 +247,7 @@ class ExporterApp:
                 self._throttle.give_back(key)
         if wrong:
             return _json_error(403, "wrong password")
-        return Reply(200, legacy_status_json(self._latest()), "application/json")
+        return Reply(200, legacy_status_json(self._latest()), JSON)
 
     def landing(self, environ: dict[str, Any]) -> Reply:
         hostname = html.escape(self._latest().host.hostname)

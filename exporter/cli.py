@@ -1,6 +1,8 @@
 """Command line of ``gpu-exporter``; the old node_info.py flags keep working.
 
-``--port``, ``--disable_log`` and ``--debug`` behave as before. The legacy password is never taken
+Flags follow node_exporter (``--web.listen-address``, ``--web.config.file``, ``--log.level``);
+``--port``, ``--listen-address``, ``--disable_log`` and ``--debug`` behave as before. The legacy
+password is never taken
 from the command line, where ``ps`` would show it: use ``--password-file`` or the
 ``GPU_MONITOR_PASSWORD`` environment variable.
 """
@@ -17,12 +19,7 @@ from exporter import __version__
 from exporter.legacy import legacy_status_json
 from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
 from exporter.sampler import Sampler
-from servicekit.cliargs import positive, tcp_port
-from servicekit.httpserver import (
-    DEFAULT_MAX_REQUESTS,
-    DEFAULT_MAX_REQUESTS_PER_CLIENT,
-    run_service,
-)
+from servicekit.cliargs import add_log_flags, add_web_flags, positive
 from servicekit.logsetup import configure_logging
 from servicekit.password import ENV_VAR, PasswordError, PasswordSource, warn_if_exposed
 
@@ -35,16 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export NVIDIA GPU metrics for Prometheus and the legacy /get-status JSON.",
         allow_abbrev=False,  # "--password" must not silently mean "--password-file"
     )
-    parser.add_argument(
-        "--port",
-        type=tcp_port(allow_any=True),
-        default=7080,
-        help="port to listen on (default 7080)",
-    )
-    parser.add_argument(
-        "--listen-address",
-        default="0.0.0.0",
-        help="address to listen on (default all interfaces, so Prometheus can scrape)",
+    add_web_flags(
+        parser,
+        default_port=7080,
+        allow_any_port=True,
+        listen_help="; Prometheus must reach it",
     )
     parser.add_argument(
         "--interval", type=positive(float), default=2.0, help="seconds between samples (default 2)"
@@ -59,24 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-file",
         type=Path,
         help=f"file with the /get-status password(s), one per line (else ${ENV_VAR}, else 8888)",
-    )
-    parser.add_argument(
-        "--web-config-file", type=Path, help="exporter-toolkit web config: TLS and basic auth"
-    )
-    parser.add_argument(
-        "--web.max-requests",
-        dest="max_requests",
-        type=positive(int),
-        default=DEFAULT_MAX_REQUESTS,
-        help=f"requests served at once; more get 503 (default {DEFAULT_MAX_REQUESTS})",
-    )
-    parser.add_argument(
-        "--web.max-requests-per-client",
-        dest="max_requests_per_client",
-        type=positive(int),
-        default=DEFAULT_MAX_REQUESTS_PER_CLIENT,
-        help="requests served at once for one address (IPv6: one /64); more get 503 "
-        f"(default {DEFAULT_MAX_REQUESTS_PER_CLIENT})",
     )
     parser.add_argument(
         "--no-processes", action="store_true", help="do not report per-process series or users"
@@ -102,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="export PCIe TX/RX throughput (NVML samples the link for 20 ms per GPU and pass)",
     )
     parser.add_argument("--hostname", help="host name to report (default: this machine's)")
-    parser.add_argument("--disable_log", action="store_true", help="log warnings and errors only")
+    add_log_flags(parser)
     parser.add_argument(
         "--debug", action="store_true", help="print the /get-status JSON once and exit"
     )
@@ -139,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"passwords are not taken on the command line (ps shows it to every user); "
             f"use --password-file or {ENV_VAR}"
         )
-    configure_logging(quiet=args.disable_log)
+    configure_logging(level=args.log_level)
     sampler = Sampler(
         interval=args.interval,
         gpu_timeout=args.nvml_timeout,
@@ -167,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     # Imported here so --debug does not pay for the HTTP stack.
     from exporter.app import ExporterApp
+    from servicekit.runner import run_service
     from servicekit.webconfig import WebConfigError
 
     try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 
+from servicekit.cliargs import LOG_LEVELS
 
-def configure_logging(*, quiet: bool) -> None:
-    """INFO and above, or only warnings and errors with ``quiet`` (the old ``--disable_log``)."""
+
+def configure_logging(*, level: str = "info") -> None:
+    """Log ``level`` (a ``--log.level`` name: debug, info, warn, error) and above."""
     logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
+        level=LOG_LEVELS[level],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -21,80 +21,38 @@ Unknown keys are an error, as in exporter-toolkit, so a typo cannot silently dis
 every setting that cannot be applied as written (a TLS 1.3 cipher suite, a cipher OpenSSL lacks,
 more than one curve). Relative file paths are relative to the configuration file.
 
-:class:`WebConfigFile` re-reads the file, and the certificate files it names, when they change, so
-users and certificates rotate without a restart.
+:class:`WebConfigFile` re-reads the file, and the certificate files it names, when they change
+(through :mod:`servicekit.filewatch`), so users and certificates rotate without a restart; a
+reload never turns a protection off. Applying the result is elsewhere: TLS in
+:mod:`servicekit.tls`, basic auth in :mod:`servicekit.basicauth`, headers in
+:mod:`servicekit.middleware`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import logging
 import ssl
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import bcrypt
 import yaml
+
+from servicekit.filewatch import WatchedFile
+from servicekit.tls import (
+    CIPHER_SUITES,
+    CLIENT_AUTH,
+    CURVES,
+    TLS13_SUITES,
+    TLS_VERSIONS,
+    VERIFY_STRENGTH,
+    TlsSetupError,
+    ssl_context,
+)
 
 log = logging.getLogger(__name__)
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
-
-_TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
-# Python cannot request a client certificate without verifying it, so the two "any cert" modes
-# verify against client_ca_file as well; they are accepted so existing files keep working.
-_CLIENT_AUTH = {
-    "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-}
-# Go's crypto/tls names of the TLS 1.2 suites (tls.CipherSuites() and tls.InsecureCipherSuites(),
-# which exporter-toolkit accepts) and OpenSSL's names for them.
-_CIPHER_SUITES = {
-    "TLS_RSA_WITH_RC4_128_SHA": "RC4-SHA",
-    "TLS_RSA_WITH_3DES_EDE_CBC_SHA": "DES-CBC3-SHA",
-    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
-    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
-    "TLS_RSA_WITH_AES_128_CBC_SHA256": "AES128-SHA256",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA": "ECDHE-ECDSA-RC4-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-    "TLS_ECDHE_RSA_WITH_RC4_128_SHA": "ECDHE-RSA-RC4-SHA",
-    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA": "ECDHE-RSA-DES-CBC3-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-}
-# Go accepts these names but ignores them: TLS 1.3 suites are not configurable there either.
-_TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
-_CURVES = {
-    "CurveP256": "prime256v1",
-    "CurveP384": "secp384r1",
-    "CurveP521": "secp521r1",
-    "X25519": "X25519",
-}
 _TLS_KEYS = {
     "cert_file",
     "key_file",
@@ -107,8 +65,6 @@ _TLS_KEYS = {
     "prefer_server_cipher_suites",
 }
 _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
-# Paths that health checkers (systemd, Kubernetes probes) reach without credentials.
-UNAUTHENTICATED_PATHS = frozenset({"/-/healthy", "/-/ready"})
 
 
 class WebConfigError(Exception):
@@ -162,9 +118,9 @@ def _tls(section: dict[str, Any], base: Path, where: str) -> TlsConfig | None:
         if not section.get(required):
             raise WebConfigError(f"{where}: {required} is required")
     auth = section.get("client_auth_type") or "NoClientCert"
-    if auth not in _CLIENT_AUTH:
+    if auth not in CLIENT_AUTH:
         raise WebConfigError(
-            f"{where}: client_auth_type {auth!r} is not one of {list(_CLIENT_AUTH)}"
+            f"{where}: client_auth_type {auth!r} is not one of {list(CLIENT_AUTH)}"
         )
     if auth != "NoClientCert" and not section.get("client_ca_file"):
         raise WebConfigError(f"{where}: client_auth_type {auth} needs client_ca_file")
@@ -176,8 +132,8 @@ def _tls(section: dict[str, Any], base: Path, where: str) -> TlsConfig | None:
             "RequireAndVerifyClientCert or VerifyClientCertIfGiven"
         )
     for key in ("min_version", "max_version"):
-        if section.get(key) and section[key] not in _TLS_VERSIONS:
-            raise WebConfigError(f"{where}: {key} must be one of {list(_TLS_VERSIONS)}")
+        if section.get(key) and section[key] not in TLS_VERSIONS:
+            raise WebConfigError(f"{where}: {key} must be one of {list(TLS_VERSIONS)}")
     prefer = section.get("prefer_server_cipher_suites", True)
     if not isinstance(prefer, bool):
         raise WebConfigError(f"{where}: prefer_server_cipher_suites must be true or false")
@@ -206,26 +162,26 @@ def _names(value: Any, key: str, where: str) -> list[str]:
 def _ciphers(value: Any, where: str) -> tuple[str, ...]:
     ciphers = []
     for name in _names(value, "cipher_suites", where):
-        if name in _TLS13_SUITES:
+        if name in TLS13_SUITES:
             raise WebConfigError(
                 f"{where}: cipher_suites: {name} is a TLS 1.3 suite; TLS 1.3 suites are not "
                 "configurable (in Go either), list only TLS 1.2 suites"
             )
-        if name not in _CIPHER_SUITES:
+        if name not in CIPHER_SUITES:
             raise WebConfigError(
                 f"{where}: cipher_suites: unknown suite {name!r}; valid: "
-                + ", ".join(_CIPHER_SUITES)
+                + ", ".join(CIPHER_SUITES)
             )
-        ciphers.append(_CIPHER_SUITES[name])
+        ciphers.append(CIPHER_SUITES[name])
     return tuple(ciphers)
 
 
 def _curve(value: Any, where: str) -> str | None:
     names = _names(value, "curve_preferences", where)
     for name in names:
-        if name not in _CURVES:
+        if name not in CURVES:
             raise WebConfigError(
-                f"{where}: curve_preferences: unknown curve {name!r}; valid: {', '.join(_CURVES)}"
+                f"{where}: curve_preferences: unknown curve {name!r}; valid: {', '.join(CURVES)}"
             )
     if len(names) > 1:
         # SSLContext.set_ecdh_curve is the only way to choose groups from Python's ssl module,
@@ -234,7 +190,7 @@ def _curve(value: Any, where: str) -> str | None:
             f"{where}: curve_preferences lists {len(names)} curves, but only one can be applied "
             "(Python's ssl module sets a single curve); list exactly one"
         )
-    return _CURVES[names[0]] if names else None
+    return CURVES[names[0]] if names else None
 
 
 def _users(section: dict[str, Any], where: str) -> dict[str, bytes]:
@@ -271,70 +227,15 @@ def load_web_config(path: Path) -> WebConfig:
         headers=headers,
     )
     if config.tls is not None:
-        ssl_context(config.tls)  # fail at start, not at the first client
+        _context(config.tls)  # fail at start, not at the first client
     return config
 
 
-def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """A server-side context from the TLS section."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _TLS_VERSIONS[tls.min_version]
-    if tls.max_version:
-        context.maximum_version = _TLS_VERSIONS[tls.max_version]
-    _apply_ciphers(context, tls)
+def _context(tls: TlsConfig) -> ssl.SSLContext:
     try:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-        if tls.client_ca_file is not None:
-            context.load_verify_locations(cafile=str(tls.client_ca_file))
-    except (OSError, ssl.SSLError) as error:
-        raise WebConfigError(f"cannot load TLS certificate or key: {error}") from error
-    context.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
-    return context
-
-
-def _cost(hashed: bytes) -> int:
-    """The cost (log2 rounds) of a bcrypt hash ``$2b$NN$...``; 4, the minimum, when unreadable."""
-    try:
-        return max(4, min(31, int(hashed.split(b"$")[2])))
-    except (IndexError, ValueError):
-        return 4
-
-
-def dummy_hash(users: dict[str, bytes]) -> bytes:
-    """A hash unknown users are checked against, as costly as the costliest real one.
-
-    A cheaper one would answer an unknown user faster than a known user with a wrong password,
-    and so tell a stranger which user names exist.
-    """
-    cost = max((_cost(hashed) for hashed in users.values()), default=4)
-    return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=cost))
-
-
-def _apply_ciphers(context: ssl.SSLContext, tls: TlsConfig) -> None:
-    if tls.prefer_server_cipher_suites:
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    else:
-        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if tls.curve is not None:
-        try:
-            context.set_ecdh_curve(tls.curve)
-        except (ValueError, ssl.SSLError) as error:
-            raise WebConfigError(f"curve_preferences: cannot apply {tls.curve}: {error}") from None
-    if not tls.ciphers:
-        return
-    go_names = {openssl: go for go, openssl in _CIPHER_SUITES.items()}
-    try:
-        context.set_ciphers(":".join(tls.ciphers))
-    except ssl.SSLError:
-        available: set[str] = set()
-    else:
-        available = {cipher["name"] for cipher in context.get_ciphers()}
-    # OpenSSL drops the suites it lacks (RC4, 3DES) silently; a dropped suite is an error here.
-    missing = [go_names[name] for name in tls.ciphers if name not in available]
-    if missing:
-        raise WebConfigError(
-            f"cipher_suites: {', '.join(missing)} not available in {ssl.OPENSSL_VERSION}"
-        )
+        return ssl_context(tls)
+    except TlsSetupError as error:
+        raise WebConfigError(str(error)) from error
 
 
 @dataclass(frozen=True)
@@ -347,159 +248,52 @@ class LoadedWebConfig:
 
 def _load(path: Path) -> LoadedWebConfig:
     config = load_web_config(path)
-    return LoadedWebConfig(config, None if config.tls is None else ssl_context(config.tls))
+    return LoadedWebConfig(config, None if config.tls is None else _context(config.tls))
 
 
-_VERIFY_STRENGTH = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 2}
-
-
-def _loosening(old: WebConfig, new: WebConfig) -> str | None:
+def _loosening(old: LoadedWebConfig, new: LoadedWebConfig) -> str | None:
     """Why ``new`` may not replace ``old`` while running, or None.
 
     A file caught half-written can parse and validate yet lack a section: reloads may rotate users
     and certificates but never turn a protection off; that takes a restart.
     """
-    if (old.tls is None) != (new.tls is None):
+    before, after = old.config, new.config
+    if (before.tls is None) != (after.tls is None):
         return "switching between HTTP and HTTPS needs a restart"
-    if old.users and not new.users:
+    if before.users and not after.users:
         return "turning basic auth off needs a restart"
-    if old.tls is not None and new.tls is not None:
-        before = _VERIFY_STRENGTH[_CLIENT_AUTH[old.tls.client_auth_type]]
-        if _VERIFY_STRENGTH[_CLIENT_AUTH[new.tls.client_auth_type]] < before:
+    if before.tls is not None and after.tls is not None:
+        strength = VERIFY_STRENGTH[CLIENT_AUTH[before.tls.client_auth_type]]
+        if VERIFY_STRENGTH[CLIENT_AUTH[after.tls.client_auth_type]] < strength:
             return "weakening client_auth_type needs a restart"
     return None
 
 
-class WebConfigFile:
+def _certificate_files(loaded: LoadedWebConfig) -> tuple[Path, ...]:
+    tls = loaded.config.tls
+    return () if tls is None else tls.files()
+
+
+class WebConfigFile(WatchedFile[LoadedWebConfig]):
     """The web configuration file, re-read when it or a certificate file it names changes.
 
     :meth:`current` is called on every connection and request; it looks at the files at most once
-    per ``check_every`` seconds (comparing contents, since a rewrite within the file system's
-    time-stamp granularity keeps the mtime). A file that fails to load, or would turn a protection
-    off, is logged once and the previous configuration stays.
+    per ``check_every`` seconds, comparing contents too, since a rewrite within the file system's
+    time-stamp granularity can keep mtime and size. A file that fails to load, or would turn a
+    protection off, is logged once and the previous configuration stays. The first load raises
+    :class:`WebConfigError`: a bad file stops the start.
     """
 
     def __init__(self, path: Path, *, check_every: float = 1.0) -> None:
-        self.path = path
-        self._check_every = check_every
-        self._lock = threading.Lock()
-        self._loaded = _load(path)  # raises WebConfigError: a bad file stops the start
-        self._fingerprint = self._files_fingerprint(path, self._loaded.config.tls)
-        self._checked = time.monotonic()
-
-    @staticmethod
-    def _files_fingerprint(path: Path, tls: TlsConfig | None) -> bytes:
-        digest = hashlib.sha256()
-        for name in (path, *(tls.files() if tls else ())):
-            try:
-                digest.update(hashlib.sha256(name.read_bytes()).digest())
-            except OSError:
-                digest.update(b"unreadable")
-        return digest.digest()
-
-    def current(self) -> LoadedWebConfig:
-        now = time.monotonic()
-        # One caller checks while the others go on with the configuration they have.
-        if now - self._checked >= self._check_every and self._lock.acquire(blocking=False):
-            try:
-                if now - self._checked >= self._check_every:
-                    self._reload_if_changed()
-                    self._checked = time.monotonic()
-            finally:
-                self._lock.release()
-        return self._loaded
-
-    def _reload_if_changed(self) -> None:
-        # The fingerprint is taken before loading, so a change during the load is seen next time.
-        fingerprint = self._files_fingerprint(self.path, self._loaded.config.tls)
-        if fingerprint == self._fingerprint:
-            return
-        self._fingerprint = fingerprint
-        try:
-            loaded = _load(self.path)
-        except WebConfigError as error:
-            log.error("web config not reloaded, keeping the previous one: %s", error)
-            return
-        reason = _loosening(self._loaded.config, loaded.config)
-        if reason is not None:
-            log.error("web config %s not reloaded, keeping the previous one: %s", self.path, reason)
-            return
-        old_files = self._loaded.config.tls.files() if self._loaded.config.tls else ()
-        if loaded.config.tls is not None and loaded.config.tls.files() != old_files:
-            self._fingerprint = self._files_fingerprint(self.path, loaded.config.tls)
-        self._loaded = loaded
-        log.info("web config %s reloaded", self.path)
-
-
-_DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=4))
-
-
-class BasicAuth:
-    """WSGI middleware enforcing HTTP basic auth against bcrypt hashes, except health checks.
-
-    bcrypt is slow by design, so a successful check is remembered (by a SHA-256 of user, password
-    and hash) in a bounded cache, as exporter-toolkit does; failures are never cached.
-    """
-
-    def __init__(self, app: WSGIApp, users: dict[str, bytes], *, cache_size: int = 1024) -> None:
-        self._app = app
-        self._users = users
-        self._dummy = dummy_hash(users)
-        self._verified: dict[bytes, None] = {}
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-
-    def _credentials(self, header: str) -> tuple[str, str] | None:
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        user, separator, password = decoded.partition(":")
-        return (user, password) if separator else None
-
-    def user(self, header: str) -> str | None:
-        """The user the Authorization header authenticates, or None."""
-        credentials = self._credentials(header)
-        if credentials is None:
-            return None
-        user, password = credentials
-        hashed = self._users.get(user)
-        key = hashlib.sha256(b"\0".join([user.encode(), password.encode(), hashed or b""])).digest()
-        with self._lock:
-            if hashed is not None and key in self._verified:
-                return user
-        # Unknown users pay for a check as costly as a real one: timing does not reveal names.
-        try:
-            matched = bcrypt.checkpw(password.encode("utf-8"), hashed or self._dummy)
-        except ValueError:  # bcrypt 5 refuses passwords over 72 bytes
-            matched = False
-        if not (matched and hashed is not None):
-            return None
-        with self._lock:
-            if len(self._verified) >= self._cache_size:
-                self._verified.pop(next(iter(self._verified)))
-            self._verified[key] = None
-        return user
-
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") in UNAUTHENTICATED_PATHS:
-            return self._app(environ, start_response)
-        user = self.user(environ.get("HTTP_AUTHORIZATION", ""))
-        if user is not None:
-            # Tells the app who this is: the legacy password limiter keeps a bucket per user.
-            environ["REMOTE_USER"] = user
-            environ["AUTH_TYPE"] = "Basic"
-            return self._app(environ, start_response)
-        body = b'{"error": "authentication required"}'
-        start_response(
-            "401 Unauthorized",
-            [
-                ("WWW-Authenticate", 'Basic realm="gpu-cluster-monitor", charset="UTF-8"'),
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(body))),
-            ],
+        super().__init__(
+            path,
+            lambda: _load(path),
+            what="web config",
+            errors=(WebConfigError,),
+            also_watch=_certificate_files,
+            compare_content=True,
+            min_interval=check_every,
+            refuse=_loosening,
+            on_reload=lambda old, new: log.info("web config %s reloaded", path),
+            logger=log,
         )
-        return [body]

@@ -8,7 +8,6 @@ Errors are JSON ``{"error": "..."}``; tracebacks stay in the log.
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -16,8 +15,9 @@ import yaml
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from exporter.app import choose_metrics_encoder
 from servicekit.encoding import VARY, accepts_gzip
+from servicekit.metricsformat import negotiate
+from servicekit.responses import JSON, json_error_body
 from status_api.cluster import Cluster, View
 from status_api.metrics import make_registry
 
@@ -34,7 +34,7 @@ _PAGE_POLICY = (
 
 
 def _json_error(status: int, message: str) -> Response:
-    return Response(json.dumps({"error": message}), status=status, mimetype="application/json")
+    return Response(json_error_body(message), status=status, mimetype=JSON)
 
 
 def _gzip_requested() -> bool:
@@ -46,7 +46,7 @@ def _serve_view(view: View) -> Response:
         response = Response(status=304)
     else:
         gzip_ok = _gzip_requested()
-        response = Response(view.gzipped if gzip_ok else view.body, mimetype="application/json")
+        response = Response(view.gzipped if gzip_ok else view.body, mimetype=JSON)
         if gzip_ok:
             response.headers["Content-Encoding"] = "gzip"
     response.set_etag(view.etag)
@@ -95,17 +95,18 @@ def create_app(cluster: Cluster, *, static_dir: Path = STATIC) -> Flask:
 
     @app.get("/api/v1/openapi.json")
     def openapi() -> Response:
-        return Response(openapi_json, mimetype="application/json")
+        return Response(openapi_json, mimetype=JSON)
 
     @app.get("/metrics")
     def metrics() -> Response:
-        encoder, content_type = choose_metrics_encoder(request.headers.get("Accept"))
-        body = encoder(registry)
-        headers = [VARY]
-        if _gzip_requested():
-            body = gzip.compress(body, compresslevel=3)
-            headers.append(("Content-Encoding", "gzip"))
-        return Response(body, content_type=content_type, headers=headers)
+        metrics_format = negotiate(
+            request.headers.get("Accept"), request.headers.get("Accept-Encoding")
+        )
+        return Response(
+            metrics_format.encode(registry),
+            content_type=metrics_format.content_type,
+            headers=metrics_format.headers(),
+        )
 
     @app.get("/-/healthy")
     def healthy() -> Response:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from servicekit.filewatch import WatchedFile
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,10 @@ def load_hosts(path: Path, *, default_port: int = DEFAULT_NODE_PORT) -> list[Hos
     return parse_hosts(text, default_port=default_port, source=str(path))
 
 
+def _same_nodes(old: list[Host], new: list[Host]) -> bool:
+    return [(h.key, h.text) for h in old] == [(h.key, h.text) for h in new]
+
+
 class HostsWatcher:
     """The current node list of a hosts file, re-read when the file changes.
 
@@ -252,33 +257,29 @@ class HostsWatcher:
 
     def __init__(self, path: Path, *, default_port: int = DEFAULT_NODE_PORT) -> None:
         self.path = path
-        self._default_port = default_port
-        self._stamp = self._file_stamp()
-        self.hosts: list[Host] = load_hosts(path, default_port=default_port)
-        self.last_error: str = ""
+        self._file = WatchedFile(
+            path,
+            lambda: load_hosts(path, default_port=default_port),
+            what="hosts file",
+            errors=(HostsFileError,),
+            keeping=lambda hosts: f"the previous {len(hosts)} nodes",
+            on_reload=self._log_change,
+            logger=log,
+        )
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+    def _log_change(self, old: list[Host], new: list[Host]) -> None:
+        if not _same_nodes(old, new):
+            log.info("%s changed: %d nodes (was %d)", self.path, len(new), len(old))
+
+    @property
+    def hosts(self) -> list[Host]:
+        return self._file.value
+
+    @property
+    def last_error(self) -> str:
+        return self._file.last_error
 
     def refresh(self) -> bool:
         """Re-read the file if it changed; True when the node list changed."""
-        stamp = self._file_stamp()
-        if stamp == self._stamp:
-            return False
-        self._stamp = stamp
-        try:
-            hosts = load_hosts(self.path, default_port=self._default_port)
-        except HostsFileError as error:
-            self.last_error = str(error)
-            log.error("%s; keeping the previous %d nodes", error, len(self.hosts))
-            return False
-        self.last_error = ""
-        if [(h.key, h.text) for h in hosts] == [(h.key, h.text) for h in self.hosts]:
-            return False
-        log.info("%s changed: %d nodes (was %d)", self.path, len(hosts), len(self.hosts))
-        self.hosts = hosts
-        return True
+        old = self._file.value
+        return self._file.refresh() and not _same_nodes(old, self._file.value)

@@ -17,9 +17,10 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from servicekit.basicauth import BasicAuth, dummy_hash
 from servicekit.encoding import accepts_gzip
-from servicekit.password import FailureThrottle, PasswordSource, address_key, client_key
-from servicekit.webconfig import BasicAuth, dummy_hash
+from servicekit.limiter import FailureThrottle, address_key, client_key
+from servicekit.password import PasswordSource
 from tests.support.encoding import GZIP_NEGOTIATION
 
 pytestmark = pytest.mark.unit

@@ -24,14 +24,8 @@ import requests
 
 from exporter.app import ExporterApp
 from exporter.snapshot import Snapshot
-from servicekit.httpserver import (
-    BODY_TIMEOUT,
-    MAX_BODY_BYTES,
-    BodyError,
-    InFlightLimit,
-    client_of,
-    declared_length,
-)
+from servicekit.limits import BODY_TIMEOUT, MAX_BODY_BYTES, BodyError, client_of, declared_length
+from servicekit.middleware import InFlightLimit
 from servicekit.password import PasswordSource
 from simulator.fakenvml import scenario as fake
 from tests.support.status_service import status_service_factory  # noqa: F401 - fixture

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import MAX_BODY_BYTES, ExporterApp
 from exporter.snapshot import Snapshot
-from servicekit.password import FailureThrottle, PasswordSource
+from servicekit.limiter import FailureThrottle
+from servicekit.password import PasswordSource
 from tests.unit.builders import down_gpu, gpu, snapshot
 
 pytestmark = pytest.mark.unit

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from servicekit.limiter import FailureThrottle
 from servicekit.password import (
     DEFAULT_PASSWORD,
     ENV_VAR,
-    FailureThrottle,
     PasswordError,
     PasswordSource,
     load_password,

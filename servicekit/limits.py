@@ -1,13 +1,6 @@
-"""Serving a WSGI app in production: cheroot, TLS and basic auth, and limits on every request.
+"""Limits on every request, for cheroot: what it lacks against hostile or slow clients.
 
-cheroot (CherryPy's server) is used rather than waitress because it terminates TLS itself, which
-the exporter-toolkit web configuration needs (server certificates, client certificates, minimum
-TLS version), and it serves from a fixed thread pool. Flask's development server is never used.
-The web configuration is re-read when it changes: basic-auth users and headers apply from the next
-request, certificates from the next connection.
-
-Both services run on :func:`make_server`, which adds to cheroot what it lacks against hostile or
-slow clients:
+:class:`Server` is cheroot's WSGI server with these added:
 
 * a request body is read here, before the app, with a deadline for the whole body and at most
   ``max_body_bytes`` of it ever read (chunked bodies included); the app gets it in memory. An
@@ -17,51 +10,33 @@ slow clients:
 * the request line and headers must arrive within a deadline too (cheroot's timeout is per read,
   so a client sending a byte every few seconds would hold a worker thread for ever);
 * one client (an address; IPv6 addresses by /64) may have only a few requests being served at
-  once, whatever their stage, so it cannot take every worker thread or every slot;
-* the in-flight limit never refuses the health checks, so an overload does not restart the pod.
+  once, whatever their stage, so it cannot take every worker thread or every slot.
 """
 
 from __future__ import annotations
 
 import _pyio
 import contextlib
-import ipaddress
-import json
-import logging
 import re
-import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 from typing import Any, Callable, Literal
 
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.makefile import MakeFile, StreamReader
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from servicekit.webconfig import (
-    BasicAuth,
-    LoadedWebConfig,
-    WebConfig,
-    WebConfigError,
-    WebConfigFile,
-    WSGIApp,
-)
+from servicekit.limiter import address_key
+from servicekit.responses import JSON, WSGIApp, json_error_body
 
-log = logging.getLogger(__name__)
-
-DEFAULT_MAX_REQUESTS = 40
 DEFAULT_MAX_REQUESTS_PER_CLIENT = 8
 MAX_BODY_BYTES = 4096  # no endpoint of either service takes a bigger body
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; cheroot has no limit of its own
 HEAD_TIMEOUT = 5.0  # seconds for the request line and headers, once the first byte is in
 BODY_TIMEOUT = 5.0  # seconds for the whole body, once the headers are in
-HEALTH_PATHS = frozenset({"/-/healthy", "/-/ready"})
 
 _DIGITS = re.compile(r"[0-9]+")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
@@ -69,126 +44,9 @@ _MAX_CHUNK_LINE = 256  # a size, maybe an extension; longer is not a client we s
 _MAX_TRAILER_LINES = 16
 
 
-class InFlightLimit:
-    """Answer 503 at once when ``limit`` requests are already being served, instead of queueing.
-
-    The health checks are never refused: a liveness probe failing under load would restart a
-    process that is merely busy.
-    """
-
-    def __init__(self, app: WSGIApp, limit: int) -> None:
-        self._app = app
-        self._slots = threading.BoundedSemaphore(limit)
-
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") in HEALTH_PATHS:
-            return self._finish(environ, start_response)
-        if not self._slots.acquire(blocking=False):
-            body = b'{"error": "too many requests in flight, retry shortly"}'
-            start_response(
-                "503 Service Unavailable",
-                [
-                    ("Content-Type", "application/json"),
-                    ("Retry-After", "1"),
-                    ("Content-Length", str(len(body))),
-                ],
-            )
-            return [body]
-        try:
-            return self._finish(environ, start_response)
-        finally:
-            self._slots.release()
-
-    def _finish(self, environ: dict, start_response: Callable) -> list[bytes]:
-        result = self._app(environ, start_response)
-        try:
-            return [b"".join(result)]  # finish inside the slot: bodies here are small
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-
-
-class ExtraHeaders:
-    """Add the operator's ``http_server_config.headers`` to every response."""
-
-    def __init__(self, app: WSGIApp, headers: dict[str, str]) -> None:
-        self._app = app
-        self._headers = list(headers.items())
-
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        def with_headers(status: str, headers: list, exc_info: object = None) -> Callable:
-            return start_response(status, headers + self._headers, exc_info)
-
-        return self._app(environ, with_headers)
-
-
-def _protect(app: WSGIApp, config: WebConfig) -> WSGIApp:
-    """Basic auth and headers around ``app``."""
-    wrapped: WSGIApp = app
-    if config.headers:
-        wrapped = ExtraHeaders(wrapped, config.headers)
-    if config.users:
-        wrapped = BasicAuth(wrapped, config.users)
-    return wrapped
-
-
-class ReloadingProtection:
-    """Basic auth and headers from the web config file as it is now, rebuilt when it changes."""
-
-    def __init__(self, app: WSGIApp, source: WebConfigFile) -> None:
-        self._app = app
-        self._source = source
-        loaded = source.current()
-        self._built: tuple[LoadedWebConfig, WSGIApp] = (loaded, _protect(app, loaded.config))
-
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        loaded = self._source.current()
-        built_for, protected = self._built
-        if loaded is not built_for:
-            protected = _protect(self._app, loaded.config)
-            self._built = (loaded, protected)  # one assignment: readers see a consistent pair
-        return protected(environ, start_response)
-
-
-class ReloadingSSLAdapter(BuiltinSSLAdapter):
-    """cheroot's adapter wraps each new connection with ``self.context``: keep it current."""
-
-    def __init__(self, source: WebConfigFile) -> None:
-        tls = source.current().config.tls
-        assert tls is not None
-        super().__init__(str(tls.cert_file), str(tls.key_file))
-        self._source = source
-        self.context = source.current().context
-
-    def wrap(self, sock: object) -> tuple:
-        context = self._source.current().context
-        if context is not self.context:
-            self.context = context  # the setter also installs cheroot's SNI callback
-        return super().wrap(sock)
-
-
-def wrap_app(app: WSGIApp, config: WebConfig | WebConfigFile, *, max_requests: int) -> WSGIApp:
-    """Apply the limit, basic auth and headers around ``app``; the limit runs first."""
-    if isinstance(config, WebConfigFile):
-        return InFlightLimit(ReloadingProtection(app, config), max_requests)
-    return InFlightLimit(_protect(app, config), max_requests)
-
-
-# ---- clients ------------------------------------------------------------------------------------
-
-
-def client_of(address: str) -> str:
-    """The client an address counts as: itself for IPv4, its /64 for IPv6 (one host has many)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address  # not an IP address (a Unix socket): one client
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:  # a dual-stack listener sees IPv4 clients this way
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+# The client an address counts as: itself for IPv4, its /64 for IPv6 (one host has many); the
+# same key the password limiter uses, so the two can never disagree on who a client is.
+client_of = address_key
 
 
 class ClientSlots:
@@ -365,19 +223,19 @@ class _Gateway(wsgi.Gateway_10):
 
     def _refuse(self, status: str, message: str) -> None:
         self.req.close_connection = True  # the rest of the body is never read
-        body = json.dumps({"error": message}).encode()
-        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        body = json_error_body(message)
+        headers = [("Content-Type", JSON), ("Content-Length", str(len(body)))]
         self.start_response(status, headers)
         if self.env.get("REQUEST_METHOD") != "HEAD":
             self.write(body)
         self.req.ensure_headers_sent()
 
 
-_BUSY = json.dumps({"error": "too many requests from this address in flight, retry shortly"})
+_BUSY = json_error_body("too many requests from this address in flight, retry shortly")
 _BUSY_RESPONSE = (
-    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    f"Content-Length: {len(_BUSY)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{_BUSY}"
-).encode()
+    f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {JSON}\r\n"
+    f"Content-Length: {len(_BUSY)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+).encode() + _BUSY
 
 
 class _Connection(cheroot_server.HTTPConnection):
@@ -417,89 +275,3 @@ class Server(wsgi.Server):
         self.gateway = _Gateway
         self.limits = limits
         self.max_request_header_size = MAX_HEAD_BYTES
-
-
-def _host(listen_address: str) -> str:
-    return listen_address.strip("[]") or "0.0.0.0"
-
-
-def make_server(
-    app: WSGIApp,
-    *,
-    listen_address: str,
-    port: int,
-    web_config_file: Path | None = None,
-    max_requests: int = DEFAULT_MAX_REQUESTS,
-    max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT,
-    threads: int = 16,
-) -> Server:
-    """Build (not start) the server; raises ``WebConfigError`` on a bad web config."""
-    config = WebConfigFile(web_config_file) if web_config_file else WebConfig()
-    server = Server(
-        (_host(listen_address), port),
-        wrap_app(app, config, max_requests=max_requests),
-        limits=RequestLimits(clients=ClientSlots(max_requests_per_client)),
-        # Threads for every request the limit lets in (excess ones reach it and get their 503),
-        # plus those one client may hold while still sending: scrapes from others find a thread.
-        numthreads=max(threads, max_requests + max_requests_per_client + 4),
-        request_queue_size=128,
-        timeout=10,
-        server_name="gpu-cluster-monitor",
-    )
-    if isinstance(config, WebConfigFile) and config.current().config.tls is not None:
-        server.ssl_adapter = ReloadingSSLAdapter(config)
-    return server
-
-
-def serve(app: WSGIApp, **options: object) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM are turned into KeyboardInterrupt by the CLI)."""
-    server = make_server(app, **options)  # type: ignore[arg-type]
-    server.prepare()
-    scheme = "https" if server.ssl_adapter else "http"
-    log.info("listening on %s://%s:%s", scheme, *server.bind_addr[:2])
-    try:
-        server.serve()
-    finally:
-        server.stop()
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def run_service(
-    app: WSGIApp,
-    *,
-    listen_address: str,
-    port: int,
-    web_config_file: Path | None,
-    max_requests: int,
-    max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT,
-    on_stop: Callable[[], None],
-) -> int:
-    """Serve ``app`` until SIGINT or SIGTERM, then call ``on_stop``; returns the exit status.
-
-    Shared by both command lines: a bad web config exits 2 and a port that cannot be bound exits 1,
-    each with one log line and no traceback.
-    """
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        serve(
-            app,
-            listen_address=listen_address,
-            port=port,
-            web_config_file=web_config_file,
-            max_requests=max_requests,
-            max_requests_per_client=max_requests_per_client,
-        )
-    except WebConfigError as error:
-        log.error("%s", error)
-        return 2
-    except OSError as error:
-        log.error("cannot listen on %s:%d: %s", listen_address, port, error)
-        return 1
-    except KeyboardInterrupt:
-        log.info("stopping")
-    finally:
-        on_stop()
-    return 0
