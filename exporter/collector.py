@@ -23,6 +23,19 @@ from exporter.snapshot import THROTTLE_REASONS, GpuSample, Snapshot
 
 _GPU_LABELS = ["gpu", "uuid"]
 _PROCESS_LABELS = ["gpu", "uuid", "pid", "user"]
+_PROCESS_UTILIZATION_LABELS = ["gpu", "uuid", "pid"]
+
+# (metric name, help, ProcessSample attribute) for the per-process utilization gauges.
+_PROCESS_UTILIZATION: tuple[tuple[str, str, str], ...] = (
+    ("gpu_process_sm_utilization_ratio", "Share of the last sample period a kernel of this "
+     "process ran (0-1).", "sm_utilization_ratio"),
+    ("gpu_process_memory_utilization_ratio", "Share of the last sample period this process read "
+     "or wrote device memory (0-1).", "memory_utilization_ratio"),
+    ("gpu_process_encoder_utilization_ratio", "Share of the last sample period this process used "
+     "the video encoder (0-1).", "encoder_utilization_ratio"),
+    ("gpu_process_decoder_utilization_ratio", "Share of the last sample period this process used "
+     "the video decoder (0-1).", "decoder_utilization_ratio"),
+)  # fmt: skip
 
 # (metric name, help, GpuSample attribute) for the plain per-GPU gauges.
 _GPU_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -158,18 +171,38 @@ def _process_families(gpus: tuple[GpuSample, ...]) -> Iterator[Metric]:
         "GPU memory held by a process.",
         labels=_PROCESS_LABELS,
     )
-    info = InfoMetricFamily("gpu_process", "A process using a GPU, with its command line.")
+    info = InfoMetricFamily(
+        "gpu_process",
+        "A process using a GPU: its command line and the Slurm job, container and Kubernetes "
+        "pod it belongs to (empty when not applicable).",
+    )
     for gpu in gpus:
         for process in gpu.processes:
             labels = [str(gpu.index), gpu.uuid or "", str(process.pid), process.user]
             if process.gpu_memory_bytes is not None:
                 memory.add_metric(labels, float(process.gpu_memory_bytes))
+            # "slurm_job", not "job": Prometheus owns the job and instance labels
             info.add_metric(
                 [],
-                dict(zip(_PROCESS_LABELS, labels), command=process.command),
+                dict(
+                    zip(_PROCESS_LABELS, labels),
+                    command=process.command,
+                    slurm_job=process.slurm_job,
+                    container=process.container,
+                    pod=process.pod,
+                    namespace=process.namespace,
+                ),
             )
     yield memory
     yield info
+    for name, documentation, attribute in _PROCESS_UTILIZATION:
+        family = GaugeMetricFamily(name, documentation, labels=_PROCESS_UTILIZATION_LABELS)
+        for gpu in gpus:
+            for process in gpu.processes:
+                value = getattr(process, attribute)
+                if value is not None:
+                    family.add_metric([str(gpu.index), gpu.uuid or "", str(process.pid)], value)
+        yield family
 
 
 def _self_families(snapshot: Snapshot) -> Iterator[Metric]:

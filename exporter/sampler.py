@@ -5,6 +5,10 @@ a deadline: a GPU whose NVML call hangs is reported down (with its last known id
 asked again until that call returns, while the other GPUs keep fresh values. A hang in a global call
 (device count) stalls the whole pass instead; scrapes then keep answering from the last snapshot
 and ``gpu_exporter_last_collect_timestamp_seconds`` shows the age.
+
+Processes get their owner, command and cgroup attribution from the :class:`ProcessResolver`
+(cached per process) and, when a kubelet socket is configured, the name and namespace of the pod
+the kubelet handed their GPU to.
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from exporter.host import read_host
-from exporter.nvml_reader import GpuReading, NvmlSession, is_session_error, read_gpu
-from exporter.processes import ProcessResolver
+from exporter.kubelet import PodResourcesClient
+from exporter.nvml_reader import (
+    IDLE_PROCESS,
+    GpuReading,
+    NvmlSession,
+    ProcessUtilization,
+    RawProcess,
+    is_session_error,
+    read_gpu,
+)
+from exporter.processes import ProcessOwner, ProcessResolver
 from exporter.snapshot import (
     CollectorStatus,
     GpuSample,
     HostInfo,
+    PodContainer,
     ProcessSample,
     Snapshot,
     empty_snapshot,
@@ -45,6 +59,7 @@ class Sampler:
         hostname: str | None = None,
         session: NvmlSession | None = None,
         resolver: ProcessResolver | None = None,
+        pod_resources: PodResourcesClient | None = None,
     ) -> None:
         self.interval = interval
         self._gpu_timeout = gpu_timeout
@@ -52,6 +67,8 @@ class Sampler:
         self._hostname = hostname
         self._session = session or NvmlSession()
         self._resolver = resolver or ProcessResolver()
+        self._pod_resources = pod_resources if include_processes else None
+        self._utilization_seen: dict[int, int] = {}  # GPU index -> newest stamp NVML gave
         self._pool = ThreadPoolExecutor(_MAX_READER_THREADS, thread_name_prefix="nvml-read")
         self._pending: dict[int, Future[GpuReading]] = {}
         self._identity: dict[int, dict[str, str | None]] = {}
@@ -83,6 +100,8 @@ class Sampler:
             self._thread.join(timeout=self.interval + 1)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._session.close()
+        if self._pod_resources is not None:
+            self._pod_resources.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -138,6 +157,7 @@ class Sampler:
         for index in list(self._pending):
             if index >= count:
                 del self._pending[index]
+                self._utilization_seen.pop(index, None)
         wait(futures.values(), timeout=self._gpu_timeout)
         readings: list[GpuReading] = []
         success = True
@@ -151,7 +171,8 @@ class Sampler:
         pending = self._pending.get(index)
         if pending is not None and not pending.done():
             return pending  # still stuck in NVML from an earlier pass: do not pile up calls
-        future = self._pool.submit(read_gpu, index)
+        since = self._utilization_seen.get(index, 0) if self._include_processes else None
+        future = self._pool.submit(read_gpu, index, utilization_since=since)
         self._pending[index] = future
         return future
 
@@ -161,13 +182,16 @@ class Sampler:
             log.warning("GPU %d: NVML did not answer within %.1f s", index, self._gpu_timeout)
             return down, False
         try:
-            return future.result(), True
+            reading = future.result()
         except Exception as error:
             if is_session_error(error):
                 self._session.reset(f"NVML session lost: {error}")
             else:
                 log.warning("GPU %d: read failed: %s", index, error)
             return down, False
+        if reading.process_utilization is not None:
+            self._utilization_seen[index] = reading.utilization_seen
+        return reading, True
 
     def _remember_identity(self, reading: GpuReading) -> GpuReading:
         """Keep a down GPU's uuid and name so its series stay the same series."""
@@ -193,19 +217,49 @@ class Sampler:
         except Exception:
             log.exception("process lookup failed")
             owners, success = {}, False
+        holders = self._gpu_holders() if any(r.processes for r in readings) else {}
         gpus = []
         for reading in readings:
-            processes = []
-            for raw in reading.processes:
-                owner = owners.get(raw.pid)
-                processes.append(
-                    ProcessSample(
-                        pid=raw.pid,
-                        kind=raw.kind,
-                        gpu_memory_bytes=raw.gpu_memory_bytes,
-                        user=owner.user if owner else "",
-                        command=owner.command if owner else "",
-                    )
-                )
-            gpus.append(dataclasses.replace(reading.sample, processes=tuple(processes)))
+            pods = holders.get(reading.sample.uuid or "", ())
+            processes = tuple(
+                _process_sample(raw, owners.get(raw.pid), pods, reading.process_utilization)
+                for raw in reading.processes
+            )
+            gpus.append(dataclasses.replace(reading.sample, processes=processes))
         return tuple(gpus), CollectorStatus("processes", success, time.perf_counter() - started)
+
+    def _gpu_holders(self) -> dict[str, tuple[PodContainer, ...]]:
+        if self._pod_resources is None:
+            return {}
+        return self._pod_resources.gpu_devices()  # cached for seconds; never raises
+
+
+def _process_sample(
+    raw: RawProcess,
+    owner: ProcessOwner | None,
+    pods: tuple[PodContainer, ...],
+    utilization: dict[int, ProcessUtilization] | None,
+) -> ProcessSample:
+    attribution = owner.attribution if owner else None
+    # The kubelet's name only when it is unambiguous: a shared (time-sliced) GPU has several
+    # holders, and which of them this pid is, only the cgroup's pod uid can tell.
+    if len(pods) == 1:
+        pod, namespace = pods[0].pod, pods[0].namespace
+    else:
+        pod, namespace = (attribution.pod_uid if attribution else ""), ""
+    used = None if utilization is None else utilization.get(raw.pid, IDLE_PROCESS)
+    return ProcessSample(
+        pid=raw.pid,
+        kind=raw.kind,
+        gpu_memory_bytes=raw.gpu_memory_bytes,
+        user=owner.user if owner else "",
+        command=owner.command if owner else "",
+        slurm_job=attribution.slurm_job if attribution else "",
+        container=attribution.container if attribution else "",
+        pod=pod,
+        namespace=namespace,
+        sm_utilization_ratio=None if used is None else used.sm,
+        memory_utilization_ratio=None if used is None else used.memory,
+        encoder_utilization_ratio=None if used is None else used.encoder,
+        decoder_utilization_ratio=None if used is None else used.decoder,
+    )

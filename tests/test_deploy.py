@@ -567,6 +567,18 @@ def test_daemonset_command_line_parses_and_reads_the_secret_file() -> None:
     assert not any("GPU_MONITOR_PASSWORD" in env["name"] for env in container["env"])
 
 
+def test_daemonset_passes_the_kubelet_socket_from_a_read_only_mount() -> None:
+    pod = _one("DaemonSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    arguments = [arg.replace("$(NODE_NAME)", "gpu-node-1") for arg in container["args"]]
+    socket = Path(_parses(exporter_parser(), arguments).pod_resources_socket)
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    mount = mounts[str(socket.parent)]
+    assert mount["readOnly"] is True
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes[mount["name"]]["hostPath"]["path"] == str(socket.parent)
+
+
 def test_service_and_servicemonitor_select_the_exporter_pods() -> None:
     pod_labels = _one("DaemonSet")["spec"]["template"]["metadata"]["labels"]
     service = _one("Service")
