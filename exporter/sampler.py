@@ -11,7 +11,7 @@ the last snapshot and ``gpu_exporter_last_collect_timestamp_seconds`` shows the 
 
 Processes get their owner, command and cgroup attribution from the :class:`ProcessResolver`
 (cached per process) and, when a kubelet socket is configured, the name and namespace of the pod
-the kubelet handed their GPU to.
+the kubelet handed their GPU (or, under MIG, their MIG device) to.
 """
 
 from __future__ import annotations
@@ -295,9 +295,11 @@ class Sampler:
             processes = []
             for raw in reading.processes:
                 mig_uuid = mig_uuids.get((raw.gpu_instance, raw.compute_instance), "")
+                # The kubelet lists a MIG device by its own uuid, not its GPU's.
+                pods = holders.get(mig_uuid, gpu_pods) if mig_uuid else gpu_pods
                 processes.append(
                     _process_sample(
-                        raw, owners.get(raw.pid), gpu_pods, reading.process_utilization, mig_uuid
+                        raw, owners.get(raw.pid), pods, reading.process_utilization, mig_uuid
                     )
                 )
             gpus.append(dataclasses.replace(reading.sample, processes=tuple(processes)))

@@ -167,9 +167,16 @@ def _length_delimited(number: int, payload: bytes) -> bytes:
     return bytes([number << 3 | 2, len(payload)]) + payload
 
 
-def _list_answer(namespace: str, pod: str, container: str, device_ids: list[str]) -> bytes:
-    """A ListPodResourcesResponse with one pod, one container, one nvidia.com/gpu device set."""
-    devices = _length_delimited(1, b"nvidia.com/gpu") + b"".join(
+def _list_answer(
+    namespace: str,
+    pod: str,
+    container: str,
+    device_ids: list[str],
+    *,
+    resource: str = "nvidia.com/gpu",
+) -> bytes:
+    """A ListPodResourcesResponse with one pod, one container, one device set of ``resource``."""
+    devices = _length_delimited(1, resource.encode()) + b"".join(
         _length_delimited(2, device.encode()) for device in device_ids
     )
     container_resources = _length_delimited(1, container.encode()) + _length_delimited(2, devices)
@@ -212,3 +219,34 @@ def test_pod_and_namespace_from_the_kubelet(exporter_factory, worker_pids, socke
     info = _info(text, on_held)
     assert (info["pod"], info["namespace"], info["uuid"]) == ("train-7d9f", "ml", held.uuid)
     assert (_info(text, on_other)["pod"], _info(text, on_other)["namespace"]) == ("", "")
+
+
+def test_a_mig_process_gets_the_pod_holding_its_mig_device(
+    exporter_factory, worker_pids, socket_dir
+) -> None:
+    """The kubelet lists a MIG device by its MIG uuid, not by its GPU's uuid."""
+    pytest.importorskip("grpc", reason="grpcio is not installed (the kubernetes or test extra)")
+    from tests.support.kubelet import FakeKubelet
+
+    in_held, in_other = worker_pids(2)
+    gpu = fake.make_mig_gpu(0, profiles=("3g.40gb", "1g.10gb"))
+    gpu.processes = [
+        fake.FakeProcess(in_held, fake.GIB, gpu_instance=2, compute_instance=0),
+        fake.FakeProcess(in_other, fake.GIB, gpu_instance=1, compute_instance=0),
+    ]
+    held = fake.mig_uuid(0, 1)
+    answer = _list_answer("ml", "infer-5c8d", "server", [held], resource="nvidia.com/mig-1g.10gb")
+    kubelet = FakeKubelet(socket_dir / "kubelet.sock", lambda context: answer)
+    try:
+        exporter = exporter_factory(
+            fake.FakeScenario(gpus=[gpu]),
+            "--collector.kubelet.pod-resources-socket",
+            str(kubelet.socket_path),
+        )
+        text = exporter.wait_for_metrics(lambda t: 'pod="infer-5c8d"' in t)
+    finally:
+        kubelet.stop()
+    info = _info(text, in_held)
+    assert (info["pod"], info["namespace"], info["mig_uuid"]) == ("infer-5c8d", "ml", held)
+    other = _info(text, in_other)
+    assert (other["pod"], other["namespace"], other["mig_uuid"]) == ("", "", fake.mig_uuid(0, 0))
