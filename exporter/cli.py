@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exporter import __version__
+from exporter.kubelet import DEFAULT_SOCKET, PodResourcesClient
 from exporter.legacy import legacy_status_json
 from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
 from exporter.sampler import Sampler
@@ -64,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         "command line can hold secrets. /get-status always has them.",
     )
     parser.add_argument(
+        "--collector.kubelet.pod-resources-socket",
+        dest="pod_resources_socket",
+        default="",
+        metavar="PATH",
+        help="the kubelet's pod-resources socket, to name the pod holding each GPU (in "
+        f"Kubernetes: mount the directory of {DEFAULT_SOCKET} read-only and pass it); "
+        "default empty: off",
+    )
+    parser.add_argument(
         "--max-command-length",
         type=positive(int),
         default=DEFAULT_MAX_COMMAND_LENGTH,
@@ -84,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Caught only to explain why they are refused: ps shows every argument to every user.
     parser.add_argument("--password", "--passwd", dest="password_argument", help=argparse.SUPPRESS)
     return parser
+
+
+def _pod_resources(args: argparse.Namespace) -> PodResourcesClient | None:
+    if args.no_processes or not args.pod_resources_socket:
+        return None
+    return PodResourcesClient(socket_path=args.pod_resources_socket)
 
 
 def _command_lines_on_metrics(args: argparse.Namespace) -> bool:
@@ -121,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hostname=args.hostname,
         resolver=ProcessResolver(max_command_length=args.max_command_length),
         pcie_throughput=args.pcie_throughput,
+        pod_resources=_pod_resources(args),
     )
     if args.debug:
         sys.stdout.write(legacy_status_json(sampler.sample_once()).decode() + "\n")

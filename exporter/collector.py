@@ -26,7 +26,20 @@ from exporter.snapshot import THROTTLE_REASONS, GpuSample, Snapshot
 
 _GPU_LABELS = ["gpu", "uuid"]
 _PROCESS_LABELS = ["gpu", "uuid", "pid", "user", "mig_uuid"]
+_PROCESS_UTILIZATION_LABELS = ["gpu", "uuid", "pid"]
 _MIG_LABELS = ["gpu", "uuid", "mig_uuid", "gi", "ci"]
+
+# (metric name, help, ProcessSample attribute) for the per-process utilization gauges.
+_PROCESS_UTILIZATION: tuple[tuple[str, str, str], ...] = (
+    ("gpu_process_sm_utilization_ratio", "Share of the last sample period a kernel of this "
+     "process ran (0-1).", "sm_utilization_ratio"),
+    ("gpu_process_memory_utilization_ratio", "Share of the last sample period this process read "
+     "or wrote device memory (0-1).", "memory_utilization_ratio"),
+    ("gpu_process_encoder_utilization_ratio", "Share of the last sample period this process used "
+     "the video encoder (0-1).", "encoder_utilization_ratio"),
+    ("gpu_process_decoder_utilization_ratio", "Share of the last sample period this process used "
+     "the video decoder (0-1).", "decoder_utilization_ratio"),
+)  # fmt: skip
 
 # (metric name, help, GpuSample attribute) for the plain per-GPU gauges.
 _GPU_GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -301,9 +314,11 @@ def _process_families(gpus: tuple[GpuSample, ...], *, include_commands: bool) ->
     )
     info = InfoMetricFamily(
         "gpu_process",
-        "A process using a GPU, with its command line."
+        "A process using a GPU: the Slurm job, container and Kubernetes pod it belongs to "
+        "(empty when not applicable), and its command line."
         if include_commands
-        else "A process using a GPU (command lines are not published here).",
+        else "A process using a GPU: the Slurm job, container and Kubernetes pod it belongs to "
+        "(empty when not applicable); command lines are not published here.",
     )
     for gpu in gpus:
         for process in gpu.processes:
@@ -316,12 +331,27 @@ def _process_families(gpus: tuple[GpuSample, ...], *, include_commands: bool) ->
             ]
             if process.gpu_memory_bytes is not None:
                 memory.add_metric(labels, float(process.gpu_memory_bytes))
-            identity = dict(zip(_PROCESS_LABELS, labels))
+            # "slurm_job", not "job": Prometheus owns the job and instance labels
+            identity = dict(
+                zip(_PROCESS_LABELS, labels),
+                slurm_job=process.slurm_job,
+                container=process.container,
+                pod=process.pod,
+                namespace=process.namespace,
+            )
             if include_commands:
                 identity["command"] = process.command
             info.add_metric([], identity)
     yield memory
     yield info
+    for name, documentation, attribute in _PROCESS_UTILIZATION:
+        family = GaugeMetricFamily(name, documentation, labels=_PROCESS_UTILIZATION_LABELS)
+        for gpu in gpus:
+            for process in gpu.processes:
+                value = getattr(process, attribute)
+                if value is not None:
+                    family.add_metric([str(gpu.index), gpu.uuid or "", str(process.pid)], value)
+        yield family
 
 
 def _self_families(snapshot: Snapshot) -> Iterator[Metric]:

@@ -4,6 +4,11 @@ An :class:`NvmlSession` owns the NVML lifetime: it initialises once, retries wit
 backoff while the library or driver is missing, and re-initialises after a driver reload. A field
 that raises (NOT_SUPPORTED, any other NVML error, undecodable text) becomes ``None`` for that GPU
 only; ``GPU_IS_LOST`` on any call marks the whole GPU as down while the other GPUs keep reporting.
+
+Per-process utilization (``nvmlDeviceGetProcessUtilization``) returns only samples newer than the
+timestamp the caller passes, so the caller keeps the newest stamp seen per GPU between passes.
+NOT_FOUND there means "nothing ran since": every listed process reads 0; NOT_SUPPORTED (or any
+other error) means the GPU cannot tell, and the fields stay absent.
 """
 
 from __future__ import annotations
@@ -71,11 +76,30 @@ class RawProcess:
 
 
 @dataclass(frozen=True)
+class ProcessUtilization:
+    """One process's share of the last sample period (0-1) per engine."""
+
+    sm: float
+    memory: float
+    encoder: float
+    decoder: float
+
+
+IDLE_PROCESS = ProcessUtilization(0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
 class GpuReading:
-    """What NVML says about one GPU: the snapshot fields plus the raw process list."""
+    """What NVML says about one GPU: the snapshot fields plus the raw process list.
+
+    ``process_utilization`` is ``None`` when the GPU does not report it; a pid it lacks ran
+    nothing since the last pass. ``utilization_seen`` is the stamp to pass next time.
+    """
 
     sample: GpuSample
     processes: tuple[RawProcess, ...] = ()
+    process_utilization: dict[int, ProcessUtilization] | None = None
+    utilization_seen: int = 0
 
 
 def _field(read: Callable[..., T], *args: Any) -> T | None:
@@ -154,6 +178,42 @@ def _processes(handle: Any) -> tuple[RawProcess, ...]:
             )
             by_pid[pid] = _merged(by_pid[pid], process) if pid in by_pid else process
     return tuple(by_pid.values())
+
+
+def _percent(value: Any) -> float:
+    return min(max(int(value), 0), 100) / 100.0
+
+
+def _process_utilization(
+    handle: Any, since: int
+) -> tuple[dict[int, ProcessUtilization] | None, int]:
+    """Samples newer than ``since`` (the newest per pid), and the newest stamp seen."""
+    try:
+        # pynvml does NVML's two calls: the size query, then the read into a buffer that size
+        samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since)
+    except pynvml.NVMLError as error:
+        if error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
+            raise GpuLostError from error
+        if error.value in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS):
+            return {}, since  # no sample newer than ``since``: nothing ran
+        return None, since
+    except Exception:  # a malformed answer costs these fields only
+        log.debug("nvmlDeviceGetProcessUtilization failed", exc_info=True)
+        return None, since
+    newest: dict[int, Any] = {}
+    seen = since
+    for sample in samples:
+        pid, stamp = int(sample.pid), int(sample.timeStamp)
+        seen = max(seen, stamp)
+        if pid not in newest or stamp >= int(newest[pid].timeStamp):
+            newest[pid] = sample
+    utilization = {
+        pid: ProcessUtilization(
+            _percent(s.smUtil), _percent(s.memUtil), _percent(s.encUtil), _percent(s.decUtil)
+        )
+        for pid, s in newest.items()
+    }
+    return utilization, seen
 
 
 def _utilization(handle: Any) -> tuple[float | None, float | None]:
@@ -308,11 +368,19 @@ def _mig_devices(handle: Any) -> tuple[MigSample, ...]:
     return tuple(devices)
 
 
-def read_gpu(index: int, *, pcie_throughput: bool = False) -> GpuReading:
-    """Read every field of GPU ``index``; a lost GPU comes back with ``up=False``."""
+def read_gpu(
+    index: int, *, pcie_throughput: bool = False, utilization_since: int | None = None
+) -> GpuReading:
+    """Read every field of GPU ``index``; a lost GPU comes back with ``up=False``.
+
+    ``utilization_since`` is the newest per-process utilization stamp seen on this GPU (0 for
+    none yet); ``None`` skips per-process utilization.
+    """
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return _read_handle(index, handle, pcie_throughput=pcie_throughput)
+        return _read_handle(
+            index, handle, pcie_throughput=pcie_throughput, utilization_since=utilization_since
+        )
     except GpuLostError:
         return GpuReading(GpuSample(index=index, up=False))
     except pynvml.NVMLError as error:
@@ -322,7 +390,9 @@ def read_gpu(index: int, *, pcie_throughput: bool = False) -> GpuReading:
         return GpuReading(GpuSample(index=index, up=False))
 
 
-def _read_handle(index: int, handle: Any, *, pcie_throughput: bool) -> GpuReading:
+def _read_handle(
+    index: int, handle: Any, *, pcie_throughput: bool, utilization_since: int | None
+) -> GpuReading:
     total, used, free = _memory(handle)
     mig_mode, mig_mode_pending = _mig_mode(handle)
     utilization, memory_utilization = _utilization(handle)
@@ -367,7 +437,11 @@ def _read_handle(index: int, handle: Any, *, pcie_throughput: bool) -> GpuReadin
         mig_mode_pending=mig_mode_pending,
         migs=_mig_devices(handle) if mig_mode else (),
     )
-    return GpuReading(sample, _processes(handle))
+    processes = _processes(handle)
+    if utilization_since is None:
+        return GpuReading(sample, processes)
+    per_process, seen = _process_utilization(handle, utilization_since)
+    return GpuReading(sample, processes, per_process, seen)
 
 
 def _decode(value: bytes | str) -> str:
@@ -469,8 +543,10 @@ def is_session_error(error: BaseException) -> bool:
 
 
 __all__ = [
+    "IDLE_PROCESS",
     "GpuReading",
     "NvmlSession",
+    "ProcessUtilization",
     "RawProcess",
     "is_session_error",
     "read_gpu",

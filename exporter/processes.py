@@ -1,8 +1,10 @@
-"""Who runs each GPU process: user name and command line through psutil.
+"""Who runs each GPU process: user name and command line through psutil, and its cgroup.
 
 NVML only knows pids. A pid whose owner cannot be read (another PID namespace, exited between
 NVML's listing and this lookup, access denied) still counts its memory, with an empty user and
-command. Lookups are cached per (pid, start time) so a long-running job costs one lookup, and the
+command. The Slurm job, container and pod a process belongs to are read from its cgroup in the
+same lookup (exporter.attribution); a process cannot change job or pod, so that is read once too.
+Lookups are cached per (pid, start time) so a long-running job costs one lookup, and the
 cache is trimmed to the live pids each pass so churning pids cannot grow it.
 """
 
@@ -12,18 +14,27 @@ from dataclasses import dataclass
 
 import psutil
 
+from exporter.attribution import read_attribution
+from exporter.snapshot import NO_ATTRIBUTION, Attribution
+
 DEFAULT_MAX_COMMAND_LENGTH = 256
 
 
 @dataclass(frozen=True)
 class ProcessOwner:
-    """User name and (cut) command line of one process."""
+    """User name, (cut) command line and cgroup attribution of one process."""
 
     user: str
     command: str
+    attribution: Attribution = NO_ATTRIBUTION
 
 
 _UNKNOWN = ProcessOwner(user="", command="")
+
+
+def _proc_root() -> str:
+    # psutil's own view of /proc, so a relocated procfs (containers) is read consistently
+    return getattr(psutil, "PROCFS_PATH", None) or "/proc"
 
 
 def _clean(text: str) -> str:
@@ -74,6 +85,10 @@ class ProcessResolver:
             user = _clean(process.username())
         except (psutil.Error, OSError, KeyError):
             user = ""  # a uid with no passwd entry (containers) or a process that just exited
-        owner = ProcessOwner(user=user, command=_command(process, self._max_command_length))
+        owner = ProcessOwner(
+            user=user,
+            command=_command(process, self._max_command_length),
+            attribution=read_attribution(pid, proc_root=_proc_root()),
+        )
         self._cache[pid] = (started, owner)
         return owner

@@ -8,6 +8,10 @@ it is reported down (with its last known identity) at once in every pass, withou
 again, until the call returns. A hang is logged once when it starts and once when it ends. A hang
 in a global call (device count) stalls the whole pass instead; scrapes then keep answering from
 the last snapshot and ``gpu_exporter_last_collect_timestamp_seconds`` shows the age.
+
+Processes get their owner, command and cgroup attribution from the :class:`ProcessResolver`
+(cached per process) and, when a kubelet socket is configured, the name and namespace of the pod
+the kubelet handed their GPU (or, under MIG, their MIG device) to.
 """
 
 from __future__ import annotations
@@ -22,12 +26,22 @@ from typing import Callable
 
 from exporter.events import XidWatcher
 from exporter.host import read_host
-from exporter.nvml_reader import GpuReading, NvmlSession, is_session_error, read_gpu
-from exporter.processes import ProcessResolver
+from exporter.kubelet import PodResourcesClient
+from exporter.nvml_reader import (
+    IDLE_PROCESS,
+    GpuReading,
+    NvmlSession,
+    ProcessUtilization,
+    RawProcess,
+    is_session_error,
+    read_gpu,
+)
+from exporter.processes import ProcessOwner, ProcessResolver
 from exporter.snapshot import (
     CollectorStatus,
     GpuSample,
     HostInfo,
+    PodContainer,
     ProcessSample,
     Snapshot,
     empty_snapshot,
@@ -62,6 +76,7 @@ class Sampler:
         pcie_throughput: bool = False,
         xid_events: bool = True,
         read: Callable[..., GpuReading] = read_gpu,
+        pod_resources: PodResourcesClient | None = None,
     ) -> None:
         self.interval = interval
         self._gpu_timeout = gpu_timeout
@@ -72,6 +87,8 @@ class Sampler:
         self._pcie_throughput = pcie_throughput
         self._read = read  # one GPU by index; the unit tests read GPUs without NVML
         self._xids = XidWatcher(self._session) if xid_events else None
+        self._pod_resources = pod_resources if include_processes else None
+        self._utilization_seen: dict[int, int] = {}  # GPU index -> newest stamp NVML gave
         self._pool = ThreadPoolExecutor(_MAX_READER_THREADS, thread_name_prefix="nvml-read")
         self._pending: dict[int, _Read] = {}
         self._last: dict[int, GpuReading] = {}
@@ -109,6 +126,8 @@ class Sampler:
             self._thread.join(timeout=self.interval + 1)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._session.close()
+        if self._pod_resources is not None:
+            self._pod_resources.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -161,7 +180,9 @@ class Sampler:
             log.warning("cannot list GPUs: %s", error)
             return (), False
         reads = {index: self._submit(index) for index in range(count)}
-        for gone in {*self._pending, *self._last, *self._hung} - set(range(count)):
+        for gone in {*self._pending, *self._last, *self._hung, *self._utilization_seen} - set(
+            range(count)
+        ):
             self._forget(gone)
         # Hung reads are not waited for again. The others get half an interval at most, so a slow
         # GPU delays a snapshot by that much at worst and its read is taken up by the next pass;
@@ -184,8 +205,14 @@ class Sampler:
             if not pending.future.done() or pending.generation == self._session.generation:
                 return pending
             self._end_hang(index, pending)
+        since = self._utilization_seen.get(index, 0) if self._include_processes else None
         read = _Read(
-            self._pool.submit(self._read, index, pcie_throughput=self._pcie_throughput),
+            self._pool.submit(
+                self._read,
+                index,
+                pcie_throughput=self._pcie_throughput,
+                utilization_since=since,
+            ),
             time.monotonic(),
             self._session.generation,
         )
@@ -203,6 +230,7 @@ class Sampler:
         self._pending.pop(index, None)
         self._last.pop(index, None)
         self._hung.discard(index)
+        self._utilization_seen.pop(index, None)
 
     def _result(self, index: int, read: _Read) -> tuple[GpuReading, bool]:
         down = GpuReading(GpuSample(index=index, up=False))
@@ -233,6 +261,8 @@ class Sampler:
                 log.warning("GPU %d: read failed: %s", index, error)
             return down, False
         self._last[index] = reading
+        if reading.process_utilization is not None:
+            self._utilization_seen[index] = reading.utilization_seen
         return reading, True
 
     def _remember_identity(self, reading: GpuReading) -> GpuReading:
@@ -266,26 +296,28 @@ class Sampler:
         except Exception:
             log.exception("process lookup failed")
             owners, success = {}, False
+        holders = self._gpu_holders() if any(r.processes for r in readings) else {}
         gpus: list[GpuSample] = []
         for reading in readings:
-            processes = []
             mig_uuids = {(m.gpu_instance, m.compute_instance): m.uuid for m in reading.sample.migs}
+            gpu_pods = holders.get(reading.sample.uuid or "", ())
+            processes = []
             for raw in reading.processes:
-                owner = owners.get(raw.pid)
+                mig_uuid = mig_uuids.get((raw.gpu_instance, raw.compute_instance), "")
+                # The kubelet lists a MIG device by its own uuid, not its GPU's.
+                pods = holders.get(mig_uuid, gpu_pods) if mig_uuid else gpu_pods
                 processes.append(
-                    ProcessSample(
-                        pid=raw.pid,
-                        kind=raw.kind,
-                        gpu_memory_bytes=raw.gpu_memory_bytes,
-                        user=owner.user if owner else "",
-                        command=owner.command if owner else "",
-                        gpu_instance=raw.gpu_instance,
-                        compute_instance=raw.compute_instance,
-                        mig_uuid=mig_uuids.get((raw.gpu_instance, raw.compute_instance), ""),
+                    _process_sample(
+                        raw, owners.get(raw.pid), pods, reading.process_utilization, mig_uuid
                     )
                 )
             gpus.append(dataclasses.replace(reading.sample, processes=tuple(processes)))
         return tuple(gpus), CollectorStatus("processes", success, time.perf_counter() - started)
+
+    def _gpu_holders(self) -> dict[str, tuple[PodContainer, ...]]:
+        if self._pod_resources is None:
+            return {}
+        return self._pod_resources.gpu_devices()  # cached for seconds; never raises
 
     def _with_xids(self, gpus: tuple[GpuSample, ...]) -> tuple[GpuSample, ...]:
         """Copy the event thread's XID counts in: no NVML call, a lock held for a dict copy."""
@@ -296,3 +328,38 @@ class Sampler:
             dataclasses.replace(gpu, xid=counts[gpu.index]) if gpu.index in counts else gpu
             for gpu in gpus
         )
+
+
+def _process_sample(
+    raw: RawProcess,
+    owner: ProcessOwner | None,
+    pods: tuple[PodContainer, ...],
+    utilization: dict[int, ProcessUtilization] | None,
+    mig_uuid: str,
+) -> ProcessSample:
+    attribution = owner.attribution if owner else None
+    # The kubelet's name only when it is unambiguous: a shared (time-sliced) GPU has several
+    # holders, and which of them this pid is, only the cgroup's pod uid can tell.
+    if len(pods) == 1:
+        pod, namespace = pods[0].pod, pods[0].namespace
+    else:
+        pod, namespace = (attribution.pod_uid if attribution else ""), ""
+    used = None if utilization is None else utilization.get(raw.pid, IDLE_PROCESS)
+    return ProcessSample(
+        pid=raw.pid,
+        kind=raw.kind,
+        gpu_memory_bytes=raw.gpu_memory_bytes,
+        user=owner.user if owner else "",
+        command=owner.command if owner else "",
+        gpu_instance=raw.gpu_instance,
+        compute_instance=raw.compute_instance,
+        mig_uuid=mig_uuid,
+        slurm_job=attribution.slurm_job if attribution else "",
+        container=attribution.container if attribution else "",
+        pod=pod,
+        namespace=namespace,
+        sm_utilization_ratio=None if used is None else used.sm,
+        memory_utilization_ratio=None if used is None else used.memory,
+        encoder_utilization_ratio=None if used is None else used.encoder,
+        decoder_utilization_ratio=None if used is None else used.decoder,
+    )

@@ -37,6 +37,20 @@ class ProcessSample:
     gpu_instance: int | None = None
     compute_instance: int | None = None
     mig_uuid: str = ""
+    # Who the process belongs to beyond its user (exporter.attribution); empty when not
+    # applicable or unreadable. ``pod`` is the pod's name when the kubelet names the one
+    # container holding this GPU, else the pod uid from the cgroup; ``namespace`` comes from the
+    # kubelet only.
+    slurm_job: str = ""
+    container: str = ""
+    pod: str = ""
+    namespace: str = ""
+    # nvmlDeviceGetProcessUtilization over the last sample period (0-1); None when the GPU does
+    # not report it.
+    sm_utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    encoder_utilization_ratio: float | None = None
+    decoder_utilization_ratio: float | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ against prometheus/, so a renamed flag, port or label fails here instead of in a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -135,6 +136,18 @@ def test_daemonset_command_line_parses_and_reads_the_secret_file() -> None:
     items = volumes[secret_volume]["secret"]["items"]
     assert str(args.password_file) in {f"{mounts[secret_volume]}/{item['path']}" for item in items}
     assert not any("GPU_MONITOR_PASSWORD" in env["name"] for env in container["env"])
+
+
+def test_daemonset_passes_the_kubelet_socket_from_a_read_only_mount() -> None:
+    pod = _one("DaemonSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    arguments = [arg.replace("$(NODE_NAME)", "gpu-node-1") for arg in container["args"]]
+    socket = Path(parses(exporter_parser(), arguments).pod_resources_socket)
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    mount = mounts[str(socket.parent)]
+    assert mount["readOnly"] is True
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes[mount["name"]]["hostPath"]["path"] == str(socket.parent)
 
 
 def test_service_and_servicemonitor_select_the_exporter_pods() -> None:

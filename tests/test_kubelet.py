@@ -16,14 +16,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exporter.kubelet import (
-    LIST_METHOD,
     PodResourcesClient,
     WireError,
     decode_list_response,
@@ -32,6 +30,7 @@ from exporter.kubelet import (
     is_gpu_resource,
 )
 from exporter.snapshot import PodContainer
+from tests.support.kubelet import FakeKubelet
 
 pytestmark = pytest.mark.unit
 
@@ -257,33 +256,6 @@ def test_resource_names_and_replica_ids() -> None:
 
 
 # -- the client against a real gRPC server ---------------------------------------------------
-
-
-class FakeKubelet:
-    """A real gRPC server on a unix socket serving ``List`` with whatever ``reply`` returns."""
-
-    def __init__(self, socket_path: Path, reply: Callable[[Any], bytes]) -> None:
-        import grpc
-
-        self.socket_path = socket_path
-        self.calls = 0
-        self._reply = reply
-        service, method = LIST_METHOD.strip("/").split("/")
-        handler = grpc.method_handlers_generic_handler(
-            service, {method: grpc.unary_unary_rpc_method_handler(self._list)}
-        )
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        self.server.add_generic_rpc_handlers((handler,))
-        assert self.server.add_insecure_port(f"unix:{socket_path}")
-        self.server.start()
-
-    def _list(self, request: bytes, context: Any) -> bytes:
-        self.calls += 1
-        assert request == b""  # ListPodResourcesRequest has no fields
-        return self._reply(context)
-
-    def stop(self) -> None:
-        self.server.stop(grace=None).wait(5)
 
 
 @pytest.fixture

@@ -253,6 +253,15 @@ PROCESSES = st.builds(
     gpu_memory_bytes=maybe(BIG),
     user=HOSTILE_TEXT,
     command=HOSTILE_TEXT,
+    mig_uuid=HOSTILE_TEXT,
+    slurm_job=HOSTILE_TEXT,
+    container=HOSTILE_TEXT,
+    pod=HOSTILE_TEXT,
+    namespace=HOSTILE_TEXT,
+    sm_utilization_ratio=maybe(RATIO),
+    memory_utilization_ratio=maybe(RATIO),
+    encoder_utilization_ratio=maybe(RATIO),
+    decoder_utilization_ratio=maybe(RATIO),
 )
 
 
@@ -364,7 +373,8 @@ def _expected_label_sets(snapshot: Snapshot) -> dict[str, list[dict[str, str]]]:
     ]  # fmt: skip
     process_info = [
         {"gpu": str(g.index), "uuid": g.uuid or "", "pid": str(p.pid), "user": p.user,
-         "mig_uuid": p.mig_uuid, "command": p.command}
+         "mig_uuid": p.mig_uuid, "slurm_job": p.slurm_job, "container": p.container,
+         "pod": p.pod, "namespace": p.namespace, "command": p.command}
         for g in snapshot.gpus
         for p in g.processes
     ]  # fmt: skip

@@ -226,6 +226,10 @@ def every_family_scenario(pids: list[int]) -> fake.FakeScenario:
         pcie_throughput=(1000, 2000),
         nvlinks=[fake.FakeNvLink()],
         remapped_rows=fake.FakeRemappedRows(),
+        process_utilization=[
+            fake.FakeProcessUtilization(process.pid, 60, 20, 1, 2)
+            for process in busy.gpus[0].processes
+        ],
     )
     older = dataclasses.replace(
         busy.gpus[1], retired_pages={"sbe": 1, "dbe": 0}, xids=[fake.FakeXid(13)]

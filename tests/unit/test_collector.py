@@ -109,9 +109,10 @@ def test_processes_and_the_switch_that_drops_them() -> None:
     process = {**GPU0, "pid": "1000", "user": "alice", "mig_uuid": ""}
     samples = scrape(snapshot(gpu(0)))
     assert of(samples, "gpu_process_memory_used_bytes") == {labels(**process): 512 * MIB}
-    assert of(samples, "gpu_process_info") == {labels(**process, command="python train.py"): 1.0}
+    identity = {**process, "slurm_job": "", "container": "", "pod": "", "namespace": ""}
+    assert of(samples, "gpu_process_info") == {labels(**identity, command="python train.py"): 1.0}
     private = scrape(snapshot(gpu(0)), include_commands=False)
-    assert of(private, "gpu_process_info") == {labels(**process): 1.0}  # no command label
+    assert of(private, "gpu_process_info") == {labels(**identity): 1.0}  # no command label
     without = scrape(snapshot(gpu(0)), include_processes=False)
     assert not [key for key in without if key[0].startswith("gpu_process")]
     assert of(without, "gpu_memory_used_bytes") == of(samples, "gpu_memory_used_bytes")
@@ -137,5 +138,6 @@ def test_hostile_label_values_survive_the_round_trip() -> None:
     samples = scrape(snapshot(hostile, hostname='h"\n'))
     assert of(samples, "gpu_node_info") == {labels(hostname='h"\n'): 1.0}
     info = of(samples, "gpu_process_info")
-    assert info == {labels(**GPU0, pid="7", user="bob", mig_uuid="", command=command): 1.0}
+    no_attribution = {"mig_uuid": "", "slurm_job": "", "container": "", "pod": "", "namespace": ""}
+    assert info == {labels(**GPU0, pid="7", user="bob", **no_attribution, command=command): 1.0}
     assert of(samples, "gpu_process_memory_used_bytes") == {}  # unknown memory: no sample
