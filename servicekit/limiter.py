@@ -84,6 +84,9 @@ class FailureThrottle:
         with self._lock:
             tokens = self._tokens(key, now)
             if tokens < 1.0:
+                # Refused, it is still the most recent: a client that keeps guessing while blocked
+                # must not be pushed out by newer ones and come back with a full bucket.
+                self._store(key, tokens, now)
                 return (1.0 - tokens) / self._refill
             self._store(key, tokens - 1.0, now)
         return 0.0

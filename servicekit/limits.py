@@ -9,8 +9,12 @@
   after the app answers without reading a body, reads whatever length was declared;
 * the request line and headers must arrive within a deadline too (cheroot's timeout is per read,
   so a client sending a byte every few seconds would hold a worker thread for ever);
+* with TLS, the handshake happens here, in the connection's worker thread and within a deadline
+  of its own, not in cheroot's one accept thread, where a client that connects and stays silent
+  would hold up every new connection behind it;
 * one client (an address; IPv6 addresses by /64) may have only a few requests being served at
-  once, whatever their stage, so it cannot take every worker thread or every slot.
+  once, whatever their stage (TLS handshakes included), so it cannot take every worker thread or
+  every slot.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import threading
 import time
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
+from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.makefile import MakeFile, StreamReader
@@ -37,6 +42,7 @@ MAX_BODY_BYTES = 4096  # no endpoint of either service takes a bigger body
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; cheroot has no limit of its own
 HEAD_TIMEOUT = 5.0  # seconds for the request line and headers, once the first byte is in
 BODY_TIMEOUT = 5.0  # seconds for the whole body, once the headers are in
+HANDSHAKE_TIMEOUT = 3.0  # seconds for the whole TLS handshake, from the accepted connection
 
 _DIGITS = re.compile(r"[0-9]+")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
@@ -82,6 +88,15 @@ class RequestLimits:
     max_body_bytes: int = MAX_BODY_BYTES
     head_timeout: float = HEAD_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+
+
+@runtime_checkable
+class DeferredHandshake(Protocol):
+    """A TLS adapter whose ``wrap`` leaves the handshake to the connection (servicekit.tls)."""
+
+    def finish_handshake(self, sock: Any, *, timeout: float) -> dict[str, Any]:
+        """Complete the handshake within ``timeout``; the connection's WSGI environ entries."""
 
 
 # ---- reading with a deadline --------------------------------------------------------------------
@@ -248,21 +263,43 @@ class _Connection(cheroot_server.HTTPConnection):
             return makefile(sock, mode, bufsize)
 
         super().__init__(server, sock, files)
+        adapter = server.ssl_adapter
+        self._handshake = adapter if isinstance(adapter, DeferredHandshake) else None
 
     def communicate(self) -> bool:
         limits: RequestLimits = self.server.limits
         client = client_of(self.remote_addr or "")
         if not limits.clients.acquire(client):
-            # Refused before reading a byte: waiting for its request would hold a thread.
-            with contextlib.suppress(OSError):
-                self.wfile.write(_BUSY_RESPONSE)
+            # Refused before reading a byte: waiting for its request would hold a thread. Before
+            # its TLS handshake there is no channel to answer on: the connection is just closed.
+            if self._handshake is None:
+                with contextlib.suppress(OSError):
+                    self.wfile.write(_BUSY_RESPONSE)
             return False
         try:
+            if self._handshake is not None and not self._finish_handshake(limits):
+                return False
             self.rfile.set_deadline(limits.head_timeout)
             return bool(super().communicate())
         finally:
             self.rfile.set_deadline(None)
             limits.clients.release(client)
+
+    def _finish_handshake(self, limits: RequestLimits) -> bool:
+        """The TLS handshake, once per connection; whether the connection may go on."""
+        adapter, self._handshake = self._handshake, None
+        assert adapter is not None
+        sock: Any = self.socket
+        try:
+            # The environ needs the handshake done: protocol, cipher, the client's certificate.
+            self.ssl_env = adapter.finish_handshake(sock, timeout=limits.handshake_timeout)
+        except cheroot_errors.FatalSSLAlert as error:
+            self.server.error_log(f"Client {self.remote_addr} lost during TLS handshake: {error}")
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.server.timeout)
+        return True
 
 
 class Server(wsgi.Server):

@@ -1,5 +1,6 @@
 """TLS of both services: the web configuration's names mapped to OpenSSL's, the server-side
-``SSLContext`` built from them, and the cheroot adapter that hands new connections the current one.
+``SSLContext`` built from them, and the cheroot adapter that hands new connections the current one
+and leaves their handshakes to the worker threads.
 
 The mappings are the exporter-toolkit's (Go crypto/tls) names; :mod:`servicekit.webconfig`
 validates a file against them and this module applies it.
@@ -7,9 +8,11 @@ validates a file against them and this module applies it.
 
 from __future__ import annotations
 
+import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cheroot import errors
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 if TYPE_CHECKING:
@@ -116,7 +119,13 @@ def _apply_ciphers(context: ssl.SSLContext, tls: TlsConfig) -> None:
 
 
 class ReloadingSSLAdapter(BuiltinSSLAdapter):
-    """cheroot's adapter wraps each new connection with ``self.context``: keep it current."""
+    """cheroot's adapter, with the current context for each new connection and a deferred handshake.
+
+    cheroot's own ``wrap`` does the handshake in the server's one accept thread, under the
+    connection timeout (10 s): a client that connects and says nothing holds up every connection
+    behind it, each time. Here ``wrap`` only wraps, and the connection's worker thread calls
+    :meth:`finish_handshake` under a deadline of its own (see :mod:`servicekit.limits`).
+    """
 
     def __init__(self, source: WebConfigFile) -> None:
         tls = source.current().config.tls
@@ -125,8 +134,44 @@ class ReloadingSSLAdapter(BuiltinSSLAdapter):
         self._source = source
         self.context = source.current().context
 
-    def wrap(self, sock: object) -> tuple:
+    def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, dict[str, Any]]:
+        """The connection wrapped for TLS, handshake not started; its environ entries come later."""
         context = self._source.current().context
+        assert context is not None  # a TLS configuration never drops its TLS section on reload
         if context is not self.context:
             self.context = context  # the setter also installs cheroot's SNI callback
-        return super().wrap(sock)
+        try:
+            wrapped = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as error:  # the peer is gone already
+            raise errors.FatalSSLAlert(*error.args) from error
+        return wrapped, {}
+
+    def finish_handshake(self, sock: ssl.SSLSocket, *, timeout: float) -> dict[str, Any]:
+        """Complete the handshake within ``timeout`` seconds in all; the connection's environ.
+
+        Raises cheroot's ``FatalSSLAlert`` for any failure: a handshake that times out, a reset, a
+        client certificate refused, a client speaking plain HTTP (closed without an answer, as
+        cheroot does).
+        """
+        # One deadline for the whole handshake (the ssl module's), however slowly bytes trickle in.
+        sock.settimeout(timeout)
+        try:
+            sock.do_handshake()
+        except OSError as error:  # ssl.SSLError included
+            raise errors.FatalSSLAlert(*error.args) from error
+        return self.get_environ(sock)
+
+    def get_environ(self, sock: ssl.SSLSocket) -> dict[str, Any]:  # type: ignore[override]
+        """cheroot's entries, the client certificate's judged by the connection's own context.
+
+        cheroot looks at the adapter's current context, which a reload may have replaced since
+        this connection was wrapped.
+        """
+        environ: dict[str, Any] = super().get_environ(sock)
+        certificate = sock.getpeercert()  # empty unless verified: the handshake checks it
+        if certificate and environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
+            environ["SSL_CLIENT_VERIFY"] = "SUCCESS"
+            environ.update(self._make_env_cert_dict("SSL_CLIENT", certificate))  # type: ignore[attr-defined]
+            der = sock.getpeercert(binary_form=True)
+            environ["SSL_CLIENT_CERT"] = ssl.DER_cert_to_PEM_cert(der).strip()  # type: ignore[arg-type]
+        return environ

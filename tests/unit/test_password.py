@@ -129,3 +129,13 @@ def test_the_bookkeeping_is_bounded_and_forgets_the_least_recent_taker() -> None
     assert throttle.take("b") == 0.0  # so b starts with a full bucket; c is forgotten
     assert throttle.take("c") == 0.0  # and c too; a was forgotten for it
     assert throttle.take("d") > 0  # d is still remembered: empty
+
+
+def test_a_refused_take_keeps_the_client_the_most_recent() -> None:
+    throttle = FailureThrottle(burst=1, refill_per_second=0.001, max_addresses=3)
+    assert throttle.take("guesser") == 0.0
+    for key in ("b", "c"):
+        assert throttle.take(key) == 0.0
+    assert throttle.take("guesser") > 0  # refused: still guessing while blocked
+    assert throttle.take("d") == 0.0  # b, the least recent, is forgotten, not the guesser
+    assert throttle.take("guesser") > 0  # its empty bucket is remembered
