@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_targets_parser().parse_args(arguments[1:])
         configure_logging(level=args.log_level)
         return targets_main(args)
+    if arguments[:1] == ["report"]:
+        from status_api.report import main as report_main
+
+        return report_main(arguments[1:])
     if arguments[:1] == ["serve"]:  # explicit form of the default
         arguments = arguments[1:]
     args = build_parser().parse_args(arguments)

@@ -23,6 +23,7 @@ from simulator import REPO
 from simulator.fakenvml import scenario as fake
 from status_api.cli import build_parser as status_parser
 from status_api.cli import build_targets_parser
+from status_api.report import build_parser as build_report_parser
 
 README = REPO / "README.md"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -105,7 +106,7 @@ def flag_table(command: str) -> list[Row]:
     """The flag table of ``command``: the exporter's, or the status service's two (serve, then
     ``targets``)."""
     found = tables(section(SECTIONS[command]), "flag")
-    expected = 1 if command == "gpu-exporter" else 2
+    expected = 2 if SECTIONS[command] == "gpu-status-api" else 1
     assert len(found) == expected, f"the {SECTIONS[command]} section has {expected} flag table(s)"
     return found[-1] if command == "targets" else found[0]
 
@@ -114,11 +115,13 @@ SECTIONS = {
     "gpu-exporter": "gpu-exporter",
     "gpu-status-api": "gpu-status-api",
     "targets": "gpu-status-api",
+    "report": "Prometheus and Grafana",
 }
 PARSERS = {
     "gpu-exporter": exporter_parser,
     "gpu-status-api": status_parser,
     "targets": build_targets_parser,
+    "report": build_report_parser,
 }
 
 

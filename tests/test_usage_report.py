@@ -1,0 +1,388 @@
+"""``gpu-status-api report`` against a real Prometheus holding days of counters of known shape.
+
+The counters that the recording rules would have written (``user:gpu_seconds:total`` and its
+siblings, ``namespace:gpu_seconds:total``) are generated here step by step, backfilled with
+``promtool tsdb create-blocks-from openmetrics`` and served by a real Prometheus. The expected
+report is summed from the generated increments, not from the counters, so Prometheus'
+``increase()`` (resets, a group split over two sites) is checked too. Argument and connection
+errors run the real command against small servers in the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import http.server
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from simulator import REPO
+from simulator.proc import free_port
+from simulator.prometheus import promtool, running_prometheus
+
+STEP = 300  # seconds between generated samples, the evaluation interval of the "rules"
+DAYS = 4
+# The window end: a whole hour, three hours back, so Prometheus' head (and the rules it
+# evaluates) never touches the generated data, and every window starts on a sample.
+END = (int(time.time()) // 3600 - 3) * 3600
+START = END - DAYS * 86400
+STEPS = DAYS * 86400 // STEP
+
+
+@dataclass
+class Series:
+    """One generated group: the increments of its three counters at every step after the first.
+
+    ``resets`` are steps where the series restarts at 0 (a Prometheus restart): their increment
+    is lost, as it would be in reality.
+    """
+
+    labels: dict[str, str]
+    gpus: list[int]
+    utilization: list[float]  # of every held GPU at that step (binary fractions: exact sums)
+    resets: set[int] = field(default_factory=set)
+
+    def increments(self) -> dict[str, list[float]]:
+        gpu = [0.0] + [self.gpus[k] * STEP for k in range(1, STEPS + 1)]
+        util = [0.0] + [self.gpus[k] * self.utilization[k] * STEP for k in range(1, STEPS + 1)]
+        idle = [0.0] + [
+            self.gpus[k] * STEP if self.utilization[k] < 0.05 else 0.0 for k in range(1, STEPS + 1)
+        ]
+        for k in self.resets:
+            gpu[k] = util[k] = idle[k] = 0.0
+        return {
+            "gpu_seconds": gpu,
+            "gpu_utilization_seconds": util,
+            "gpu_idle_held_seconds": idle,
+        }
+
+    def counters(self) -> dict[str, list[float]]:
+        result = {}
+        for name, increments in self.increments().items():
+            values, total = [], 0.0
+            for k, increment in enumerate(increments):
+                total = 0.0 if k in self.resets else total + increment
+                values.append(total)
+            result[name] = values
+        return result
+
+
+def _pattern(period: int, values: list[float]) -> list[float]:
+    return [values[(k // period) % len(values)] for k in range(STEPS + 1)]
+
+
+USERS = [
+    # alice works on two sites; one group in the report.
+    Series({"user": "alice", "cluster": "a"}, _pattern(7, [4, 2, 0, 8]), _pattern(5, [0.5, 0])),
+    Series({"user": "alice", "cluster": "b"}, _pattern(11, [1, 3]), _pattern(3, [0.75, 0.25])),
+    # bob stops after the first day and a half: nothing in a 2d window.
+    Series(
+        {"user": "bob", "cluster": "a"},
+        [2 if k < STEPS * 3 // 8 else 0 for k in range(STEPS + 1)],
+        _pattern(9, [0.0, 0.5]),
+    ),
+    # carol's Prometheus restarted twice, once within every window below.
+    Series(
+        {"user": "carol", "cluster": "a"},
+        _pattern(13, [1, 1, 0, 2]),
+        _pattern(4, [0.125, 0.875, 0.0]),
+        resets={STEPS // 2, STEPS - 40},
+    ),
+    # processes whose owner could not be read: no user label.
+    Series({"cluster": "a"}, _pattern(17, [0, 1]), _pattern(2, [0.0, 0.25])),
+]
+NAMESPACES = [
+    Series({"namespace": "vision", "cluster": "a"}, _pattern(5, [3, 1]), _pattern(1, [0.5])),
+    Series({"namespace": "nlp", "cluster": "a"}, _pattern(19, [0, 6, 2]), _pattern(1, [0.5])),
+]
+
+
+def _openmetrics(path: Path) -> None:
+    """Every counter of every series, a family at a time (OpenMetrics forbids interleaving)."""
+    families: dict[str, list[str]] = {}
+    for by, groups, counters in (
+        ("user", USERS, ("gpu_seconds", "gpu_utilization_seconds", "gpu_idle_held_seconds")),
+        ("namespace", NAMESPACES, ("gpu_seconds",)),  # the others not recorded
+    ):
+        for series in groups:
+            values = series.counters()
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(series.labels.items()))
+            for counter in counters:
+                name = f"{by}:{counter}:total"
+                families.setdefault(name, []).extend(
+                    f"{name}{{{labels}}} {value!r} {START + k * STEP}"
+                    for k, value in enumerate(values[counter])
+                )
+    lines = [line for family in families.values() for line in family]
+    path.write_text("\n".join([*lines, "# EOF"]) + "\n", encoding="utf-8")
+
+
+def expected(groups: list[Series], by: str, *, since: int, with_ratios: bool) -> dict[str, dict]:
+    """The report computed by hand: increments of the steps after the window's first sample."""
+    first = (END - since - START) // STEP
+    sums: dict[str, dict[str, float]] = {}
+    for series in groups:
+        key = series.labels.get(by, "")
+        total = sums.setdefault(key, dict.fromkeys(series.increments(), 0.0))
+        for name, increments in series.increments().items():
+            total[name] += sum(increments[first + 1 :])
+    return {
+        key: {
+            "gpu_hours": total["gpu_seconds"] / 3600,
+            "mean_utilization": total["gpu_utilization_seconds"] / total["gpu_seconds"]
+            if with_ratios
+            else None,
+            "idle_held_hours": total["gpu_idle_held_seconds"] / 3600 if with_ratios else None,
+        }
+        for key, total in sums.items()
+        if total["gpu_seconds"] > 0
+    }
+
+
+def run_report(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "status_api", "report", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("report-prometheus")
+    source = workdir / "counters.om"
+    _openmetrics(source)
+    promtool("tsdb", "create-blocks-from", "openmetrics", str(source), str(workdir / "data"))
+    targets = workdir / "targets.json"
+    targets.write_text("[]")
+    with running_prometheus(workdir, targets_file=targets, interval="15s") as prometheus:
+        # Blocks load at start; wait until the last sample answers.
+        prometheus.wait_for(
+            f"count(last_over_time(user:gpu_seconds:total[{DAYS + 1}d]))",
+            lambda result: bool(result) and float(result[0]["value"][1]) == len(USERS),
+            timeout=60,
+        )
+        yield prometheus.url
+
+
+def _compare(got: dict[str, dict], want: dict[str, dict]) -> None:
+    assert set(got) == set(want)
+    for key, values in want.items():
+        for name, value in values.items():
+            if value is None:
+                assert got[key][name] is None, (key, name)
+            else:
+                assert math.isclose(got[key][name], value, rel_tol=1e-9), (key, name, got[key])
+
+
+BY_USER_AND_NAMESPACE = [("user", USERS, True), ("namespace", NAMESPACES, False)]
+RFC3339_END = datetime.fromtimestamp(END, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize(
+    ("by", "groups", "since", "seconds", "with_ratios"),
+    [
+        ("user", USERS, "2d", 2 * 86400, True),
+        ("user", USERS, "3d", 3 * 86400, True),
+        ("namespace", NAMESPACES, "36h", 36 * 3600, False),
+    ],
+)
+def test_json_matches_the_sums_of_the_generated_data(
+    prometheus_url, by, groups, since, seconds, with_ratios
+):
+    result = run_report(
+        "--prometheus-url", prometheus_url, "--since", since, "--until", str(END),
+        "--by", by, "--format", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    want = expected(groups, by, since=seconds, with_ratios=with_ratios)
+    got = {row.pop(by): row for row in document}
+    _compare(got, want)
+    assert [row["gpu_hours"] for row in document] == sorted(
+        (row["gpu_hours"] for row in document), reverse=True
+    )
+    if by == "user" and since == "2d":
+        assert "bob" not in got  # stopped before the window: left out, not a row of zeros
+        assert "" in got  # the unknown owner is a group of its own
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize(("by", "groups", "with_ratios"), BY_USER_AND_NAMESPACE)
+def test_csv_has_a_header_and_the_same_numbers(prometheus_url, by, groups, with_ratios):
+    result = run_report(
+        "--prometheus-url", prometheus_url, "--since", "2d", "--until", RFC3339_END,
+        "--by", by, "--format", "csv",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert result.stdout.splitlines()[0] == f"{by},gpu_hours,mean_utilization,idle_held_hours"
+    got = {
+        row[by]: {
+            name: float(row[name]) if row[name] else None
+            for name in ("gpu_hours", "mean_utilization", "idle_held_hours")
+        }
+        for row in rows
+    }
+    _compare(got, expected(groups, by, since=2 * 86400, with_ratios=with_ratios))
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize(("by", "groups", "with_ratios"), BY_USER_AND_NAMESPACE)
+def test_table_is_aligned_and_sorted_by_gpu_hours(prometheus_url, by, groups, with_ratios):
+    result = run_report(
+        "--prometheus-url", prometheus_url, "--since", "2d", "--until", str(END), "--by", by,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[0] == by.upper().replace("_", " ").split()[0]
+    assert len({len(line) for line in lines}) == 1, result.stdout  # aligned columns
+    want = sorted(
+        expected(groups, by, since=2 * 86400, with_ratios=with_ratios).items(),
+        key=lambda item: (-item[1]["gpu_hours"], item[0]),
+    )
+    assert len(lines) == len(want) + 1
+    for line, (key, values) in zip(lines[1:], want):
+        cells = line.rsplit(None, 3)
+        assert cells[0].strip() == (key or "(unknown)")
+        assert cells[1] == f"{values['gpu_hours']:.2f}"
+        if with_ratios:
+            assert cells[2] == f"{values['mean_utilization'] * 100:.1f}%"
+            assert cells[3] == f"{values['idle_held_hours']:.2f}"
+        else:
+            assert cells[2:] == ["-", "-"]
+
+
+@pytest.mark.prometheus
+def test_a_grouping_without_counters_reports_nothing_and_says_why(prometheus_url):
+    result = run_report("--prometheus-url", prometheus_url, "--by", "slurm_job", "--format=json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    assert "slurm_job:gpu_seconds:total" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--since", "30days"], "--since '30days' is not a Prometheus duration"),
+        (["--since", "0d"], "must be longer than 0"),
+        (["--since", ""], "is not a Prometheus duration"),
+        (["--until", "yesterday"], "--until 'yesterday' is neither"),
+        (["--until", "2024-06-01T00:00:00"], "needs a time zone"),
+        (["--by", "group"], "invalid choice: 'group'"),
+        (["--format", "xml"], "invalid choice: 'xml'"),
+        (["--prometheus-url", "ftp://host"], "must be http:// or https://"),
+        (["--prometheus-url", "http://u:p@host:9090"], "must not hold credentials"),
+        (["--prometheus-url", "http://host:99999"], "has a bad port"),
+        (["--prometheus-ca-file", "/nonexistent"], "needs an https://"),
+        (["--prometheus-basic-auth-user", "u"], "go together"),
+        (["--prometheus-timeout", "0"], "--prometheus-timeout"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_option(arguments, message):
+    url = ["--prometheus-url", "http://127.0.0.1:9"]
+    if "--prometheus-url" in arguments:
+        url = []
+    result = run_report(*url, *arguments)
+    assert result.returncode == 2, result
+    assert message in result.stderr, result.stderr
+
+
+def test_missing_ca_file_and_password_file_exit_2(tmp_path):
+    https = ["--prometheus-url", "https://127.0.0.1:9"]
+    result = run_report(*https, "--prometheus-ca-file", str(tmp_path / "ca.pem"))
+    assert result.returncode == 2
+    assert "no such file" in result.stderr
+    result = run_report(
+        *https, "--prometheus-basic-auth-user", "u",
+        "--prometheus-basic-auth-password-file", str(tmp_path / "missing"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--prometheus-basic-auth-password-file" in result.stderr
+
+
+def test_unreachable_engine_exits_1():
+    result = run_report("--prometheus-url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "cannot query http://127.0.0.1:" in result.stderr
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """Answers a redirect, a body over the cap, a slow drip or a Prometheus error by path."""
+
+    def do_GET(self) -> None:
+        with contextlib.suppress(OSError):  # the client gave up, as it should
+            self._answer()
+        self.close_connection = True
+
+    def _answer(self) -> None:
+        if self.path.startswith("/redirect/"):
+            self.send_response(302)
+            self.send_header("Location", "http://elsewhere.example/api/v1/query")
+            self.end_headers()
+        elif self.path.startswith("/big/"):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"status":"success","data":{"resultType":"vector","result":[')
+            self.wfile.write(b" " * 2_000_000)
+        elif self.path.startswith("/drip/"):
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
+        else:
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b'{"status":"error","errorType":"bad_data","error":"parse error"}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def hostile_url() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "options", "message"),
+    [
+        ("/redirect", [], "redirect to 'http://elsewhere.example/api/v1/query', not followed"),
+        ("/big", ["--prometheus-max-body-bytes", "1000000"], "larger than 1000000 bytes"),
+        ("/drip", ["--prometheus-timeout", "1"], "timeout"),
+        ("/error", [], "query failed: parse error"),
+    ],
+)
+def test_hostile_or_failing_engine_exits_1(hostile_url, path, options, message):
+    started = time.monotonic()
+    result = run_report("--prometheus-url", hostile_url + path, *options)
+    assert result.returncode == 1, result
+    assert message in result.stderr, result.stderr
+    if path == "/drip":  # 10 s of drip; the 1 s timeout covers the whole answer
+        assert time.monotonic() - started < 6
