@@ -30,6 +30,7 @@ from status_api.hosts import DEFAULT_NODE_PORT, Host, HostsFileError, HostsWatch
 
 if TYPE_CHECKING:  # the poller pulls in aiohttp, which "targets" does not need
     from status_api.poller import PollSettings
+    from status_api.promsource import EngineSettings
 
 log = logging.getLogger("status_api")
 
@@ -92,6 +93,80 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "reading the cluster from Prometheus (or VictoriaMetrics) instead of polling"
+    )
+    group.add_argument(
+        "--prometheus-url",
+        help="base URL of a Prometheus-compatible query API (http://host:9090): serve the "
+        "cluster from its /api/v1/query every --interval; hosts.txt and the node options "
+        "are then unused",
+    )  # fmt: skip
+    group.add_argument(
+        "--prometheus-job", default="gpu",
+        help="scrape job of the exporters (default gpu, as in prometheus/prometheus.yml)",
+    )  # fmt: skip
+    group.add_argument(
+        "--prometheus-timeout", type=positive(float), default=5.0,
+        help="seconds one round of queries may take, all included (default 5)",
+    )  # fmt: skip
+    group.add_argument(
+        "--prometheus-max-body-bytes", type=positive(int), default=64 * 1024 * 1024,
+        help="largest answer read from the engine (default 64 MiB)",
+    )  # fmt: skip
+    group.add_argument("--prometheus-ca-file", type=Path, help="CA certificate(s) for https")
+    group.add_argument("--prometheus-basic-auth-user", help="basic-auth user for the engine")
+    group.add_argument(
+        "--prometheus-basic-auth-password-file", type=Path,
+        help="file whose first line is the engine's basic-auth password (re-read on change)",
+    )  # fmt: skip
+
+
+def _engine_settings(args: argparse.Namespace) -> EngineSettings:
+    """The --prometheus-* options, checked; ValueError names the flag at fault."""
+    from yarl import URL
+
+    from status_api.promsource import EngineSettings, ssl_context
+
+    url = URL(args.prometheus_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            f"--prometheus-url {args.prometheus_url!r}: expected http(s)://host[:port]"
+        )
+    if url.query_string or url.fragment:
+        raise ValueError(f"--prometheus-url {args.prometheus_url!r}: no query or fragment")
+    if args.prometheus_ca_file and url.scheme != "https":
+        raise ValueError("--prometheus-ca-file needs an https --prometheus-url")
+    user, path = args.prometheus_basic_auth_user, args.prometheus_basic_auth_password_file
+    if bool(user) != bool(path):
+        raise ValueError(
+            "--prometheus-basic-auth-user and --prometheus-basic-auth-password-file go together"
+        )
+    auth = None
+    if user:
+        if ":" in user:  # the header joins user and password with ":"
+            raise ValueError(f"--prometheus-basic-auth-user {user!r} must not contain ':'")
+        password = _Reloaded(path, lambda: _first_line(path, "basic-auth password file"))
+        auth = lambda: (user, password())  # noqa: E731
+        warn_if_exposed(path, what="--prometheus-basic-auth-password-file")
+    settings = EngineSettings(
+        url=str(url),
+        job=args.prometheus_job,
+        timeout=args.prometheus_timeout,
+        max_body=int(args.prometheus_max_body_bytes),
+        ca_file=args.prometheus_ca_file,
+        basic_auth=auth,
+    )
+    try:
+        ssl_context(settings)  # a bad CA file fails now, not at every round
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(
+            f"cannot load --prometheus-ca-file {args.prometheus_ca_file}: {error}"
+        ) from None
+    return settings
+
+
 def _state_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("node states and free GPUs")
     group.add_argument(
@@ -140,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {DEFAULT_MAX_REQUESTS_PER_CLIENT})",
     )  # fmt: skip
     _node_options(parser)
+    _engine_options(parser)
     _state_options(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -304,6 +380,8 @@ def serve_main(args: argparse.Namespace) -> int:
     if args.offline_after < args.stale_after:
         log.error("--offline-after must not be shorter than --stale-after")
         return 2
+    if args.prometheus_url:
+        return _serve_from_engine(args)
     try:
         watcher = HostsWatcher(args.config, default_port=args.node_port)
         settings = _poll_settings(args)
@@ -342,6 +420,45 @@ def serve_main(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         max_requests_per_client=args.max_requests_per_client,
         on_stop=poller.stop,
+    )
+
+
+def _serve_from_engine(args: argparse.Namespace) -> int:
+    """serve_main with --prometheus-url: the cluster comes from the query engine."""
+    from servicekit.httpserver import run_service
+    from status_api.app import create_app
+    from status_api.cluster import Cluster, Thresholds
+    from status_api.promsource import EngineSource
+
+    try:
+        settings = _engine_settings(args)
+    except (PasswordError, ValueError, OSError) as error:
+        log.error("%s", error)
+        return 2
+    log.info(
+        "reading the cluster from %s (job %s); node ages count from their last scrape, so "
+        "--stale-after (%g s) should exceed the scrape interval",
+        settings.url,
+        settings.job,
+        args.stale_after,
+    )
+    thresholds = Thresholds(
+        stale_after=args.stale_after,
+        offline_after=args.offline_after,
+        free_memory_mib=args.free_memory_mib,
+        free_utilization=args.free_utilization,
+    )
+    cluster = Cluster(thresholds=thresholds, interval=args.interval)
+    source = EngineSource(settings=settings, interval=args.interval, cluster=cluster)
+    source.start()
+    return run_service(
+        create_app(cluster),
+        listen_address=args.listen_address,
+        port=args.port,
+        web_config_file=args.web_config_file,
+        max_requests=args.max_requests,
+        max_requests_per_client=args.max_requests_per_client,
+        on_stop=source.stop,
     )
 
 

@@ -236,6 +236,8 @@ class Cluster:
         # Part of every ETag, so a restarted service never matches a browser's cached copy.
         self._instance = secrets.token_hex(4)
         self.last_round_seconds: float | None = None
+        # Why the latest round got no data at all (the query engine is down); "" otherwise.
+        self.error = ""
         self.views = self._render(time.time())
 
     def set_hosts(self, hosts: Sequence[Host]) -> None:
@@ -266,6 +268,16 @@ class Cluster:
                     node.record(result)
             self.rounds += 1
             self.last_round_seconds = round_seconds
+            self.error = ""
+            self.views = self._render(time.time())
+
+    def fail_round(self, error: str, round_seconds: float | None = None) -> None:
+        """A round that got nothing (the query engine is down): keep every node as it was,
+        show ``error`` at cluster level, and re-render (states still age)."""
+        with self._lock:
+            self.rounds += 1
+            self.last_round_seconds = round_seconds
+            self.error = error
             self.views = self._render(time.time())
 
     @property
@@ -286,6 +298,7 @@ class Cluster:
                 "free_utilization": self.thresholds.free_utilization,
             },
             "summary": vars(_summarise(documents)),
+            "error": self.error,
         }
         legacy = [_legacy_node(node, state) for node, state in states]
         sequence = self.rounds
