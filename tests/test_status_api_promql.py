@@ -173,3 +173,48 @@ def test_bad_engine_options_fail_at_start(status_service_factory, args, message)
     service = status_service_factory([], *args, password=None, wait_ready=False)
     assert service.process.process.wait(timeout=30) == 2
     assert message in service.log()
+
+
+def _sample(family: str, value: float, **labels: str) -> tuple[dict[str, str], float]:
+    return {"__name__": family, "job": "gpu", **labels}, value
+
+
+@pytest.mark.unit
+def test_down_and_stalled_targets_fail_like_polls():
+    from status_api.promsource import build_results
+
+    scraped = 1_000_000.0
+    targets = {"a:7080": "a", "b:7080": "b", "c:7080": "c"}
+    collected = "gpu_exporter_last_collect_timestamp_seconds"
+    gpu = {"instance": "a:7080", "gpu": "0"}
+    answers = {
+        "up": [
+            _sample("up", 1, instance="a:7080", node="a"),
+            _sample("up", 0, instance="b:7080", node="b"),
+            _sample("up", 1, instance="c:7080"),
+        ],
+        "scraped": [({"instance": i}, scraped) for i in targets],
+        "node": [
+            _sample(collected, scraped - 1, instance="a:7080"),
+            _sample(collected, scraped - 60, instance="c:7080"),
+        ],
+        "gpu": [
+            _sample("gpu_info", 1, **gpu, name="H100"),
+            _sample("gpu_memory_used_bytes", 3 * 2**20 + 5, **gpu),
+            _sample("gpu_utilization_ratio", 0.426, **gpu),
+            _sample("gpu_power_watts", 123.44, **gpu),
+        ],
+        "process": [
+            _sample("gpu_process_info", 1, **gpu, pid="42", user="ann", command="python train.py")
+        ],
+    }
+    hosts, results = build_results(answers, stale_after=10)
+    assert [host.text for host in hosts] == ["a", "b", "c:7080"]
+    a, b, c = results
+    assert a.ok and a.finished_at == scraped and a.power == {0: {"power": 123.4}}
+    assert a.status["gpus"] == [{
+        "index": 0, "name": "H100", "use_mem": 3, "tot_mem": None, "utilize": 43, "temp": None,
+        "users": [{"pid": 42, "username": "ann", "mem(MiB)": None, "command": "python train.py"}],
+    }]  # fmt: skip
+    assert not b.ok and "up == 0" in b.error
+    assert not c.ok and "60 s old" in c.error
