@@ -2,7 +2,7 @@
 # Prepare a fresh Debian/Ubuntu machine: install the Debian packages, create .venv with the
 # package and its test extras, and build the fake NVML library.
 #   scripts/setup.sh        what the test suite drives: Prometheus with promtool, Alertmanager
-#                           with amtool, Chromium, systemd-analyze, openssl, gcc
+#                           with amtool, VictoriaMetrics, Chromium, systemd-analyze, openssl, gcc
 #   scripts/setup.sh demo   what the demo cannot do without: gcc (Prometheus stays optional)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ command -v gcc >/dev/null || missing+=(gcc libc6-dev)
 if [ "$purpose" = test ]; then
     command -v prometheus >/dev/null || missing+=(prometheus)
     command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
+    command -v victoria-metrics >/dev/null || missing+=(victoria-metrics)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     command -v openssl >/dev/null || missing+=(openssl)

@@ -20,7 +20,7 @@ from servicekit.logsetup import configure_logging
 from servicekit.password import PasswordError
 from status_api.arguments import build_parser, build_targets_parser
 from status_api.hosts import Host, HostsFileError, HostsWatcher
-from status_api.nodesettings import poll_settings
+from status_api.nodesettings import engine_settings, poll_settings
 from status_api.tuning import tune_process
 
 __all__ = ["build_parser", "build_targets_parser", "main", "serve_main", "targets_main"]
@@ -38,6 +38,8 @@ def serve_main(args: argparse.Namespace) -> int:
     if args.offline_after < args.stale_after:
         log.error("--offline-after must not be shorter than --stale-after")
         return 2
+    if args.prometheus_url:
+        return _serve_from_engine(args)
     try:
         watcher = HostsWatcher(args.config, default_port=args.node_port)
         settings = poll_settings(args)
@@ -77,6 +79,46 @@ def serve_main(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         max_requests_per_client=args.max_requests_per_client,
         on_stop=poller.stop,
+    )
+
+
+def _serve_from_engine(args: argparse.Namespace) -> int:
+    """serve_main with --prometheus-url: the cluster comes from the query engine."""
+    from servicekit.runner import run_service
+    from status_api.app import create_app
+    from status_api.cluster import Cluster, Thresholds
+    from status_api.promsource import EngineSource
+
+    try:
+        settings = engine_settings(args)
+    except (PasswordError, ValueError, OSError) as error:
+        log.error("%s", error)
+        return 2
+    log.info(
+        "reading the cluster from %s (job %s); node ages count from their last scrape, so "
+        "--stale-after (%g s) should exceed the scrape interval",
+        settings.url,
+        settings.job,
+        args.stale_after,
+    )
+    thresholds = Thresholds(
+        stale_after=args.stale_after,
+        offline_after=args.offline_after,
+        free_memory_mib=args.free_memory_mib,
+        free_utilization=args.free_utilization,
+        idle_held_after=args.idle_held_after,
+    )
+    cluster = Cluster(thresholds=thresholds, interval=args.interval)
+    source = EngineSource(settings=settings, interval=args.interval, cluster=cluster)
+    source.start()
+    return run_service(
+        create_app(cluster),
+        listen_address=args.listen_address,
+        port=args.port,
+        web_config_file=args.web_config_file,
+        max_requests=args.max_requests,
+        max_requests_per_client=args.max_requests_per_client,
+        on_stop=source.stop,
     )
 
 

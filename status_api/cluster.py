@@ -319,6 +319,8 @@ class Cluster:
         # Part of every ETag, so a restarted service never matches a browser's cached copy.
         self._instance = secrets.token_hex(4)
         self.last_round_seconds: float | None = None
+        # Why the latest round got no data at all (the query engine is down); "" otherwise.
+        self.error = ""
         self.views = self._render(time.time())
 
     def set_hosts(self, hosts: Sequence[Host]) -> None:
@@ -351,6 +353,16 @@ class Cluster:
                         node.track_idle(result.finished_at, self.thresholds)
             self.rounds += 1
             self.last_round_seconds = round_seconds
+            self.error = ""
+            self.views = self._render(time.time())
+
+    def fail_round(self, error: str, round_seconds: float | None = None) -> None:
+        """A round that got nothing (the query engine is down): keep every node as it was,
+        show ``error`` at cluster level, and re-render (states still age)."""
+        with self._lock:
+            self.rounds += 1
+            self.last_round_seconds = round_seconds
+            self.error = error
             self.views = self._render(time.time())
 
     @property
@@ -372,6 +384,7 @@ class Cluster:
                 "idle_held_after": self.thresholds.idle_held_after,
             },
             "summary": vars(_summarise(documents)),
+            "error": self.error,
         }
         legacy = [_legacy_node(node, state) for node, state in states]
         sequence = self.rounds

@@ -47,10 +47,13 @@ def node_password(path: Path | None) -> Callable[[], str]:
     return _reloaded(path, lambda: load_password(password_file=path), what="password file")
 
 
-def basic_auth(user: str, path: Path) -> Callable[[], tuple[str, str]]:
-    """The exporters' basic-auth credentials, the password re-read when its file changes."""
+def basic_auth(
+    user: str, path: Path, *, flag: str = "--node-basic-auth-user"
+) -> Callable[[], tuple[str, str]]:
+    """Basic-auth credentials (for the exporters, or the query engine with ``flag``), the
+    password re-read when its file changes."""
     if ":" in user:  # the header joins user and password with ":"
-        raise ValueError(f"--node-basic-auth-user {user!r} must not contain ':'")
+        raise ValueError(f"{flag} {user!r} must not contain ':'")
     password = _reloaded(
         path,
         lambda: first_line(path, "basic-auth password file"),

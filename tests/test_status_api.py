@@ -56,7 +56,7 @@ def service(nodes: FakeNodes, status_service_factory) -> StatusService:  # noqa:
 
 def test_cluster_json(service: StatusService, nodes: FakeNodes) -> None:
     document = service.cluster()
-    assert list(document) == ["generated_at", "interval", "thresholds", "summary", "nodes"]
+    assert list(document) == ["generated_at", "interval", "thresholds", "summary", "error", "nodes"]
     assert document["interval"] == 0.5
     assert abs(document["generated_at"] - time.time()) < 5
     summary = document["summary"]

@@ -323,7 +323,7 @@ def test_views_summary_free_gpus_and_legacy_shape() -> None:
     ]
     cluster = _cluster_with(results, "busy\nidle\ndown\n")
     document = json.loads(cluster.views.cluster.body)
-    assert list(document) == ["generated_at", "interval", "thresholds", "summary", "nodes"]
+    assert list(document) == ["generated_at", "interval", "thresholds", "summary", "error", "nodes"]
     assert document["summary"] == {
         "nodes_total": 3, "nodes_online": 2, "nodes_stale": 0, "nodes_offline": 1,
         "gpus_total": 4, "gpus_in_use": 1, "gpus_free": 2,

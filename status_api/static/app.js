@@ -304,9 +304,16 @@
     if (state.paused) text = 'paused · ' + text;
     ui.updated.textContent = text;
     ui.updated.classList.toggle('is-error', Boolean(state.error));
-    ui.banner.hidden = !state.error || !state.data;
-    ui.banner.textContent = state.error ? 'Cannot reach the status service (' + state.error +
-      '); showing the last data.' : '';
+    // The service's own source failing (its query engine) shows the same way.
+    const sourceError = state.data && state.data.error ? String(state.data.error) : '';
+    ui.banner.hidden = !(state.error && state.data) && !sourceError;
+    if (state.error) {
+      ui.banner.textContent = 'Cannot reach the status service (' + state.error +
+        '); showing the last data.';
+    } else {
+      ui.banner.textContent = sourceError ? 'Cannot read the cluster (' + sourceError +
+        '); showing the last data.' : '';
+    }
     // Ages keep counting between refreshes (and while paused) without redrawing the cards.
     const sinceUpdate = (Date.now() - state.updatedAt) / 1000;
     for (const seen of ui.nodes.querySelectorAll('.last-seen[data-age]')) {

@@ -1,0 +1,220 @@
+"""``gpu-status-api --prometheus-url``: the cluster from PromQL equals the cluster from polling.
+
+On one simulated cluster (two real exporters on the fake NVML), a real Prometheus and a real
+single-node VictoriaMetrics scrape the same file_sd targets; three services run side by side:
+polling the nodes, reading Prometheus, reading VictoriaMetrics. Their /api/v1/cluster documents
+agree on nodes, GPUs, users and free GPUs. Stopping the engine shows its error and keeps the last
+state; an engine URL that redirects is refused without the redirect being followed.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from simulator.victoriametrics import running_victoriametrics
+from tests.support.cluster import monitored_cluster
+from tests.support.status_service import StatusService, status_service_factory  # noqa: F401
+
+pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
+
+# Generous: the nodes must not age out while the test compares (the machine may be loaded).
+STATES = ("--stale-after", "30", "--offline-after", "60")
+
+
+def projection(document: dict[str, Any]) -> dict[str, Any]:
+    """What both modes must agree on, by node address (the modes name nodes differently: the
+    hosts.txt entry when polling, the target's ``node`` label from PromQL)."""
+    nodes = {}
+    for node in document["nodes"]:
+        gpus = [
+            {
+                **{key: gpu[key] for key in ("index", "name", "use_mem", "tot_mem", "utilize",
+                                              "temp", "power", "power_limit", "free")},
+                "users": sorted((u["pid"], u["username"], u["mem"]) for u in gpu["users"]),
+            }
+            for gpu in node["gpus"]
+        ]  # fmt: skip
+        nodes[node["address"]] = {"state": node["state"], "hostname": node["hostname"],
+                                  "gpus": gpus}  # fmt: skip
+    counted = ("nodes_total", "nodes_online", "gpus_total", "gpus_in_use", "gpus_free")
+    summary = {key: document["summary"][key] for key in counted}
+    return {"nodes": nodes, "summary": summary}
+
+
+def legacy_projection(document: dict[str, Any]) -> list[Any]:
+    return sorted(
+        (node["status"], [(g["index"], g["use_mem"], len(g["users"])) for g in node["gpus"]])
+        for node in document["Nodes"]
+    )
+
+
+def all_in(document: dict[str, Any]) -> bool:
+    """Both nodes online, with their power read (polling reads it on the first round)."""
+    nodes = document["nodes"]
+    return (
+        len(nodes) == 2
+        and all(node["state"] == "online" for node in nodes)
+        and all(gpu["power"] is not None for node in nodes for gpu in node["gpus"][:1])
+    )
+
+
+def engine_service(start, url: str, *args: str) -> StatusService:
+    return start([], "--prometheus-url", url, *STATES, *args, password=None)
+
+
+def test_promql_mode_matches_polling(
+    exporter_factory,
+    worker_pids,
+    tmp_path,
+    status_service_factory,  # noqa: F811
+):
+    with monitored_cluster(exporter_factory, worker_pids, tmp_path) as cluster:
+        targets = tmp_path / "targets" / "gpu-nodes.json"  # written by monitored_cluster
+        with running_victoriametrics(tmp_path / "vm", targets_file=targets) as victoria:
+            # Every family scraped, the process info included (the last family of a scrape).
+            victoria.wait_for('up{job="gpu"} == 1', lambda result: len(result) == 2, timeout=60)
+            victoria.wait_for("gpu_process_info", lambda result: len(result) >= 6, timeout=30)
+            polling = status_service_factory(
+                [f"{node}:{e.port}" for node, e in cluster.exporters.items()], *STATES
+            )
+            from_prometheus = engine_service(status_service_factory, cluster.prometheus.url)
+            from_victoria = engine_service(status_service_factory, victoria.url)
+
+            expected = projection(polling.wait_for(all_in, timeout=30, what="polling"))
+            assert expected["summary"] == {"nodes_total": 2, "nodes_online": 2, "gpus_total": 6,
+                                           "gpus_in_use": 4, "gpus_free": 1}  # fmt: skip
+            for service in (from_prometheus, from_victoria):
+                document = service.wait_for(all_in, timeout=30, what="engine mode")
+                assert document["error"] == ""
+                assert projection(document) == expected, service.log()[-2000:]
+                assert {node["node"] for node in document["nodes"]} == {"localhost", "127.0.0.1"}
+                assert legacy_projection(service.legacy()) == legacy_projection(polling.legacy())
+
+            check_engine_stopped(cluster.prometheus.process, from_prometheus, expected)
+
+
+def check_engine_stopped(process, service: StatusService, expected: dict[str, Any]) -> None:
+    """The engine gone: the error shows at cluster level, the nodes keep their last state."""
+    process.stop()
+    document = service.wait_for(lambda d: d["error"] != "", timeout=20, what="engine error")
+    assert "cannot connect" in document["error"], document["error"]
+    assert projection(document) == expected
+    assert service.get("/-/ready").status_code == 200
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    """Answers every request with ``reply`` (a status and headers); counts what it got."""
+
+    reply: tuple[int, dict[str, str]] = (200, {})
+    hits: list[str]
+
+    def _answer(self) -> None:
+        self.hits.append(self.path)
+        status, headers = self.reply
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _serve(reply: tuple[int, dict[str, str]]) -> Iterator[tuple[str, list[str]]]:
+    hits: list[str] = []
+    handler = type("Handler", (_Counting,), {"reply": reply, "hits": hits})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_redirecting_engine_is_refused(status_service_factory):  # noqa: F811
+    target_server = _serve((200, {}))
+    target, target_hits = next(target_server)
+    redirect_server = _serve((307, {"Location": f"{target}/api/v1/query"}))
+    redirect, redirect_hits = next(redirect_server)
+    try:
+        service = engine_service(status_service_factory, redirect)
+        document = service.wait_for(lambda d: d["error"] != "", timeout=20, what="error")
+        assert "redirect" in document["error"] and "refused" in document["error"]
+        assert document["nodes"] == []
+        assert redirect_hits and target_hits == []
+        assert service.legacy() == {"Nodes": []}
+    finally:
+        for server in (target_server, redirect_server):
+            server.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--prometheus-url", "ftp://host:9090"), "expected http(s)://host"),
+        (
+            ("--prometheus-url", "http://h:9090", "--prometheus-basic-auth-user", "u"),
+            "go together",
+        ),
+        (("--prometheus-url", "http://h:9090", "--prometheus-ca-file", "/x"), "needs an https"),
+    ],
+)
+def test_bad_engine_options_fail_at_start(status_service_factory, args, message):  # noqa: F811
+    service = status_service_factory([], *args, password=None, wait_ready=False)
+    assert service.process.process.wait(timeout=30) == 2
+    assert message in service.log()
+
+
+def _sample(family: str, value: float, **labels: str) -> tuple[dict[str, str], float]:
+    return {"__name__": family, "job": "gpu", **labels}, value
+
+
+@pytest.mark.unit
+def test_down_and_stalled_targets_fail_like_polls():
+    from status_api.promsource import build_results
+
+    scraped = 1_000_000.0
+    targets = {"a:7080": "a", "b:7080": "b", "c:7080": "c"}
+    collected = "gpu_exporter_last_collect_timestamp_seconds"
+    gpu = {"instance": "a:7080", "gpu": "0"}
+    answers = {
+        "up": [
+            _sample("up", 1, instance="a:7080", node="a"),
+            _sample("up", 0, instance="b:7080", node="b"),
+            _sample("up", 1, instance="c:7080"),
+        ],
+        "scraped": [({"instance": i}, scraped) for i in targets],
+        "node": [
+            _sample(collected, scraped - 1, instance="a:7080"),
+            _sample(collected, scraped - 60, instance="c:7080"),
+        ],
+        "gpu": [
+            _sample("gpu_info", 1, **gpu, name="H100"),
+            _sample("gpu_memory_used_bytes", 3 * 2**20 + 5, **gpu),
+            _sample("gpu_utilization_ratio", 0.426, **gpu),
+            _sample("gpu_power_watts", 123.44, **gpu),
+        ],
+        "process": [
+            _sample("gpu_process_info", 1, **gpu, pid="42", user="ann", command="python train.py")
+        ],
+    }
+    hosts, results = build_results(answers, stale_after=10)
+    assert [host.text for host in hosts] == ["a", "b", "c:7080"]
+    a, b, c = results
+    assert a.ok and a.finished_at == scraped and a.power == {0: {"power": 123.4}}
+    assert a.status["gpus"] == [{
+        "index": 0, "name": "H100", "use_mem": 3, "tot_mem": None, "utilize": 43, "temp": None,
+        "users": [{"pid": 42, "username": "ann", "mem(MiB)": None, "command": "python train.py"}],
+    }]  # fmt: skip
+    assert not b.ok and "up == 0" in b.error
+    assert not c.ok and "60 s old" in c.error
