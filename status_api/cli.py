@@ -115,6 +115,10 @@ def _state_options(parser: argparse.ArgumentParser) -> None:
         help="seconds a GPU's processes may hold memory without computing before the GPU is "
         "shown as idle but held (default 1800)",
     )  # fmt: skip
+    group.add_argument(
+        "--xid-recent", type=positive(float), default=3600.0,
+        help="seconds an XID error keeps its GPU sick or warning (default 3600)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +334,7 @@ def serve_main(args: argparse.Namespace) -> int:
         free_memory_mib=args.free_memory_mib,
         free_utilization=args.free_utilization,
         idle_held_after=args.idle_held_after,
+        xid_recent=args.xid_recent,
     )
     cluster = Cluster(thresholds=thresholds, interval=args.interval)
     cluster.set_hosts(watcher.hosts)
