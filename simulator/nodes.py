@@ -110,9 +110,7 @@ HEALTHY = {
 def _health_lines(
     status: dict[str, Any], health: Mapping[int, Mapping[str, float | None]]
 ) -> list[str]:
-    per_gpu = {
-        gpu["index"]: {**HEALTHY, **health.get(gpu["index"], {})} for gpu in status["gpus"]
-    }
+    per_gpu = {gpu["index"]: {**HEALTHY, **health.get(gpu["index"], {})} for gpu in status["gpus"]}
     families = dict.fromkeys(name for values in per_gpu.values() for name in values)
     lines = []
     for family in families:

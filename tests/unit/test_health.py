@@ -188,7 +188,9 @@ def test_memory_repair_pcie_and_mig_reasons_worst_first() -> None:
     assert "memory page retirement pending: reset the GPU" in reasons
 
 
-@pytest.mark.parametrize(("utilize", "degraded"), [(87, True), (6, True), (5, False), (None, False)])
+@pytest.mark.parametrize(
+    ("utilize", "degraded"), [(87, True), (6, True), (5, False), (None, False)]
+)
 def test_pcie_degraded_counts_only_while_busy(utilize: int | None, degraded: bool) -> None:
     health = GpuHealth(pcie_generation=4, pcie_generation_max=4, pcie_width=8, pcie_width_max=16)
     assert _health(_gpu(utilize=utilize), health)[0] == (WARNING if degraded else OK)
