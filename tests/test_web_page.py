@@ -3,8 +3,8 @@
 Asserts what a person sees: node cards, GPU rows, the offline node, free GPUs and temperatures,
 the filters and the sort, auto-refresh picking up a scenario change (one timer, no reload), the
 pause button, a node still running the old node_info.py shown like the others, lost and sick
-GPUs saying so with their reasons, and that hostile
-text from the nodes is shown as text and never run.
+GPUs saying so with their reasons, and that hostile text from the nodes is shown as text and
+never run.
 Screenshots go to build/artifacts/ (docs/screenshot.png is a copy of status-page.png).
 """
 
