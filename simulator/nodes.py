@@ -4,7 +4,8 @@ Each fake node is a listening address (``127.0.0.1`` with its own port, or one p
 ``127.x.y.z`` addresses) that speaks just enough HTTP/1.1 (keep-alive, Content-Length) to answer
 ``POST /get-status`` with legacy node JSON, or to misbehave on purpose:
 
-* ``ok``: the legacy JSON (and a ``/metrics`` text with power readings and process attribution);
+* ``ok``: the legacy JSON (and a ``/metrics`` text with power readings, GPU health and process
+  attribution);
 * ``hang``: read the request and never answer;
 * ``garbage``: 200 with bytes that are not JSON; ``wrong-shape``: JSON that is not a status;
 * ``forbidden``: a 403 JSON error; ``close``: close the connection without answering;
@@ -93,16 +94,47 @@ def default_attribution(status: dict[str, Any]) -> dict[int, dict[str, Any]]:
     }
 
 
+# The health families a healthy GPU reports, with their values (gpu_last_xid and its timestamp
+# only appear once the GPU has had an XID; gpu_mig_mode only on MIG-capable GPUs).
+HEALTHY = {
+    "gpu_up": 1,
+    "gpu_remapped_rows_pending": 0,
+    "gpu_remapped_rows_failure": 0,
+    "gpu_pcie_link_generation": 4,
+    "gpu_pcie_link_generation_max": 4,
+    "gpu_pcie_link_width": 16,
+    "gpu_pcie_link_width_max": 16,
+}
+
+
+def _health_lines(
+    status: dict[str, Any], health: Mapping[int, Mapping[str, float | None]]
+) -> list[str]:
+    per_gpu = {gpu["index"]: {**HEALTHY, **health.get(gpu["index"], {})} for gpu in status["gpus"]}
+    families = dict.fromkeys(name for values in per_gpu.values() for name in values)
+    lines = []
+    for family in families:
+        lines.append(f"# HELP {family} Simulated.\n# TYPE {family} gauge")
+        for index, values in per_gpu.items():
+            if values.get(family) is not None:
+                lines.append(f'{family}{{gpu="{index}",uuid="GPU-{index}"}} {values[family]}')
+    return lines
+
+
 def metrics_text(
-    status: dict[str, Any], attribution: Mapping[int, Mapping[str, Any]] | None = None
+    status: dict[str, Any],
+    attribution: Mapping[int, Mapping[str, Any]] | None = None,
+    health: Mapping[int, Mapping[str, float | None]] | None = None,
 ) -> bytes:
-    """A Prometheus exposition like the exporter's, roughly as long, with power readings and,
-    per process, ``gpu_process_info`` and ``gpu_process_sm_utilization_ratio``. ``attribution``
-    gives per pid the labels slurm_job, container, pod, namespace and ``sm_utilization`` (None:
-    no utilization line); by default :func:`default_attribution`."""
+    """A Prometheus exposition like the exporter's, roughly as long, with power readings, GPU
+    health and, per process, ``gpu_process_info`` and ``gpu_process_sm_utilization_ratio``.
+    ``attribution`` gives per pid the labels slurm_job, container, pod, namespace and
+    ``sm_utilization`` (None: no utilization line); by default :func:`default_attribution`.
+    ``health`` gives per GPU index health families and values that replace or add to
+    :data:`HEALTHY` (None: no line), e.g. ``{1: {"gpu_up": 0, "gpu_last_xid": 79, ...}}``."""
     if attribution is None:
         attribution = default_attribution(status)
-    lines = []
+    lines = _health_lines(status, health or {})
     families = (
         "memory_used_bytes", "memory_total_bytes", "utilization_ratio", "temperature_celsius",
         "power_watts", "power_limit_watts", "fan_speed_ratio", "energy_joules_total",
@@ -256,9 +288,10 @@ class FakeNodes:
         status: dict[str, Any],
         *,
         attribution: Mapping[int, Mapping[str, Any]] | None = None,
+        health: Mapping[int, Mapping[str, float | None]] | None = None,
     ) -> None:
         self._bodies[index] = json.dumps(status).encode()
-        self._metrics[index] = metrics_text(status, attribution)
+        self._metrics[index] = metrics_text(status, attribution, health)
 
     # -- HTTP ------------------------------------------------------------------------------------
 

@@ -96,6 +96,10 @@ def _state_options(parser: argparse.ArgumentParser) -> None:
         help="seconds a GPU's processes may hold memory without computing before the GPU is "
         "shown as idle but held (default 1800)",
     )  # fmt: skip
+    group.add_argument(
+        "--xid-recent", type=positive(float), default=3600.0,
+        help="seconds an XID error keeps its GPU sick or warning (default 3600)",
+    )  # fmt: skip
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:

@@ -61,6 +61,7 @@ def serve_main(args: argparse.Namespace) -> int:
         free_memory_mib=args.free_memory_mib,
         free_utilization=args.free_utilization,
         idle_held_after=args.idle_held_after,
+        xid_recent=args.xid_recent,
     )
     cluster = Cluster(thresholds=thresholds, interval=args.interval)
     cluster.set_hosts(watcher.hosts)
@@ -107,6 +108,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         free_memory_mib=args.free_memory_mib,
         free_utilization=args.free_utilization,
         idle_held_after=args.idle_held_after,
+        xid_recent=args.xid_recent,
     )
     cluster = Cluster(thresholds=thresholds, interval=args.interval)
     source = EngineSource(settings=settings, interval=args.interval, cluster=cluster)

@@ -9,9 +9,13 @@ main node's clock: node clocks may be wrong), and the error of its latest poll. 
 * ``offline``: no good status within ``offline_after`` seconds, or never.
 
 A GPU is *free* when its node is online, no process uses it, at most ``free_memory_mib`` of its
-memory is used and its utilisation is below ``free_utilization`` percent. The summary counts the
-nodes with data (online and stale); free GPUs are counted on online nodes only, since a stale node
-may have been taken meanwhile.
+memory is used, its utilisation is below ``free_utilization`` percent and it is neither sick nor
+lost. The summary counts the nodes with data (online and stale); free GPUs are counted on online
+nodes only, since a stale node may have been taken meanwhile.
+
+Each GPU has a ``health``: its state (ok, warning, sick, lost) and the reasons, in words, from
+the legacy readings and the node's ``/metrics`` (status_api/health.py). The summary counts the
+warning, sick and lost GPUs.
 
 A GPU is *idle but held* when processes hold memory on it and none of them has shown compute
 for ``idle_held_after`` seconds. Compute is judged per process where the node's ``/metrics``
@@ -36,9 +40,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from status_api.health import LOST, SICK, WARNING, gpu_health
 from status_api.hosts import Host
 from status_api.nodedata import USER_MEMORY
-from status_api.nodemetrics import ATTRIBUTION_LABELS, ProcessMetrics
+from status_api.nodemetrics import ATTRIBUTION_LABELS, GpuHealth, ProcessMetrics
 from status_api.poller import PollResult
 
 ONLINE, STALE, OFFLINE = "online", "stale", "offline"
@@ -51,6 +56,7 @@ class Thresholds:
     free_memory_mib: int = 512
     free_utilization: int = 5
     idle_held_after: float = 1800.0
+    xid_recent: float = 3600.0  # an XID this recent makes its GPU sick or warning
 
 
 @dataclass
@@ -62,6 +68,7 @@ class NodeState:
     power: dict[int, dict[str, float]] = field(default_factory=dict)
     processes: dict[tuple[int, int], ProcessMetrics] = field(default_factory=dict)
     uuids: dict[int, str] = field(default_factory=dict)
+    health: dict[int, GpuHealth] = field(default_factory=dict)
     # Per GPU (uuid, else "index N"): since when its processes hold memory without computing.
     idle_since: dict[str, float] = field(default_factory=dict)
     last_seen: float | None = None  # wall time of the last good poll, this machine's clock
@@ -85,6 +92,8 @@ class NodeState:
                 self.processes = result.processes
             if result.uuids is not None:
                 self.uuids = result.uuids
+            if result.health is not None:
+                self.health = result.health
             self.last_seen = result.finished_at
             self.error = ""
         else:
@@ -158,6 +167,9 @@ class Summary:
     gpus_total: int = 0
     gpus_in_use: int = 0
     gpus_free: int = 0
+    gpus_warning: int = 0
+    gpus_sick: int = 0
+    gpus_lost: int = 0
     memory_used_mib: int = 0
     memory_total_mib: int = 0
 
@@ -248,15 +260,23 @@ def _node_document(node: NodeState, state: str, now: float, thresholds: Threshol
     gpus = []
     for gpu in status.get("gpus", []):
         idle_held, idle_held_since = _idle_held(node, gpu["index"], thresholds)
+        health = gpu_health(
+            gpu,
+            node.health.get(gpu["index"]),
+            now=now,
+            xid_recent=thresholds.xid_recent,
+            busy_above=thresholds.free_utilization,
+        )
         gpus.append(
             {
                 **gpu,
                 "users": _cluster_users(gpu["users"], gpu["index"], node.processes),
                 **_NO_POWER,
                 **node.power.get(gpu["index"], {}),
-                "free": online and _is_free(gpu, thresholds),
+                "free": online and health.state not in (SICK, LOST) and _is_free(gpu, thresholds),
                 "idle_held": idle_held,
                 "idle_held_since": idle_held_since,
+                "health": health.document(),
             }
         )
     return {
@@ -288,6 +308,10 @@ def _summarise(documents: list[dict[str, Any]]) -> Summary:
             summary.gpus_total += 1
             summary.gpus_free += gpu["free"]
             summary.gpus_in_use += bool(gpu["users"])
+            health = gpu["health"]["state"]
+            summary.gpus_warning += health == WARNING
+            summary.gpus_sick += health == SICK
+            summary.gpus_lost += health == LOST
             summary.memory_used_mib += gpu["use_mem"] or 0
             summary.memory_total_mib += gpu["tot_mem"] or 0
     return summary
@@ -382,6 +406,7 @@ class Cluster:
                 "free_memory_mib": self.thresholds.free_memory_mib,
                 "free_utilization": self.thresholds.free_utilization,
                 "idle_held_after": self.thresholds.idle_held_after,
+                "xid_recent": self.thresholds.xid_recent,
             },
             "summary": vars(_summarise(documents)),
             "error": self.error,

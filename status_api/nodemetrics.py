@@ -7,7 +7,11 @@ it comes from the exporter's Prometheus metrics, read in one pass over one scrap
 * ``gpu_process_info``: per process (GPU index, pid) its ``slurm_job``, ``container``, ``pod``
   and ``namespace`` (empty when not applicable);
 * ``gpu_process_sm_utilization_ratio``: per process its SM utilization, 0..1 (absent where NVML
-  does not support it).
+  does not support it);
+* per GPU index its health (:class:`GpuHealth`): ``gpu_up``, ``gpu_last_xid`` and
+  ``gpu_last_xid_timestamp_seconds``, ``gpu_remapped_rows_pending`` and ``_failure``,
+  ``gpu_retired_pages_pending``, ``gpu_pcie_link_generation``/``_width`` and their ``_max``,
+  ``gpu_mig_mode`` and ``gpu_mig_mode_pending``. A field the node does not report stays None.
 
 Only those lines are looked at; a node without ``/metrics`` (an old node_info.py) simply has none
 of it. The text is untrusted like the JSON: anything unexpected is skipped, never raised, and
@@ -28,10 +32,28 @@ ATTRIBUTION_LABELS = ("slurm_job", "container", "pod", "namespace")
 _POWER = {b"gpu_power_watts": "power", b"gpu_power_limit_watts": "power_limit"}
 _INFO = b"gpu_process_info"
 _SM = b"gpu_process_sm_utilization_ratio"
-# One scan for every family of interest at the start of a line. The common prefix "gpu_p" is a
-# literal, which the regex engine searches for fast, so the long rest of a scrape costs little.
+# Health family -> (GpuHealth field, kind): "flag" is 0/1, "count" a whole number, "time" seconds.
+_HEALTH = {
+    b"gpu_up": ("up", "flag"),
+    b"gpu_last_xid": ("last_xid", "count"),
+    b"gpu_last_xid_timestamp_seconds": ("last_xid_at", "time"),
+    b"gpu_remapped_rows_pending": ("remap_pending", "flag"),
+    b"gpu_remapped_rows_failure": ("remap_failure", "flag"),
+    b"gpu_retired_pages_pending": ("retired_pending", "flag"),
+    b"gpu_pcie_link_generation": ("pcie_generation", "count"),
+    b"gpu_pcie_link_generation_max": ("pcie_generation_max", "count"),
+    b"gpu_pcie_link_width": ("pcie_width", "count"),
+    b"gpu_pcie_link_width_max": ("pcie_width_max", "count"),
+    b"gpu_mig_mode": ("mig_mode", "flag"),
+    b"gpu_mig_mode_pending": ("mig_mode_pending", "flag"),
+}
+_MAX_COUNT = 2**32  # XID codes are 32 bits; link generations and widths are far below
+# One scan for every family of interest at the start of a line; the name must be followed by
+# "{", so gpu_remapped_rows{...} or gpu_up_something{...} never match a shorter family.
 _LINE = re.compile(
-    rb"(?:^|(?<=\n))(gpu_p(?:ower_watts|ower_limit_watts|rocess_info|rocess_sm_utilization_ratio))"
+    rb"(?:^|(?<=\n))(gpu_(?:p(?:ower_watts|ower_limit_watts|rocess_info|rocess_sm_utilization_ratio"
+    rb"|cie_link_(?:generation|width)(?:_max)?)|up|last_xid(?:_timestamp_seconds)?"
+    rb"|re(?:mapped_rows_(?:pending|failure)|tired_pages_pending)|mig_mode(?:_pending)?))"
     rb"\{((?:[a-zA-Z_][a-zA-Z0-9_]*=\"(?:[^\"\\\n]|\\.)*\",?\s*)*)\}[ \t]+([^ \t\n]+)"
 )
 _LABEL = re.compile(rb'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"')
@@ -51,12 +73,31 @@ class ProcessMetrics:
 
 
 @dataclass
+class GpuHealth:
+    """What ``/metrics`` says about one GPU's health; None where the node does not report it."""
+
+    up: bool | None = None  # False: lost (fell off the bus) or its reads hang
+    last_xid: int | None = None
+    last_xid_at: float | None = None  # Unix time, by the node's clock
+    remap_pending: bool | None = None
+    remap_failure: bool | None = None
+    retired_pending: bool | None = None
+    pcie_generation: int | None = None
+    pcie_generation_max: int | None = None
+    pcie_width: int | None = None
+    pcie_width_max: int | None = None
+    mig_mode: bool | None = None
+    mig_mode_pending: bool | None = None
+
+
+@dataclass
 class NodeMetrics:
-    """Power and uuid per GPU index, and attribution per (GPU index, pid)."""
+    """Power, uuid and health per GPU index, and attribution per (GPU index, pid)."""
 
     power: dict[int, dict[str, float]] = field(default_factory=dict)
     uuids: dict[int, str] = field(default_factory=dict)  # from the power lines' uuid label
     processes: dict[tuple[int, int], ProcessMetrics] = field(default_factory=dict)
+    health: dict[int, GpuHealth] = field(default_factory=dict)
 
 
 def _labels(raw: bytes) -> dict[bytes, bytes]:
@@ -95,6 +136,31 @@ def _process(metrics: NodeMetrics, labels: dict[bytes, bytes]) -> ProcessMetrics
     return found
 
 
+def _health_value(kind: str, value: float) -> bool | int | float | None:
+    """A health reading of ``kind``, or None when the value cannot be one."""
+    if kind == "time":
+        return value
+    if not value.is_integer() or value >= _MAX_COUNT:
+        return None
+    if kind == "flag":
+        return None if value > 1 else value == 1
+    return int(value)
+
+
+def _health(metrics: NodeMetrics, family: bytes, labels: dict[bytes, bytes], value: float) -> None:
+    name, kind = _HEALTH[family]
+    gpu = _index(labels, b"gpu")
+    reading = _health_value(kind, value)
+    if gpu is None or reading is None:
+        return
+    found = metrics.health.get(gpu)
+    if found is None:
+        if len(metrics.health) >= MAX_GPUS:
+            return
+        found = metrics.health[gpu] = GpuHealth()
+    setattr(found, name, reading)
+
+
 def parse_metrics(text: bytes) -> NodeMetrics:
     """Everything of interest in an exposition text, in one pass over it."""
     metrics = NodeMetrics()
@@ -114,6 +180,8 @@ def parse_metrics(text: bytes) -> NodeMetrics:
             if process is not None:
                 for name in ATTRIBUTION_LABELS:
                     setattr(process, name, _text(labels.get(name.encode(), b"")))
+        elif family in _HEALTH:
+            _health(metrics, family, labels, value)
         elif family == _SM and value <= 1:
             process = _process(metrics, labels)
             if process is not None:

@@ -10,8 +10,9 @@ instead of after them. Connections are kept alive between rounds, which makes a 
 round much cheaper than the first.
 
 The legacy JSON has no power readings and no attribution, so every ``power_interval`` seconds a
-node's ``/metrics`` is read too (in the same time budget) and parsed once for power per GPU and,
-per process, its Slurm job, pod, container and SM utilization (status_api/nodemetrics.py).
+node's ``/metrics`` is read too (in the same time budget) and parsed once for power and health
+per GPU and, per process, its Slurm job, pod, container and SM utilization
+(status_api/nodemetrics.py).
 
 Redirects are never followed: any user can bind a node's unprivileged port, and a redirect would
 hand the password (request body) and the basic-auth header to whatever the answer points at. A
@@ -40,7 +41,7 @@ from yarl import URL
 
 from status_api.hosts import Host
 from status_api.nodedata import NodeDataError, parse_status
-from status_api.nodemetrics import NodeMetrics, ProcessMetrics, parse_metrics
+from status_api.nodemetrics import GpuHealth, NodeMetrics, ProcessMetrics, parse_metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class PollResult:
     # Attribution per (GPU index, pid), from the same read; None exactly when power is None.
     processes: dict[tuple[int, int], ProcessMetrics] | None = None
     uuids: dict[int, str] | None = None  # GPU uuid per index, from the same read
+    health: dict[int, GpuHealth] | None = None  # health per GPU index, from the same read
 
     @property
     def ok(self) -> bool:
@@ -363,6 +365,7 @@ class NodeClient:
                 metrics.power,
                 metrics.processes,
                 metrics.uuids,
+                metrics.health,
             )
 
     async def poll_all(self, hosts: Sequence[Host]) -> list[PollResult]:

@@ -2,8 +2,9 @@
 
 Asserts what a person sees: node cards, GPU rows, the offline node, free GPUs and temperatures,
 the filters and the sort, auto-refresh picking up a scenario change (one timer, no reload), the
-pause button, a node still running the old node_info.py shown like the others, and that hostile
-text from the nodes is shown as text and never run.
+pause button, a node still running the old node_info.py shown like the others, lost and sick
+GPUs saying so with their reasons, and that hostile text from the nodes is shown as text and
+never run.
 Screenshots go to build/artifacts/ (docs/screenshot.png is a copy of status-page.png).
 """
 
@@ -373,3 +374,50 @@ def test_jobs_pods_and_idle_held_gpus(
         page.fill("#filter-user", "notebook-0")
         expect(page.locator("tr.gpu")).to_have_count(1)
         expect(page.locator("tr.gpu.idle-held")).to_have_count(1)
+
+
+def test_lost_and_sick_gpus(
+    status_service_factory: Callable[..., StatusService],  # noqa: F811
+    page: Page,
+) -> None:
+    status = legacy_status("sickbay", gpus=3, users_per_gpu=0)
+    status["gpus"][0].update(use_mem=None, tot_mem=None, utilize=None, temp=None)
+    status["gpus"][2]["utilize"] = 0  # free, as GPU 1 would be if it were not sick
+    now = time.time()
+    health = {
+        0: {"gpu_up": 0, "gpu_last_xid": 79, "gpu_last_xid_timestamp_seconds": now - 5},
+        1: {"gpu_last_xid": 48, "gpu_last_xid_timestamp_seconds": now - 5},
+    }
+    with FakeNodes(["ok"]) as sickbay:
+        sickbay.set_status(0, status, health=health)
+        service = status_service_factory(
+            sickbay.hosts_lines(), "--power-interval", "0", interval=0.5, timeout=0.8
+        )
+        service.wait_for(
+            lambda d: d["summary"]["gpus_lost"] == 1 and d["summary"]["gpus_sick"] == 1,
+            what="one lost and one sick GPU",
+        )
+        page.goto(service.url + "/")
+        rows = page.locator("tr.gpu")
+        expect(rows).to_have_count(3)
+        lost, sick, fine = rows.nth(0), rows.nth(1), rows.nth(2)
+        expect(lost.locator(".gpu-lost .lost-mark")).to_have_text("lost")
+        expect(lost.locator(".gpu-lost")).to_contain_text("the GPU stopped answering NVML")
+        expect(lost.locator(".gpu-lost")).to_contain_text("(fell off the bus)")
+        expect(lost.locator(".gpu-mem, .gpu-util, .gpu-temp, .gpu-power")).to_have_count(0)
+        expect(lost.locator(".health-badge")).to_have_text("lost")
+
+        clock = time.strftime("%H:%M", time.localtime(now - 5))
+        expect(sick.locator(".health-badge")).to_have_text("sick")
+        expect(sick.locator(".health-reasons")).to_have_text(
+            f"XID 48 at {clock} (double-bit ECC error)"
+        )
+        assert sick.locator(".health-badge").get_attribute("title") == (
+            f"XID 48 at {clock} (double-bit ECC error)"
+        )
+        expect(sick.locator(".free-mark")).to_have_count(0)
+        expect(fine.locator(".health-badge")).to_have_count(0)
+        expect(fine.locator(".free-mark")).to_have_text("free")
+        stat = page.locator("#summary .stat", has_text="GPUs sick")
+        expect(stat.locator(".stat-value")).to_have_text("2")
+        expect(stat.locator(".stat-detail")).to_have_text("1 lost")

@@ -162,6 +162,10 @@
       summaryItem('GPUs free', String(s.gpus_free), 'of ' + s.gpus_total, 'is-free'),
       summaryItem('GPUs in use', String(s.gpus_in_use), 'of ' + s.gpus_total),
     ];
+    const sick = (s.gpus_sick || 0) + (s.gpus_lost || 0);
+    const sickDetail = [s.gpus_lost ? s.gpus_lost + ' lost' : '',
+      s.gpus_warning ? s.gpus_warning + ' warning' : ''].filter(Boolean).join(', ');
+    items.push(summaryItem('GPUs sick', String(sick), sickDetail, sick ? 'has-sick' : ''));
     const memory = summaryItem('memory used', mib(s.memory_used_mib), 'of ' + mib(s.memory_total_mib));
     memory.append(bar(percent(s.memory_used_mib, s.memory_total_mib), 'mem', ''));
     items.push(memory);
@@ -182,6 +186,32 @@
     }
     chip.title = 'pid ' + user.pid + ': ' + user.command + (user.container ? ' (container ' + user.container + ')' : '');
     return chip;
+  }
+
+  const HEALTH_STATES = ['warning', 'sick', 'lost'];
+
+  // A GPU's health: a badge after its index (its reasons in the title) and the reasons under its
+  // name; a lost GPU's readings (dashes) give way to one cell saying "lost" and why. Returns the
+  // reading cells to show.
+  function gpuHealth(gpu, row, id, cells) {
+    const health = gpu.health;
+    if (!health || !HEALTH_STATES.includes(health.state)) return cells;
+    const reasons = Array.isArray(health.reasons) ? health.reasons.map(String) : [];
+    row.classList.add('health-' + health.state);
+    const badge = el('span', 'health-badge ' + health.state, health.state);
+    badge.title = reasons.join('\n');
+    id.insertBefore(badge, id.children[1] || null);
+    if (health.state === 'lost') {
+      const lost = el('td', 'gpu-lost');
+      lost.colSpan = cells.length;
+      lost.append(el('span', 'lost-mark', 'lost'));
+      for (const reason of reasons) lost.append(el('div', 'health-reason', reason));
+      return [lost];
+    }
+    const list = el('div', 'health-reasons');
+    for (const reason of reasons) list.append(el('div', 'health-reason', reason));
+    id.append(list);
+    return cells;
   }
 
   function gpuRow(gpu) {
@@ -221,7 +251,7 @@
     if (gpu.users.length) users.append(...gpu.users.map(userChip));
     else users.append(el('span', 'no-users', 'no processes'));
 
-    row.append(id, memory, util, temp, power, users);
+    row.append(id, ...gpuHealth(gpu, row, id, [memory, util, temp, power]), users);
     return row;
   }
 

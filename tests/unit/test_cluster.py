@@ -108,6 +108,7 @@ def test_summary_counts_stale_gpus_but_offers_none_of_them() -> None:
     assert document["summary"] == {
         "nodes_total": 3, "nodes_online": 1, "nodes_stale": 1, "nodes_offline": 1,
         "gpus_total": 4, "gpus_in_use": 0, "gpus_free": 1,
+        "gpus_warning": 0, "gpus_sick": 0, "gpus_lost": 0,
         "memory_used_mib": 0, "memory_total_mib": 4 * 81920,
     }  # fmt: skip
     assert cluster.rounds == 2 and cluster.ready
