@@ -24,7 +24,13 @@ from typing import Any
 import pytest
 
 from tests.support import dashboard as dash
-from tests.support.cluster import HEALTH_XID, MIG_GPU, Cluster, monitored_cluster
+from tests.support.cluster import (
+    HEALTH_XID,
+    MIG_GPU,
+    UNKNOWN_PID,
+    Cluster,
+    monitored_cluster,
+)
 from tests.support.metrics import label_sets
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
@@ -255,6 +261,8 @@ def check_attribution(
             s["metric"]["pid"]: latest([s])[0]
             for s in everything[("Per-process SM utilization", "A")]
         }
-        assert sm == {str(local[0]): pytest.approx(0.75), str(local[1]): 0}
-        idle = {s["metric"]["pid"] for s in everything[("Idle GPUs held by processes", "A")]}
-        assert idle == {str(local[1])}
+        # a process without a sample of its own reads 0, like the unreadable one here
+        idle = {str(local[1]): 0, str(UNKNOWN_PID): 0}
+        assert sm == {str(local[0]): pytest.approx(0.75), **idle}
+        held = {s["metric"]["pid"] for s in everything[("Idle GPUs held by processes", "A")]}
+        assert held == set(idle)
