@@ -31,6 +31,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 IMPORT_INPUT = "DS_PROMETHEUS"
 
 # Alert thresholds (prometheus/rules/alerts.yml), drawn on the matching panels.
+IDLE_RATIO = 0.05  # GpuIdleButHeld: a GPU below 5% utilization counts as idle
 HOT_CELSIUS = 85
 MEMORY_FULL_RATIO = 0.95
 STALE_SECONDS = 60
@@ -228,7 +229,11 @@ def table(
     sort_by: str | None = None,
     overrides: list[dict[str, Any]] | None = None,
 ) -> Panel:
-    """A table of an instant query: ``columns`` maps label (or Value) to header, in order."""
+    """A table of instant queries: ``columns`` maps label (or Value) to header, in order.
+
+    With several targets each query's value is the column ``Value #<refId>``; the queries'
+    rows are merged where their labels agree, so each must carry the same labels.
+    """
     result = panel("table", title, description, targets, width=width)
     result["fieldConfig"] = field_config(
         unit,
@@ -241,7 +246,9 @@ def table(
         "showHeader": True,
         "sortBy": [{"displayName": columns[sort_by], "desc": True}] if sort_by else [],
     }
+    merge = [{"id": "merge", "options": {}}] if len(targets) > 1 else []
     result["transformations"] = [
+        *merge,
         {
             "id": "filterFieldsByName",
             "options": {"include": {"names": list(columns)}},
@@ -283,6 +290,19 @@ def by_name(name: str, **properties: Any) -> dict[str, Any]:
         "matcher": {"id": "byName", "options": name},
         "properties": [{"id": key, "value": value} for key, value in properties.items()],
     }
+
+
+def colored_column(name: str, steps: dict[str, Any], **properties: Any) -> dict[str, Any]:
+    """A table column whose text takes the color of its threshold step."""
+    return by_name(
+        name, thresholds=steps, **{"custom.cellOptions": {"type": "color-text"}}, **properties
+    )
+
+
+def per_gpu(expr: str) -> str:
+    """``expr`` with exactly the labels of one GPU (no metric name), so that the queries of a
+    merged table agree on every label and their values land on one row."""
+    return f"max by (instance, node, gpu, uuid) ({expr})"
 
 
 def unknown_user(expr: str) -> str:
@@ -553,6 +573,190 @@ def user_row() -> list[Panel]:
     ]
 
 
+def jobs_row() -> list[Panel]:
+    """Slurm jobs, Kubernetes namespaces and pods, from the attribution recording rules."""
+    job_gpu = f'{NODE_GPU}, slurm_job=~".+"'
+    pod_gpu = f'{NODE_GPU}, pod=~".+"'
+    return [
+        timeseries(
+            "GPUs per Slurm job",
+            "GPUs on which a Slurm job's processes hold memory (several processes of one job "
+            "on one GPU count once). The job comes from the process's cgroup; processes "
+            "outside any job are left out.",
+            [
+                target(
+                    "count by (slurm_job) "
+                    f"(node_gpu_slurm_job:gpu_process_memory_used_bytes:sum{{{job_gpu}}} > 0)",
+                    "job {{slurm_job}}",
+                )
+            ],
+            "none",
+            minimum=0,
+            decimals=0,
+            stack=True,
+            width=8,
+        ),
+        timeseries(
+            "GPU memory per Slurm job",
+            "GPU memory held by each Slurm job's processes on the selected nodes and GPUs.",
+            [
+                target(
+                    "sum by (slurm_job) "
+                    f"(node_gpu_slurm_job:gpu_process_memory_used_bytes:sum{{{job_gpu}}})",
+                    "job {{slurm_job}}",
+                )
+            ],
+            "bytes",
+            minimum=0,
+            stack=True,
+            width=8,
+        ),
+        bar_gauge(
+            "GPU-hours per Slurm job in the selected range",
+            "GPU-hours each Slurm job used over the dashboard's time range, from the "
+            "slurm_job:gpu_seconds:total counter (whole cluster, not filtered by node).",
+            [
+                target(
+                    "sort_desc(increase(slurm_job:gpu_seconds:total[$__range]) / 3600)",
+                    "job {{slurm_job}}",
+                    instant=True,
+                )
+            ],
+            "h",
+            width=8,
+        ),
+        timeseries(
+            "GPUs per namespace",
+            "GPUs on which the pods of each Kubernetes namespace hold memory (a GPU shared by "
+            "two pods of one namespace counts once). Pods come from the kubelet.",
+            [
+                target(
+                    "count by (namespace) (group by (node, gpu, uuid, namespace) "
+                    f"(node_gpu_pod:gpu_process_memory_used_bytes:sum{{{pod_gpu}}} > 0))",
+                    "{{namespace}}",
+                )
+            ],
+            "none",
+            minimum=0,
+            decimals=0,
+            stack=True,
+            width=8,
+        ),
+        timeseries(
+            "GPU memory per pod",
+            "GPU memory held by the processes of each Kubernetes pod.",
+            [
+                target(
+                    "sum by (namespace, pod) "
+                    f"(node_gpu_pod:gpu_process_memory_used_bytes:sum{{{pod_gpu}}})",
+                    "{{namespace}}/{{pod}}",
+                )
+            ],
+            "bytes",
+            minimum=0,
+            stack=True,
+            width=8,
+        ),
+        bar_gauge(
+            "GPU-hours per namespace in the selected range",
+            "GPU-hours each Kubernetes namespace used over the dashboard's time range, from "
+            "the namespace:gpu_seconds:total counter (whole cluster, not filtered by node).",
+            [
+                target(
+                    "sort_desc(increase(namespace:gpu_seconds:total[$__range]) / 3600)",
+                    "{{namespace}}",
+                    instant=True,
+                )
+            ],
+            "h",
+            width=8,
+        ),
+        table(
+            "Per-process SM utilization",
+            "Share of the last sample period a kernel of each process ran, with the process's "
+            "user, Slurm job and pod. Only on GPUs whose driver reports per-process "
+            "utilization; a process with memory and 0% here holds the GPU without using it.",
+            [
+                target(
+                    unknown_user(
+                        f"gpu_process_sm_utilization_ratio{{{NODE_GPU}}}"
+                        " * on (instance, gpu, uuid, pid)"
+                        " group_left (user, slurm_job, namespace, pod)"
+                        f' gpu_process_info{{{NODE_GPU}, user=~"$user"}}'
+                    ),
+                    instant=True,
+                    table=True,
+                )
+            ],
+            "percentunit",
+            columns={
+                "node": "Node",
+                "gpu": "GPU",
+                "user": "User",
+                "pid": "PID",
+                "slurm_job": "Slurm job",
+                "namespace": "Namespace",
+                "pod": "Pod",
+                "Value": "SM utilization",
+            },
+            sort_by="Value",
+            overrides=[
+                colored_column(
+                    "SM utilization",
+                    thresholds((None, "orange"), (IDLE_RATIO, "green")),
+                    min=0,
+                    max=1,
+                )
+            ],
+            width=12,
+        ),
+        table(
+            "Idle GPUs held by processes",
+            "Processes holding memory on a GPU they do not use: the GpuIdleButHeld alert, "
+            "pending until it has lasted an hour, then firing. Basis process: the process's own "
+            "SM utilization is 0 (per-process utilization reported); basis gpu: the whole GPU "
+            f"is below {IDLE_RATIO:.0%} busy.",
+            [
+                target(
+                    unknown_user(
+                        f'ALERTS{{alertname="GpuIdleButHeld", {NODE_GPU}, user=~"$user"}}'
+                    ),
+                    instant=True,
+                    table=True,
+                )
+            ],
+            "none",
+            columns={
+                "node": "Node",
+                "gpu": "GPU",
+                "user": "User",
+                "pid": "PID",
+                "slurm_job": "Slurm job",
+                "namespace": "Namespace",
+                "pod": "Pod",
+                "basis": "Basis",
+                "alertstate": "State",
+            },
+            overrides=[
+                by_name(
+                    "State",
+                    mappings=[
+                        {
+                            "type": "value",
+                            "options": {
+                                "pending": {"color": "orange", "index": 0},
+                                "firing": {"color": "red", "index": 1},
+                            },
+                        }
+                    ],
+                    **{"custom.cellOptions": {"type": "color-text"}},
+                )
+            ],
+            width=12,
+        ),
+    ]
+
+
 def health_row() -> list[Panel]:
     return [
         state_timeline(
@@ -618,6 +822,261 @@ def health_row() -> list[Panel]:
             decimals=0,
             width=6,
         ),
+        *hardware_panels(),
+    ]
+
+
+def hardware_panels() -> list[Panel]:
+    """XIDs, memory row remapping, PCIe, NVLink and MIG."""
+    ok_or_bad = [value_map(0, "no", "green"), value_map(1, "yes", "red")]
+    return [
+        timeseries(
+            "XID errors",
+            "XID error events the driver reported per interval, by code (see the GpuXid* "
+            "alerts for what each code means). The counter is kept by the exporter since it "
+            "started; the first event of a code on a GPU creates its series and shows under "
+            "Last XID rather than here.",
+            [
+                target(
+                    f"increase(gpu_xid_errors_total{{{NODE_GPU}}}[$__rate_interval])",
+                    f"{GPU_LEGEND} XID {{{{xid}}}}",
+                )
+            ],
+            "none",
+            steps=thresholds((None, "green"), (1, "red")),
+            minimum=0,
+            bars=True,
+            width=12,
+        ),
+        table(
+            "Last XID",
+            "The last XID error of each GPU that reported one since its exporter started, "
+            "and when.",
+            [
+                target(per_gpu(f"gpu_last_xid{{{NODE_GPU}}}"), instant=True, table=True),
+                target(
+                    per_gpu(f"gpu_last_xid_timestamp_seconds{{{NODE_GPU}}}") + " * 1000",
+                    ref="B",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            "none",
+            columns={
+                "node": "Node",
+                "gpu": "GPU",
+                "uuid": "UUID",
+                "Value #A": "Last XID",
+                "Value #B": "Seen at",
+            },
+            sort_by="Value #B",
+            overrides=[by_name("Seen at", unit="dateTimeAsIso")],
+            width=12,
+        ),
+        table(
+            "Memory row remapping",
+            "Rows of device memory remapped after ECC errors (A100 and later), whether a remap "
+            "waits for a GPU reset (GpuRowRemapPending) and whether remapping failed "
+            "(GpuRowRemapFailure: replace the GPU). GPUs without row remapping have no rows.",
+            [
+                target(
+                    per_gpu(f'gpu_remapped_rows{{{NODE_GPU}, cause="correctable"}}'),
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    per_gpu(f'gpu_remapped_rows{{{NODE_GPU}, cause="uncorrectable"}}'),
+                    ref="B",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    per_gpu(f"gpu_remapped_rows_pending{{{NODE_GPU}}}"),
+                    ref="C",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    per_gpu(f"gpu_remapped_rows_failure{{{NODE_GPU}}}"),
+                    ref="D",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            "none",
+            columns={
+                "node": "Node",
+                "gpu": "GPU",
+                "uuid": "UUID",
+                "Value #A": "Correctable",
+                "Value #B": "Uncorrectable",
+                "Value #C": "Reset pending",
+                "Value #D": "Failed",
+            },
+            overrides=[
+                colored_column("Uncorrectable", thresholds((None, "green"), (1, "orange"))),
+                colored_column("Reset pending", thresholds((None, "green"), (1, "orange"))),
+                colored_column("Failed", thresholds((None, "green"), (1, "red"))),
+                by_name("Reset pending", mappings=ok_or_bad),
+                by_name("Failed", mappings=ok_or_bad),
+            ],
+            width=12,
+        ),
+        table(
+            "PCIe link",
+            "Current PCIe generation and width (lanes) against the most the GPU and slot "
+            "support. An idle GPU lowers its link to save power, so below the maximum is only "
+            "a problem under load (GpuPcieLinkDegraded); replays count packets sent again "
+            "after a link error, over the selected range.",
+            [
+                target(
+                    per_gpu(f"gpu_pcie_link_generation{{{NODE_GPU}}}"), instant=True, table=True
+                ),
+                target(
+                    per_gpu(f"gpu_pcie_link_generation_max{{{NODE_GPU}}}"),
+                    ref="B",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    per_gpu(f"gpu_pcie_link_width{{{NODE_GPU}}}"), ref="C", instant=True, table=True
+                ),
+                target(
+                    per_gpu(f"gpu_pcie_link_width_max{{{NODE_GPU}}}"),
+                    ref="D",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    per_gpu(f"increase(gpu_pcie_replay_errors_total{{{NODE_GPU}}}[$__range])"),
+                    ref="E",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            "none",
+            columns={
+                "node": "Node",
+                "gpu": "GPU",
+                "uuid": "UUID",
+                "Value #A": "Generation",
+                "Value #B": "Max generation",
+                "Value #C": "Width",
+                "Value #D": "Max width",
+                "Value #E": "Replays in range",
+            },
+            overrides=[
+                colored_column("Replays in range", thresholds((None, "green"), (1, "orange"))),
+            ],
+            width=12,
+        ),
+        timeseries(
+            "NVLink errors",
+            "NVLink errors per interval, by link and kind (CRC flit and data, replay, "
+            "recovery). More than 10 in 10 minutes for 10 minutes raises "
+            "GpuNvlinkErrorsRising.",
+            [
+                target(
+                    f"increase(gpu_nvlink_errors_total{{{NODE_GPU}}}[$__rate_interval])",
+                    f"{GPU_LEGEND} link {{{{link}}}} {{{{type}}}}",
+                )
+            ],
+            "none",
+            steps=thresholds((None, "green"), (1, "orange")),
+            minimum=0,
+            bars=True,
+            width=12,
+        ),
+        state_timeline(
+            "NVLink links",
+            "State of each NVLink link of each GPU; a link that was up and stays down raises "
+            "GpuNvlinkDown. Links never cabled show as down from the start.",
+            [
+                target(
+                    f"gpu_nvlink_up{{{NODE_GPU}}}",
+                    f"{GPU_LEGEND} link {{{{link}}}}",
+                )
+            ],
+            "bool_on_off",
+            [value_map(1, "up", "green"), value_map(0, "down", "red")],
+            width=12,
+        ),
+        table(
+            "MIG devices",
+            "MIG devices of GPUs in MIG mode: GPU instance (GI), compute instance (CI), "
+            "profile, and the memory in use of the memory the device has. GPUs in MIG mode "
+            "report no device-level utilization.",
+            [
+                target(
+                    f"gpu_mig_memory_used_bytes{{{NODE_GPU}}}"
+                    " * on (instance, gpu, uuid, mig_uuid) group_left (profile)"
+                    f" gpu_mig_info{{{NODE_GPU}}}",
+                    instant=True,
+                    table=True,
+                ),
+                target(
+                    f"gpu_mig_memory_total_bytes{{{NODE_GPU}}}"
+                    " * on (instance, gpu, uuid, mig_uuid) group_left (profile)"
+                    f" gpu_mig_info{{{NODE_GPU}}}",
+                    ref="B",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            "bytes",
+            columns={
+                "node": "Node",
+                "gpu": "GPU",
+                "gi": "GI",
+                "ci": "CI",
+                "profile": "Profile",
+                "mig_uuid": "MIG UUID",
+                "Value #A": "Memory used",
+                "Value #B": "Memory",
+            },
+            overrides=[by_name(name, unit="none") for name in ("GPU", "GI", "CI")],
+            width=12,
+        ),
+        table(
+            "Processes on MIG devices",
+            "Processes holding memory on a MIG device, with the device's profile and the "
+            "process's user, Slurm job and pod.",
+            [
+                target(
+                    unknown_user(
+                        f'gpu_process_memory_used_bytes{{{NODE_GPU}, mig_uuid!="", '
+                        'user=~"$user"}'
+                        " * on (instance, gpu, uuid, mig_uuid) group_left (profile, gi, ci)"
+                        f" gpu_mig_info{{{NODE_GPU}}}"
+                        " * on (instance, gpu, uuid, mig_uuid, pid)"
+                        " group_left (slurm_job, namespace, pod)"
+                        f" gpu_process_info{{{NODE_GPU}}}"
+                    ),
+                    instant=True,
+                    table=True,
+                )
+            ],
+            "bytes",
+            columns={
+                "node": "Node",
+                "gpu": "GPU",
+                "gi": "GI",
+                "ci": "CI",
+                "profile": "Profile",
+                "user": "User",
+                "pid": "PID",
+                "slurm_job": "Slurm job",
+                "pod": "Pod",
+                "Value": "GPU memory",
+            },
+            sort_by="Value",
+            width=12,
+        ),
+    ]
+
+
+def exporters_row() -> list[Panel]:
+    return [
         state_timeline(
             "Exporter collectors",
             "Whether each collector of each node's exporter (nvml, processes, host) succeeded "
@@ -690,7 +1149,9 @@ ROWS: tuple[tuple[str, Callable[[], list[Panel]], int], ...] = (
     ("Cluster overview", cluster_row, 5),
     ("Nodes", node_row, 8),
     ("Users", user_row, 9),
+    ("Jobs and pods", jobs_row, 9),
     ("Health", health_row, 8),
+    ("Exporters", exporters_row, 8),
 )
 
 

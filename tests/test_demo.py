@@ -189,13 +189,26 @@ def test_demo_shows_three_nodes_to_page_and_prometheus_and_ctrl_c_stops_it(start
     assert {target["labels"]["instance"] for target in targets} == {
         demo.url(name).removeprefix("http://").removesuffix("/metrics") for name in NODES
     }
+    find_binary("prometheus-alertmanager")  # installed alongside Prometheus, never skipped
+    alertmanager = demo.url("Alertmanager")
+    assert requests.get(f"{alertmanager}/-/ready", timeout=5).status_code == 200
+    active = wait_until(
+        lambda: requests.get(f"{prometheus}/api/v1/alertmanagers", timeout=5).json()["data"][
+            "activeAlertmanagers"
+        ],
+        timeout=60,
+        interval=0.5,
+        what="Prometheus sending to the demo's Alertmanager",
+    )
+    assert [a["url"] for a in active] == [f"{alertmanager}/api/v2/alerts"]
 
     started = demo.descendants()
     commands = _commands(started)
     assert sum(" -m exporter " in command for command in commands) == 3, commands
     assert sum(" -m status_api " in command for command in commands) == 1, commands
     assert sum("prometheus --config.file" in command for command in commands) == 1, commands
-    assert len(started) - 5 >= len(job_users()), commands  # every user keeps a job running
+    assert sum("alertmanager --config.file" in command for command in commands) == 1, commands
+    assert len(started) - 6 >= len(job_users()), commands  # every user keeps a job running
 
     demo.process.send_signal(signal.SIGINT)
     assert demo.wait_exit() == 0, demo.output()

@@ -45,7 +45,11 @@ NOT_APPLICABLE = {
     "target-instance-rule",
 }
 # Panels that read cluster-wide series on purpose (no node filter).
-CLUSTER_WIDE = {"GPU-hours in the selected range"}
+CLUSTER_WIDE = {
+    "GPU-hours in the selected range",
+    "GPU-hours per Slurm job in the selected range",
+    "GPU-hours per namespace in the selected range",
+}
 
 
 def generator() -> ModuleType:
@@ -253,14 +257,18 @@ def test_a_panel_wider_than_the_grid_is_refused_by_name():
 @pytest.mark.unit
 def test_rows_of_the_issue_are_there():
     rows = [p["title"] for p in DASHBOARD["panels"] if p["type"] == "row"]
-    assert rows == ["Cluster overview", "Nodes", "Users", "Health"]
+    assert rows == ["Cluster overview", "Nodes", "Users", "Jobs and pods", "Health", "Exporters"]
     titles = {p["title"] for p in PANELS}
     for expected in (
         "Nodes", "GPUs in use", "GPUs free", "GPU memory", "Mean GPU utilization", "GPU power",
         "Active users", "Alerts firing", "GPU utilization", "GPU memory used",
         "GPU temperature", "GPU memory per user", "GPUs per user",
         "GPU-hours in the selected range", "Processes on GPUs", "Throttling", "ECC errors",
-        "Lost GPUs", "Exporter collectors",
+        "Lost GPUs", "Exporter collectors", "GPUs per Slurm job", "GPU memory per Slurm job",
+        "GPU-hours per Slurm job in the selected range", "GPUs per namespace",
+        "GPU memory per pod", "Per-process SM utilization", "Idle GPUs held by processes",
+        "XID errors", "Last XID", "Memory row remapping", "PCIe link", "NVLink errors",
+        "NVLink links", "MIG devices", "Processes on MIG devices",
     ):  # fmt: skip
         assert expected in titles
 
@@ -354,6 +362,23 @@ def test_tables_are_readable():
         renamed = organize[0]["options"]["renameByName"]
         assert renamed and all(header[0].isupper() for header in renamed.values())
         assert "Time" not in renamed and "__name__" not in renamed
+
+
+@pytest.mark.unit
+def test_tables_of_several_queries_merge_rows_of_one_label_set():
+    """Grafana's merge joins rows whose common fields agree: a metric name or a label that only
+    some queries carry would split one GPU over several rows."""
+    merged = [p for p in PANELS if p["type"] == "table" and len(p["targets"]) > 1]
+    assert merged
+    for panel in merged:
+        assert panel["transformations"][0]["id"] == "merge", panel["title"]
+        exprs_ = [t["expr"] for t in panel["targets"]]
+        assert not [e for e in exprs_ if re.fullmatch(r"[\w:]+\{[^}]*\}", e)], exprs_
+        groupings = {re.match(r"(max by \([^)]*\))?", e).group(0) for e in exprs_}
+        assert len(groupings) == 1, (panel["title"], groupings)  # all per GPU, or none
+        columns = next(t for t in panel["transformations"] if t["id"] == "organize")
+        values = [c for c in columns["options"]["renameByName"] if c.startswith("Value #")]
+        assert values == [f"Value #{t['refId']}" for t in panel["targets"]], panel["title"]
 
 
 @pytest.mark.unit

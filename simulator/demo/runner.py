@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from simulator.demo.alerts import alertmanager_installed, running_demo_alertmanager
 from simulator.demo.common import DemoError, pick_port
 from simulator.demo.drift import Simulation
 from simulator.demo.jobs import JobRunner, compile_job_program, job_users
@@ -103,7 +104,18 @@ def start_cluster(stack: contextlib.ExitStack, args: argparse.Namespace) -> dict
     if args.no_prometheus:
         urls["Prometheus"] = "not started (--no-prometheus)"
     elif prometheus_installed():
-        prometheus_url = stack.enter_context(running_prometheus(directory, hosts=hosts))
+        alertmanagers = []
+        if alertmanager_installed():
+            url, address = stack.enter_context(running_demo_alertmanager(directory))
+            alertmanagers.append(address)
+            urls["Alertmanager"] = f"{url}/   (its notifications are printed below)"
+        else:
+            urls["Alertmanager"] = (
+                "not installed (Debian package 'prometheus-alertmanager'), skipped"
+            )
+        prometheus_url = stack.enter_context(
+            running_prometheus(directory, hosts=hosts, alertmanagers=alertmanagers)
+        )
         urls["Prometheus"] = f"{prometheus_url}/targets   (alerts: {prometheus_url}/alerts)"
     else:
         urls["Prometheus"] = "not installed (Debian package 'prometheus'), skipped"

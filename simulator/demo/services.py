@@ -1,4 +1,5 @@
-"""The services on top of the nodes: gpu-status-api, and Prometheus when it is installed."""
+"""The services on top of the nodes: gpu-status-api, and Prometheus (with Alertmanager) when
+installed."""
 
 from __future__ import annotations
 
@@ -47,8 +48,11 @@ def prometheus_installed() -> bool:
 
 
 @contextlib.contextmanager
-def running_prometheus(directory: Path, *, hosts: Path) -> Iterator[str]:
-    """Prometheus with the shipped config and rules (their ``for:`` kept); yields its URL.
+def running_prometheus(
+    directory: Path, *, hosts: Path, alertmanagers: Sequence[str] = ()
+) -> Iterator[str]:
+    """Prometheus with the shipped config and rules (their ``for:`` kept), sending alerts to
+    ``alertmanagers`` (host:port); yields its URL.
 
     :class:`~simulator.proc.StartError` if it does not start.
     """
@@ -62,6 +66,7 @@ def running_prometheus(directory: Path, *, hosts: Path) -> Iterator[str]:
         targets_file=targets,
         interval=SCRAPE_INTERVAL,
         alert_for=None,
+        alertmanagers=alertmanagers,
         port=pick_port("127.0.0.1", 9090),
     ) as server:
         yield server.url

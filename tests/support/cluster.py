@@ -2,7 +2,12 @@
 
 Node ``localhost`` has four GPUs: GPU 0 shared by two worker processes and one process whose
 owner cannot be read (a pid that does not exist), with ECC errors and active throttling (and hot
-when asked); GPU 1 running one worker; GPU 2 idle and free; GPU 3 lost. Node ``127.0.0.1`` has
+when asked); GPU 1 running one worker; GPU 2 idle and free; GPU 3 lost. With ``health``, GPU 0
+also has health readings (a PCIe link below its maximum with replays, an NVLink down with
+errors, a row remap pending, an XID) and per-process utilization (one of its workers busy, one
+idle), and a fifth GPU in MIG mode runs a fourth worker in a MIG device; where cgroups can be
+made (root, writable v1 freezer hierarchy) the workers are placed in Slurm-shaped job cgroups
+first, so that an exporter that reads cgroups attributes them to two jobs. Node ``127.0.0.1`` has
 two busy GPUs running two workers. Workers are real ``sleep`` processes of the user running the
 tests, so the exporter resolves their user and command; ``localhost`` publishes command lines on
 /metrics (``--metrics.command-line``), ``127.0.0.1`` does not. Targets are written by the project's
@@ -12,6 +17,7 @@ own generator (``gpu-status-api targets``) from a hosts.txt naming both exporter
 from __future__ import annotations
 
 import getpass
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -20,8 +26,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+
 from simulator.fakenvml import scenario as fake
 from simulator.prometheus import PrometheusServer, running_prometheus
+from tests.support.cgroups import Placement, v1_root
 
 GIB = 1024**3
 # No process has this pid (above the usual pid_max), so its owner cannot be read.
@@ -29,10 +38,12 @@ UNKNOWN_PID = 4_194_000
 HOT_CELSIUS = 93
 THROTTLE_SW_POWER_CAP = 0x4
 THROTTLE_HW_THERMAL = 0x40
+HEALTH_XID = 13  # graphics engine exception: an application fault, no GpuXid* alert
+MIG_GPU = 4
 
 
-def node_a(workers: list[int], *, hot: bool = False) -> fake.FakeScenario:
-    """The four-GPU node; ``workers`` needs three pids."""
+def node_a(workers: list[int], *, hot: bool = False, health: bool = False) -> fake.FakeScenario:
+    """The four-GPU node; ``workers`` needs three pids, four with ``health`` (five GPUs)."""
     shared = [
         fake.FakeProcess(workers[0], 2 * GIB),
         fake.FakeProcess(workers[1], 3 * GIB),
@@ -65,7 +76,62 @@ def node_a(workers: list[int], *, hot: bool = False) -> fake.FakeScenario:
         ),
         fake.make_gpu(3, lost=True),
     ]
+    if health:
+        gpus[0] = with_health(gpus[0], busy=workers[0], idle=workers[1])
+        gpus.append(mig_gpu(workers[3]))
     return fake.FakeScenario(gpus=gpus)
+
+
+def with_health(gpu: fake.FakeGpu, *, busy: int, idle: int) -> fake.FakeGpu:
+    """``gpu`` with a reading on every health panel, and ``idle`` holding memory at 0% SM."""
+    return replace(
+        gpu,
+        pcie_link=fake.FakePcieLink(max_gen=5, max_width=16, gen=4, width=8),
+        pcie_replay=3,
+        nvlinks=[fake.FakeNvLink(), fake.FakeNvLink(False, crc_flit=7, crc_data=2, replay=1)],
+        remapped_rows=fake.FakeRemappedRows(corrected=2, uncorrected=1, pending=True),
+        xids=[fake.FakeXid(HEALTH_XID)],
+        process_utilization=[
+            fake.FakeProcessUtilization(busy, sm=75, memory=30),
+            fake.FakeProcessUtilization(idle, sm=0, memory=0),
+        ],
+        # a new sample stamp every 0.1 s: every exporter pass reads fresh values
+        process_utilization_period=100_000,
+    )
+
+
+def mig_gpu(worker: int) -> fake.FakeGpu:
+    """A GPU in MIG mode with two MIG devices; ``worker`` holds 1 GiB on the second."""
+    gpu = fake.make_mig_gpu(MIG_GPU, profiles=("3g.40gb", "1g.10gb"), memory_used=6 * GIB)
+    gpu.migs[0].memory_used = 5 * GIB
+    gpu.migs[1].memory_used = 1 * GIB
+    gpu.processes = [fake.FakeProcess(worker, 1 * GIB, gpu_instance=2, compute_instance=0)]
+    return gpu
+
+
+def place_in_slurm_jobs(placement: Placement, jobs: dict[str, list[int]]) -> bool:
+    """Move each job's pids into a Slurm cgroup v1 job cgroup; False where that cannot be done.
+
+    Best effort: without root or a writable freezer hierarchy the workers stay where they are
+    and no process belongs to a job.
+    """
+    root = v1_root("freezer")
+    if os.geteuid() != 0 or root is None:
+        return False
+    try:
+        for job, pids in jobs.items():
+            step = placement.make(root, f"slurm/uid_{os.getuid()}/job_{job}/step_0")
+            for pid in pids:
+                placement.move(root, step, pid)
+    except pytest.skip.Exception:  # not writable here: Placement says why, we go on without
+        return False
+    return True
+
+
+def job_ids() -> tuple[str, str]:
+    """Two Slurm job ids that concurrent runs do not share."""
+    unique = os.getpid() % 100_000
+    return str(7100_00000 + unique), str(7200_00000 + unique)
 
 
 def node_b(workers: list[int]) -> fake.FakeScenario:
@@ -86,9 +152,12 @@ class Cluster:
     scenarios: dict[str, fake.FakeScenario]
     workers: dict[str, list[int]]
     user: str = field(default_factory=getpass.getuser)
+    health: bool = False
+    # Slurm job id -> pids placed in its cgroup (empty where cgroups could not be made)
+    slurm_jobs: dict[str, list[int]] = field(default_factory=dict)
 
     def set_node_a(self, *, hot: bool) -> None:
-        scenario = node_a(self.workers["localhost"], hot=hot)
+        scenario = node_a(self.workers["localhost"], hot=hot, health=self.health)
         self.scenarios["localhost"] = scenario
         self.exporters["localhost"].set_scenario(scenario)
 
@@ -118,11 +187,47 @@ def monitored_cluster(
     alert_for: str = "2s",
     alertmanagers: Sequence[str] = (),
     extra_rule_files: Sequence[Path] = (),
+    health: bool = False,
 ) -> Iterator[Cluster]:
-    """Start both exporters and Prometheus; yield once every target is up and rules recorded."""
-    workers = {"localhost": worker_pids(3), "127.0.0.1": worker_pids(2)}
+    """Start both exporters and Prometheus; yield once every target is up and rules recorded.
+
+    ``health`` adds node ``localhost``'s health readings, MIG GPU and Slurm jobs (see above).
+    """
+    workers = {"localhost": worker_pids(4 if health else 3), "127.0.0.1": worker_pids(2)}
+    placement = Placement()
+    slurm_jobs: dict[str, list[int]] = {}
+    if health:
+        # before the exporters start: they may read a process's cgroup once and keep it
+        first, second = job_ids()
+        local = workers["localhost"]
+        wanted = {first: [local[0], local[1], local[3]], second: [local[2]]}
+        if place_in_slurm_jobs(placement, wanted):
+            slurm_jobs = wanted
+    try:
+        with _running(
+            exporter_factory, workers, tmp_path, hot=hot, health=health, alert_for=alert_for,
+            alertmanagers=alertmanagers, extra_rule_files=extra_rule_files,
+        ) as cluster:  # fmt: skip
+            cluster.slurm_jobs = slurm_jobs
+            yield cluster
+    finally:
+        placement.cleanup()
+
+
+@contextmanager
+def _running(
+    exporter_factory: Callable[..., Any],
+    workers: dict[str, list[int]],
+    tmp_path: Path,
+    *,
+    hot: bool,
+    health: bool,
+    alert_for: str,
+    alertmanagers: Sequence[str],
+    extra_rule_files: Sequence[Path],
+) -> Iterator[Cluster]:
     scenarios = {
-        "localhost": node_a(workers["localhost"], hot=hot),
+        "localhost": node_a(workers["localhost"], hot=hot, health=health),
         "127.0.0.1": node_b(workers["127.0.0.1"]),
     }
     flags = {"localhost": ["--metrics.command-line"], "127.0.0.1": []}
@@ -140,4 +245,4 @@ def monitored_cluster(
         prometheus.wait_for('up{job="gpu"} == 1', lambda result: len(result) == 2)
         # Two evaluations of the GPU-seconds counter: it has a rate by then.
         prometheus.wait_for("user:gpu_seconds:total > 0", lambda result: len(result) == 2)
-        yield Cluster(prometheus, exporters, scenarios, workers)
+        yield Cluster(prometheus, exporters, scenarios, workers, health=health)
