@@ -61,6 +61,9 @@ def test_the_float_options_are_the_known_ones() -> None:
             ("gpu-status-api", "--power-interval"),
             ("gpu-status-api", "--stale-after"),
             ("gpu-status-api", "--offline-after"),
+            ("gpu-status-api", "--idle-held-after"),
+            ("gpu-status-api", "--xid-recent"),
+            ("gpu-status-api", "--prometheus-timeout"),
             ("gpu-status-api targets", "--watch-interval"),
         ]
     )

@@ -93,7 +93,7 @@ def rendered_default(action: argparse.Action) -> str | None:
     default = action.default
     if isinstance(action, argparse._StoreTrueAction):
         return "off"
-    if isinstance(action, argparse._VersionAction) or default is None:
+    if isinstance(action, argparse._VersionAction) or default in (None, argparse.SUPPRESS):
         return None
     if isinstance(default, float) and default.is_integer():
         return str(int(default))

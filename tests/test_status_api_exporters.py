@@ -160,10 +160,19 @@ def test_mixed_fleet_of_old_node_info_and_new_exporters(
             0, 20000, 24576, 97, 78,
         )  # fmt: skip
         # The cluster view keeps its own schema ("mem"); the unreadable process was never sent.
+        # An old node has no /metrics: no attribution, no per-process utilization.
+        unattributed = {
+            "slurm_job": "",
+            "container": "",
+            "pod": "",
+            "namespace": "",
+            "sm_utilization": None,
+        }
         assert busy["users"] == [
             {"pid": 31337, "username": "alice", "mem": 12288,
-             "command": "python train.py --epochs 90"},
-            {"pid": 31338, "username": "bob", "mem": 6144, "command": "python -m jupyter lab"},
+             "command": "python train.py --epochs 90", **unattributed},
+            {"pid": 31338, "username": "bob", "mem": 6144, "command": "python -m jupyter lab",
+             **unattributed},
         ]  # fmt: skip
         assert (busy["free"], idle["free"], idle["users"]) == (False, True, [])
         assert (busy["power"], busy["power_limit"]) == (None, None)  # node_info.py has none
