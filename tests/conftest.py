@@ -16,6 +16,9 @@ from simulator.exporters import ExporterProcess, nvml_env, write_scenario
 from simulator.fakenvml import scenario as fake
 from simulator.proc import ManagedProcess, free_port, wait_http
 
+# Fixtures other test modules share, loaded here instead of imported into each module.
+pytest_plugins = ["tests.support.status_service"]
+
 ARTIFACTS = REPO / "build" / "artifacts"
 
 

@@ -24,12 +24,7 @@ from simulator.exporters import Workers, start_exporter
 from simulator.fakenvml import scenario as fake
 from simulator.proc import free_port
 from tests.support.fuzzing import ACCEPT_HEADERS, no_traceback
-from tests.support.status_service import (  # noqa: F401 - fixtures
-    PASSWORD,
-    StatusService,
-    module_status_service_factory,
-    node,
-)
+from tests.support.status_service import PASSWORD, StatusService, node
 
 SPEC = Path(__file__).resolve().parents[1] / "status_api" / "openapi.yaml"
 
@@ -54,7 +49,7 @@ def exporter_node(fake_nvml: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def service(
     exporter_node,
-    module_status_service_factory: Callable[..., StatusService],  # noqa: F811
+    module_status_service_factory: Callable[..., StatusService],
 ) -> Iterator[StatusService]:
     online = f"127.0.0.1:{exporter_node.port}"
     offline = f"127.0.0.1:{free_port()}"
@@ -104,7 +99,7 @@ def test_the_description_matches_the_served_routes(service: StatusService) -> No
 
 @pytest.fixture(scope="module")
 def bare_service(
-    module_status_service_factory: Callable[..., StatusService],  # noqa: F811
+    module_status_service_factory: Callable[..., StatusService],
 ) -> StatusService:
     """A service of its own, whose log the other tests do not inspect."""
     return module_status_service_factory([f"127.0.0.1:{free_port()}"])

@@ -28,7 +28,6 @@ from servicekit.limits import BODY_TIMEOUT, MAX_BODY_BYTES, BodyError, client_of
 from servicekit.middleware import InFlightLimit
 from servicekit.password import PasswordSource
 from simulator.fakenvml import scenario as fake
-from tests.support.status_service import status_service_factory  # noqa: F401 - fixture
 
 ATTACKER = "127.0.0.2"
 MIB = 1024 * 1024
@@ -381,7 +380,7 @@ def test_headers_slower_than_the_deadline_are_408(exporter_factory) -> None:
 
 
 @pytest.fixture
-def status_service(status_service_factory) -> Iterator[object]:  # noqa: F811
+def status_service(status_service_factory) -> Iterator[object]:
     yield status_service_factory(["127.0.0.1:9"])
 
 

@@ -14,10 +14,7 @@ import pytest
 
 from simulator.fakenvml import scenario as fake
 from simulator.proc import free_port
-from tests.support.status_service import (  # noqa: F401 - fixture
-    PASSWORD,
-    status_service_factory,
-)
+from tests.support.status_service import PASSWORD
 
 NOBODY = 65534
 ADVICE = "other users may read the password; make it mode 0600 and owned by the user running"
@@ -65,7 +62,7 @@ def test_exporter_warns_about_a_password_file_of_another_user(
 
 
 def test_status_service_warns_about_both_password_files(
-    status_service_factory,  # noqa: F811
+    status_service_factory,
     tmp_path: Path,
 ) -> None:
     hosts = [f"127.0.0.1:{free_port()}"]  # nothing answers: the warnings come before any poll
@@ -98,7 +95,7 @@ def test_status_service_warns_about_both_password_files(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 def test_status_service_warns_about_a_basic_auth_file_of_another_user(
-    status_service_factory,  # noqa: F811
+    status_service_factory,
     tmp_path: Path,
 ) -> None:
     basic = _password_file(tmp_path / "basic-auth", mode=0o600, owner=NOBODY)

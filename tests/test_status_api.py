@@ -24,13 +24,7 @@ from simulator.nodes import FakeNodes, RecordingListener, legacy_status
 from simulator.proc import free_port, wait_http
 from tests.support.encoding import GZIP_NEGOTIATION, check_negotiated, encoding_header
 from tests.support.metrics import value, values
-from tests.support.status_service import (  # noqa: F401 - fixture
-    StatusService,
-    child_env,
-    node,
-    status_command,
-    status_service_factory,
-)
+from tests.support.status_service import StatusService, child_env, node, status_command
 
 
 @pytest.fixture
@@ -44,7 +38,7 @@ def _refused() -> str:
 
 
 @pytest.fixture
-def service(nodes: FakeNodes, status_service_factory) -> StatusService:  # noqa: F811
+def service(nodes: FakeNodes, status_service_factory) -> StatusService:
     hosts = [*nodes.hosts_lines(), _refused()]
     svc = status_service_factory(hosts)
     svc.wait_for(lambda d: d["summary"]["nodes_online"] == 2, what="two nodes online")
@@ -229,7 +223,7 @@ def test_property_no_request_gets_a_server_error(
 MISBEHAVING = ["hang", "garbage", "wrong-shape", "drip", "huge", "huge-chunked", "close"]
 
 
-def test_misbehaving_nodes_cost_bounded_time_and_memory(status_service_factory) -> None:  # noqa: F811
+def test_misbehaving_nodes_cost_bounded_time_and_memory(status_service_factory) -> None:
     with FakeNodes(["ok", *MISBEHAVING, "ok"], gpus=2) as fake:
         service = status_service_factory(fake.hosts_lines(), interval=0.5, timeout=0.8)
         document = service.wait_for(
@@ -265,7 +259,7 @@ def test_misbehaving_nodes_cost_bounded_time_and_memory(status_service_factory) 
         assert service.process.alive()
 
 
-def test_redirects_are_never_followed(status_service_factory, tmp_path: Path) -> None:  # noqa: F811
+def test_redirects_are_never_followed(status_service_factory, tmp_path: Path) -> None:
     """Any user can bind a node's port and answer 307 towards another local service: that
     service must never see the password, the basic-auth header or anything else."""
     auth_file = tmp_path / "basic-auth"
@@ -300,7 +294,7 @@ def test_redirects_are_never_followed(status_service_factory, tmp_path: Path) ->
         assert service.process.alive()
 
 
-def test_flapping_node_goes_stale_offline_and_back(status_service_factory) -> None:  # noqa: F811
+def test_flapping_node_goes_stale_offline_and_back(status_service_factory) -> None:
     with FakeNodes(["ok", "ok"], gpus=1) as fake:
         service = status_service_factory(
             fake.hosts_lines(),
@@ -331,7 +325,7 @@ def test_flapping_node_goes_stale_offline_and_back(status_service_factory) -> No
 # ---- hosts.txt ------------------------------------------------------------------------------
 
 
-def test_hosts_file_changes_are_followed(status_service_factory) -> None:  # noqa: F811
+def test_hosts_file_changes_are_followed(status_service_factory) -> None:
     with FakeNodes(["ok", "ok", "ok"], gpus=1) as fake:
         a, b, c = fake.hosts_lines()
         service = status_service_factory([a, b])
@@ -450,7 +444,7 @@ def test_help_and_version() -> None:
     assert version.returncode == 0 and version.stdout.startswith("gpu-status-api ")
 
 
-def test_stops_promptly_on_sigterm_even_mid_round(status_service_factory) -> None:  # noqa: F811
+def test_stops_promptly_on_sigterm_even_mid_round(status_service_factory) -> None:
     with FakeNodes(["ok", "hang"]) as fake:
         service = status_service_factory(fake.hosts_lines(), timeout=5.0)
         time.sleep(0.5)  # the hanging node keeps a round open for 5 s
@@ -463,7 +457,7 @@ def test_stops_promptly_on_sigterm_even_mid_round(status_service_factory) -> Non
 # ---- per-process attribution and idle-but-held GPUs --------------------------------------------
 
 
-def test_attribution_and_idle_held_through_the_service(status_service_factory) -> None:  # noqa: F811
+def test_attribution_and_idle_held_through_the_service(status_service_factory) -> None:
     """The node's /metrics names each process's job or pod and its SM utilization; a GPU whose
     processes hold memory without computing turns idle_held after --idle-held-after seconds,
     and back as soon as one of them computes."""

@@ -28,11 +28,7 @@ from simulator.fakenvml import scenario as fake
 from simulator.nodes import FakeNodes
 from simulator.proc import ManagedProcess, free_port, wait_http, wait_until
 from tests.support.old_node import OldNode, node_info_status, sample_gpus
-from tests.support.status_service import (  # noqa: F401 - fixture
-    PASSWORD,
-    node,
-    status_service_factory,
-)
+from tests.support.status_service import PASSWORD, node
 
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +42,7 @@ def _entry(exporter) -> str:  # type: ignore[no-untyped-def]
 def test_cluster_of_real_exporters(
     exporter_factory,
     worker_pids,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     pids = worker_pids(12)
     busy = fake.busy(4, pids, seed=3)
@@ -133,7 +129,7 @@ def test_cluster_of_real_exporters(
 def test_mixed_fleet_of_old_node_info_and_new_exporters(
     exporter_factory,
     worker_pids,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     scenario = fake.busy(2, worker_pids(2), seed=4)
     new = exporter_factory(scenario, "--hostname", "gpu-new", password=PASSWORD)
@@ -210,7 +206,7 @@ def test_mixed_fleet_of_old_node_info_and_new_exporters(
 
 
 def test_an_old_node_answering_mem_is_still_read(
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     """gpu-exporter 0.1.0 answered ``mem``; until upgraded, such a node stays online."""
     status = node_info_status("gpu-0-1", sample_gpus())
@@ -252,7 +248,7 @@ def test_node_going_down_and_coming_back(
     fake_nvml: Path,
     tmp_path: Path,
     exporter_factory,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     steady = exporter_factory(fake.idle(1), "--hostname", "gpu-steady", password=PASSWORD)
     scenario_path = tmp_path / "flaky.scn"
@@ -287,7 +283,7 @@ def test_node_going_down_and_coming_back(
 
 def test_password_rotation_without_restart(
     exporter_factory,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     exporter = exporter_factory(fake.idle(1), "--hostname", "gpu-rotated", password="new-secret")
     service = status_service_factory([_entry(exporter)], password="old-secret")
@@ -307,7 +303,7 @@ def _basic_auth_config(path: Path, password: str) -> None:
 def test_basic_auth_rotation_without_restarting_the_status_service(
     fake_nvml: Path,
     tmp_path: Path,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     scenario_path = tmp_path / "node.scn"
     write_scenario(scenario_path, fake.idle(1))
@@ -386,7 +382,7 @@ def test_polling_over_https_with_basic_auth(
     exporter_factory,
     tmp_path: Path,
     ca: trustme.CA,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     exporter = _secure_exporter(exporter_factory, tmp_path, ca)
     (tmp_path / "auth").write_text("scrape-secret\n")
@@ -429,7 +425,7 @@ def test_polling_over_https_with_basic_auth(
 def test_guessing_from_the_same_address_cannot_blank_the_page(
     exporter_factory,
     tmp_path: Path,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     """Any user logged in on the main node shares its address with gpu-status-api."""
     users = {
@@ -498,7 +494,7 @@ def _replace(path: Path, text: str) -> None:
 def test_basic_auth_rotation_on_both_sides_without_restart(
     exporter_factory,
     tmp_path: Path,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     def users(password: str) -> str:
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
@@ -536,7 +532,7 @@ def test_basic_auth_rotation_on_both_sides_without_restart(
 
 def test_status_service_web_config_is_reloaded(
     tmp_path: Path,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ) -> None:
     def users(*names: str) -> str:
         hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()

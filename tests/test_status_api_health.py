@@ -13,16 +13,12 @@ import time
 from simulator.nodes import FakeNodes, legacy_status
 from status_api.health import LOST_REASON, LOST_UNCONFIRMED_REASON
 from tests.support.old_node import OldNode
-from tests.support.status_service import (  # noqa: F401 - fixture
-    PASSWORD,
-    node,
-    status_service_factory,
-)
+from tests.support.status_service import PASSWORD, node
 
 NO_READINGS = {"use_mem": None, "tot_mem": None, "utilize": None, "temp": None}
 
 
-def test_health_states_reasons_and_counts(status_service_factory) -> None:  # noqa: F811
+def test_health_states_reasons_and_counts(status_service_factory) -> None:
     old = legacy_status("gpu-old", gpus=1, users_per_gpu=0)
     old["gpus"][0].update(NO_READINGS)
     with FakeNodes(["ok"], gpus=4) as fake, OldNode(old, password=PASSWORD) as old_node:

@@ -18,7 +18,7 @@ import pytest
 
 from simulator.victoriametrics import running_victoriametrics
 from tests.support.cluster import monitored_cluster
-from tests.support.status_service import StatusService, status_service_factory  # noqa: F401
+from tests.support.status_service import StatusService
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -71,7 +71,7 @@ def test_promql_mode_matches_polling(
     exporter_factory,
     worker_pids,
     tmp_path,
-    status_service_factory,  # noqa: F811
+    status_service_factory,
 ):
     with monitored_cluster(exporter_factory, worker_pids, tmp_path) as cluster:
         targets = tmp_path / "targets" / "gpu-nodes.json"  # written by monitored_cluster
@@ -141,7 +141,7 @@ def _serve(reply: tuple[int, dict[str, str]]) -> Iterator[tuple[str, list[str]]]
         server.server_close()
 
 
-def test_redirecting_engine_is_refused(status_service_factory):  # noqa: F811
+def test_redirecting_engine_is_refused(status_service_factory):
     target_server = _serve((200, {}))
     target, target_hits = next(target_server)
     redirect_server = _serve((307, {"Location": f"{target}/api/v1/query"}))
@@ -169,7 +169,7 @@ def test_redirecting_engine_is_refused(status_service_factory):  # noqa: F811
         (("--prometheus-url", "http://h:9090", "--prometheus-ca-file", "/x"), "needs an https"),
     ],
 )
-def test_bad_engine_options_fail_at_start(status_service_factory, args, message):  # noqa: F811
+def test_bad_engine_options_fail_at_start(status_service_factory, args, message):
     service = status_service_factory([], *args, password=None, wait_ready=False)
     assert service.process.process.wait(timeout=30) == 2
     assert message in service.log()

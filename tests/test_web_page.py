@@ -24,11 +24,7 @@ from simulator.fakenvml import scenario as fake
 from simulator.nodes import FakeNodes, legacy_status
 from simulator.proc import free_port
 from tests.support.old_node import OldNode, node_info_status, sample_gpus
-from tests.support.status_service import (  # noqa: F401 - fixture
-    PASSWORD,
-    StatusService,
-    status_service_factory,
-)
+from tests.support.status_service import PASSWORD, StatusService
 
 pytestmark = pytest.mark.browser
 
@@ -116,7 +112,7 @@ def _lab_box_status() -> dict[str, Any]:
 def cluster(
     exporter_factory: Callable[..., Any],
     worker_pids: Callable[[int], list[int]],
-    status_service_factory: Callable[..., StatusService],  # noqa: F811
+    status_service_factory: Callable[..., StatusService],
 ) -> Iterator[Cluster]:
     pids = worker_pids(9)
     busy = fake.busy(4, pids[:6], seed=5)
@@ -259,7 +255,7 @@ def test_auto_refresh_pause_and_one_timer(cluster: Cluster, page: Page) -> None:
 
 def test_old_node_info_node_in_a_mixed_fleet(
     exporter_factory: Callable[..., Any],
-    status_service_factory: Callable[..., StatusService],  # noqa: F811
+    status_service_factory: Callable[..., StatusService],
     page: Page,
 ) -> None:
     exporter = exporter_factory(fake.idle(1), "--hostname", "gpu-new", password=PASSWORD)
@@ -297,7 +293,7 @@ def test_old_node_info_node_in_a_mixed_fleet(
 
 def test_hostile_text_is_shown_as_text(
     exporter_factory: Callable[..., Any],
-    status_service_factory: Callable[..., StatusService],  # noqa: F811
+    status_service_factory: Callable[..., StatusService],
     page: Page,
 ) -> None:
     hostile_name = '<img src=x onerror="window.__xss=1"> "quoted" & \\'
@@ -339,7 +335,7 @@ def test_hostile_text_is_shown_as_text(
 
 
 def test_jobs_pods_and_idle_held_gpus(
-    status_service_factory: Callable[..., StatusService],  # noqa: F811
+    status_service_factory: Callable[..., StatusService],
     page: Page,
 ) -> None:
     status = _lab_box_status()
@@ -377,7 +373,7 @@ def test_jobs_pods_and_idle_held_gpus(
 
 
 def test_lost_and_sick_gpus(
-    status_service_factory: Callable[..., StatusService],  # noqa: F811
+    status_service_factory: Callable[..., StatusService],
     page: Page,
 ) -> None:
     status = legacy_status("sickbay", gpus=3, users_per_gpu=0)
