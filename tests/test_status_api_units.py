@@ -337,7 +337,8 @@ def test_views_summary_free_gpus_and_legacy_shape() -> None:
     assert busy_node["gpus"][0]["users"][0] == {
         "pid": 10000, "username": "user0", "mem": 1200,
         "command": "python train.py --gpu 0 --run 0",
-        "slurm_job": "", "container": "", "pod": "", "namespace": "", "sm_utilization": None,
+        "slurm_job": "", "container": "", "pod": "", "namespace": "", "mig_uuid": "",
+        "sm_utilization": None,
     }  # fmt: skip
     assert down == {
         "node": "down", "address": "down:7080", "state": "offline", "last_seen": None,
