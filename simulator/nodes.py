@@ -4,8 +4,8 @@ Each fake node is a listening address (``127.0.0.1`` with its own port, or one p
 ``127.x.y.z`` addresses) that speaks just enough HTTP/1.1 (keep-alive, Content-Length) to answer
 ``POST /get-status`` with legacy node JSON, or to misbehave on purpose:
 
-* ``ok``: the legacy JSON (and a ``/metrics`` text with power readings, GPU health and process
-  attribution);
+* ``ok``: the legacy JSON (and a ``/metrics`` text with power readings, GPU health, MIG devices
+  and process attribution);
 * ``hang``: read the request and never answer;
 * ``garbage``: 200 with bytes that are not JSON; ``wrong-shape``: JSON that is not a status;
 * ``forbidden``: a 403 JSON error; ``close``: close the connection without answering;
@@ -121,20 +121,55 @@ def _health_lines(
     return lines
 
 
+def _mig_lines(mig: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """``gpu_mig_info`` and the MIG memory gauges, as the exporter writes them."""
+    info = ["# HELP gpu_mig_info Simulated.\n# TYPE gpu_mig_info gauge"]
+    memory: dict[str, list[str]] = {"used": [], "total": []}
+    for index, devices in mig.items():
+        for device in devices:
+            ids = {"gi": device.get("gi"), "ci": device.get("ci")}
+            where = f'gpu="{index}",uuid="GPU-{index}",mig_uuid="{device["uuid"]}",' + ",".join(
+                f'{name}="{"" if value is None else value}"' for name, value in ids.items()
+            )
+            info.append(f'gpu_mig_info{{{where},profile="{device.get("profile", "")}"}} 1')
+            for kind, lines in memory.items():
+                value = device.get(f"memory_{kind}_bytes")
+                if value is not None:
+                    lines.append(f"gpu_mig_memory_{kind}_bytes{{{where}}} {value}")
+    return [
+        *info,
+        *(
+            f"# HELP gpu_mig_memory_{kind}_bytes Simulated.\n"
+            f"# TYPE gpu_mig_memory_{kind}_bytes gauge\n" + "\n".join(lines)
+            for kind, lines in memory.items()
+            if lines
+        ),
+    ]
+
+
 def metrics_text(
     status: dict[str, Any],
     attribution: Mapping[int, Mapping[str, Any]] | None = None,
     health: Mapping[int, Mapping[str, float | None]] | None = None,
+    mig: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
 ) -> bytes:
     """A Prometheus exposition like the exporter's, roughly as long, with power readings, GPU
-    health and, per process, ``gpu_process_info`` and ``gpu_process_sm_utilization_ratio``.
-    ``attribution`` gives per pid the labels slurm_job, container, pod, namespace and
+    health, MIG devices and, per process, ``gpu_process_info`` and
+    ``gpu_process_sm_utilization_ratio``.
+    ``attribution`` gives per pid the labels slurm_job, container, pod, namespace, mig_uuid and
     ``sm_utilization`` (None: no utilization line); by default :func:`default_attribution`.
     ``health`` gives per GPU index health families and values that replace or add to
-    :data:`HEALTHY` (None: no line), e.g. ``{1: {"gpu_up": 0, "gpu_last_xid": 79, ...}}``."""
+    :data:`HEALTHY` (None: no line), e.g. ``{1: {"gpu_up": 0, "gpu_last_xid": 79, ...}}``.
+    ``mig`` gives per GPU index its MIG devices, each with ``uuid`` and optionally ``gi``,
+    ``ci``, ``profile``, ``memory_used_bytes`` and ``memory_total_bytes`` (None or missing: an
+    empty id label, or no memory line), e.g. ``{0: [{"uuid": "MIG-a", "gi": 1, "ci": 0,
+    "profile": "3g.40gb", "memory_total_bytes": 40 << 30}]}``; pair it with ``gpu_mig_mode``
+    in ``health`` for a consistent node."""
     if attribution is None:
         attribution = default_attribution(status)
     lines = _health_lines(status, health or {})
+    if mig:
+        lines += _mig_lines(mig)
     families = (
         "memory_used_bytes", "memory_total_bytes", "utilization_ratio", "temperature_celsius",
         "power_watts", "power_limit_watts", "fan_speed_ratio", "energy_joules_total",
@@ -148,7 +183,11 @@ def metrics_text(
             lines.append(f'gpu_{family}{{gpu="{gpu["index"]}",uuid="GPU-{gpu["index"]}"}} {value}')
     for gpu in status["gpus"]:
         for user in gpu["users"]:
-            labels = f'gpu="{gpu["index"]}",pid="{user["pid"]}",user="{user["username"]}"'
+            mig_uuid = attribution.get(user["pid"], {}).get("mig_uuid", "")
+            labels = (
+                f'gpu="{gpu["index"]}",pid="{user["pid"]}",user="{user["username"]}",'
+                f'mig_uuid="{mig_uuid}"'
+            )
             lines.append(f"gpu_process_memory_used_bytes{{{labels}}} {user['mem(MiB)'] * 1048576}")
     for gpu in status["gpus"]:
         for user in gpu["users"]:
@@ -156,7 +195,7 @@ def metrics_text(
             where = f'gpu="{gpu["index"]}",uuid="GPU-{gpu["index"]}",pid="{user["pid"]}"'
             info = ",".join(
                 f'{name}="{process.get(name, "")}"'
-                for name in ("slurm_job", "container", "pod", "namespace")
+                for name in ("mig_uuid", "slurm_job", "container", "pod", "namespace")
             )
             lines.append(f'gpu_process_info{{{where},user="{user["username"]}",{info}}} 1')
             if process.get("sm_utilization") is not None:
@@ -289,9 +328,10 @@ class FakeNodes:
         *,
         attribution: Mapping[int, Mapping[str, Any]] | None = None,
         health: Mapping[int, Mapping[str, float | None]] | None = None,
+        mig: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
         self._bodies[index] = json.dumps(status).encode()
-        self._metrics[index] = metrics_text(status, attribution, health)
+        self._metrics[index] = metrics_text(status, attribution, health, mig)
 
     # -- HTTP ------------------------------------------------------------------------------------
 

@@ -25,6 +25,9 @@ computes; one without a sample did not run), else by the GPU's utilization above
 this between polls per node and GPU (by uuid where ``/metrics`` names it, else by index); a node
 that leaves hosts.txt is forgotten with everything else about it.
 
+Each GPU lists its MIG devices (``mig``: empty outside MIG mode or when the node does not say)
+and each process the MIG device it runs in (``mig_uuid``), from the node's ``/metrics``.
+
 After every round :meth:`Cluster.update` renders both JSON documents to bytes (plain and gzip),
 so requests only hand out cached bytes.
 """
@@ -43,7 +46,7 @@ from typing import Any
 from status_api.health import LOST, SICK, WARNING, gpu_health
 from status_api.hosts import Host
 from status_api.nodedata import USER_MEMORY
-from status_api.nodemetrics import ATTRIBUTION_LABELS, GpuHealth, ProcessMetrics
+from status_api.nodemetrics import ATTRIBUTION_LABELS, GpuHealth, MigDevice, ProcessMetrics
 from status_api.poller import PollResult
 
 ONLINE, STALE, OFFLINE = "online", "stale", "offline"
@@ -69,6 +72,7 @@ class NodeState:
     processes: dict[tuple[int, int], ProcessMetrics] = field(default_factory=dict)
     uuids: dict[int, str] = field(default_factory=dict)
     health: dict[int, GpuHealth] = field(default_factory=dict)
+    migs: dict[int, list[MigDevice]] = field(default_factory=dict)
     # Per GPU (uuid, else "index N"): since when its processes hold memory without computing.
     idle_since: dict[str, float] = field(default_factory=dict)
     last_seen: float | None = None  # wall time of the last good poll, this machine's clock
@@ -94,6 +98,8 @@ class NodeState:
                 self.uuids = result.uuids
             if result.health is not None:
                 self.health = result.health
+            if result.migs is not None:
+                self.migs = result.migs
             self.last_seen = result.finished_at
             self.error = ""
         else:
@@ -221,8 +227,9 @@ def _cluster_users(
     users: list[dict[str, Any]], index: int, processes: dict[tuple[int, int], ProcessMetrics]
 ) -> list[dict[str, Any]]:
     """The processes as /api/v1/cluster documents them: memory is ``mem`` there, not the legacy
-    ``mem(MiB)`` (the two views keep their own published schemas), plus the attribution and SM
-    utilization that the node's ``/metrics`` gave (empty strings and null when it did not)."""
+    ``mem(MiB)`` (the two views keep their own published schemas), plus the attribution, MIG
+    device and SM utilization that the node's ``/metrics`` gave (empty strings and null when it
+    did not)."""
     documents = []
     for user in users:
         process = processes.get((index, user["pid"])) or _NO_PROCESS
@@ -233,6 +240,7 @@ def _cluster_users(
                 "mem": user[USER_MEMORY],
                 "command": user["command"],
                 **{name: getattr(process, name) for name in ATTRIBUTION_LABELS},
+                "mig_uuid": process.mig_uuid,
                 "sm_utilization": process.sm_utilization,
             }
         )
@@ -277,6 +285,7 @@ def _node_document(node: NodeState, state: str, now: float, thresholds: Threshol
                 "idle_held": idle_held,
                 "idle_held_since": idle_held_since,
                 "health": health.document(),
+                "mig": [device.document() for device in node.migs.get(gpu["index"], [])],
             }
         )
     return {

@@ -4,14 +4,17 @@ The legacy ``/get-status`` schema is frozen (old scripts read it), so what the p
 it comes from the exporter's Prometheus metrics, read in one pass over one scrape:
 
 * ``gpu_power_watts`` and ``gpu_power_limit_watts``: power per GPU index;
-* ``gpu_process_info``: per process (GPU index, pid) its ``slurm_job``, ``container``, ``pod``
-  and ``namespace`` (empty when not applicable);
+* ``gpu_process_info``: per process (GPU index, pid) its ``slurm_job``, ``container``, ``pod``,
+  ``namespace`` and ``mig_uuid`` (empty when not applicable);
 * ``gpu_process_sm_utilization_ratio``: per process its SM utilization, 0..1 (absent where NVML
   does not support it);
 * per GPU index its health (:class:`GpuHealth`): ``gpu_up``, ``gpu_last_xid`` and
   ``gpu_last_xid_timestamp_seconds``, ``gpu_remapped_rows_pending`` and ``_failure``,
   ``gpu_retired_pages_pending``, ``gpu_pcie_link_generation``/``_width`` and their ``_max``,
-  ``gpu_mig_mode`` and ``gpu_mig_mode_pending``. A field the node does not report stays None.
+  ``gpu_mig_mode`` and ``gpu_mig_mode_pending``. A field the node does not report stays None;
+* per GPU index its MIG devices (:class:`MigDevice`), by ``mig_uuid``: ``gpu_mig_info`` (GPU and
+  compute instance ids, profile), ``gpu_mig_memory_used_bytes`` and ``_total_bytes``. Any of the
+  three names a device, so a line lost or reordered costs a field, not the device.
 
 Only those lines are looked at; a node without ``/metrics`` (an old node_info.py) simply has none
 of it. The text is untrusted like the JSON: anything unexpected is skipped, never raised, and
@@ -26,12 +29,19 @@ from dataclasses import dataclass, field
 
 MAX_GPUS = 1024
 MAX_PROCESSES = 65536
+MAX_MIGS_PER_GPU = 64  # an A100 or H100 has at most 7; room for later GPUs, not for a flood
 MAX_LABEL = 256  # characters kept of an attribution label
 ATTRIBUTION_LABELS = ("slurm_job", "container", "pod", "namespace")
 
 _POWER = {b"gpu_power_watts": "power", b"gpu_power_limit_watts": "power_limit"}
 _INFO = b"gpu_process_info"
 _SM = b"gpu_process_sm_utilization_ratio"
+_MIG_INFO = b"gpu_mig_info"
+_MIG_MEMORY = {
+    b"gpu_mig_memory_used_bytes": "memory_used_mib",
+    b"gpu_mig_memory_total_bytes": "memory_total_mib",
+}
+_MIB = 1024 * 1024
 # Health family -> (GpuHealth field, kind): "flag" is 0/1, "count" a whole number, "time" seconds.
 _HEALTH = {
     b"gpu_up": ("up", "flag"),
@@ -48,12 +58,14 @@ _HEALTH = {
     b"gpu_mig_mode_pending": ("mig_mode_pending", "flag"),
 }
 _MAX_COUNT = 2**32  # XID codes are 32 bits; link generations and widths are far below
+_MAX_BYTES = 2.0**63  # a MIG device's memory beyond this is nonsense, not a reading
 # One scan for every family of interest at the start of a line; the name must be followed by
 # "{", so gpu_remapped_rows{...} or gpu_up_something{...} never match a shorter family.
 _LINE = re.compile(
     rb"(?:^|(?<=\n))(gpu_(?:p(?:ower_watts|ower_limit_watts|rocess_info|rocess_sm_utilization_ratio"
     rb"|cie_link_(?:generation|width)(?:_max)?)|up|last_xid(?:_timestamp_seconds)?"
-    rb"|re(?:mapped_rows_(?:pending|failure)|tired_pages_pending)|mig_mode(?:_pending)?))"
+    rb"|re(?:mapped_rows_(?:pending|failure)|tired_pages_pending)"
+    rb"|mig_(?:mode(?:_pending)?|info|memory_(?:used|total)_bytes)))"
     rb"\{((?:[a-zA-Z_][a-zA-Z0-9_]*=\"(?:[^\"\\\n]|\\.)*\",?\s*)*)\}[ \t]+([^ \t\n]+)"
 )
 _LABEL = re.compile(rb'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\.)*)"')
@@ -69,6 +81,7 @@ class ProcessMetrics:
     container: str = ""
     pod: str = ""
     namespace: str = ""
+    mig_uuid: str = ""  # the MIG device it runs in; "" outside MIG
     sm_utilization: float | None = None  # 0..1; None when the node does not report it
 
 
@@ -91,13 +104,37 @@ class GpuHealth:
 
 
 @dataclass
+class MigDevice:
+    """One MIG device (a compute instance inside a GPU instance); None where not reported."""
+
+    uuid: str
+    gpu_instance: int | None = None
+    compute_instance: int | None = None
+    profile: str = ""  # e.g. "3g.40gb"; "" without a gpu_mig_info line
+    memory_used_mib: int | None = None
+    memory_total_mib: int | None = None
+
+    def document(self) -> dict[str, str | int | None]:
+        return {
+            "uuid": self.uuid,
+            "gpu_instance": self.gpu_instance,
+            "compute_instance": self.compute_instance,
+            "profile": self.profile,
+            "memory_used_mib": self.memory_used_mib,
+            "memory_total_mib": self.memory_total_mib,
+        }
+
+
+@dataclass
 class NodeMetrics:
-    """Power, uuid and health per GPU index, and attribution per (GPU index, pid)."""
+    """Power, uuid, health and MIG devices per GPU index, and attribution per (GPU index, pid)."""
 
     power: dict[int, dict[str, float]] = field(default_factory=dict)
     uuids: dict[int, str] = field(default_factory=dict)  # from the power lines' uuid label
     processes: dict[tuple[int, int], ProcessMetrics] = field(default_factory=dict)
     health: dict[int, GpuHealth] = field(default_factory=dict)
+    # Per GPU index, ordered by GPU instance, then compute instance (unknown ids last).
+    migs: dict[int, list[MigDevice]] = field(default_factory=dict)
 
 
 def _labels(raw: bytes) -> dict[bytes, bytes]:
@@ -161,9 +198,39 @@ def _health(metrics: NodeMetrics, family: bytes, labels: dict[bytes, bytes], val
     setattr(found, name, reading)
 
 
+def _mig(found: dict[int, dict[str, MigDevice]], labels: dict[bytes, bytes]) -> MigDevice | None:
+    """The device a MIG line names (new or already seen), or None when the line names none or
+    its GPU already has too many; the ids are taken from whichever line gives them."""
+    gpu, uuid = _index(labels, b"gpu"), _text(labels.get(b"mig_uuid", b""))
+    if gpu is None or not uuid:
+        return None
+    devices = found.get(gpu)
+    if devices is None:
+        if len(found) >= MAX_GPUS:
+            return None
+        devices = found[gpu] = {}
+    device = devices.get(uuid)
+    if device is None:
+        if len(devices) >= MAX_MIGS_PER_GPU:
+            return None
+        device = devices[uuid] = MigDevice(uuid)
+    gpu_instance, compute_instance = _index(labels, b"gi"), _index(labels, b"ci")
+    if gpu_instance is not None:
+        device.gpu_instance = gpu_instance
+    if compute_instance is not None:
+        device.compute_instance = compute_instance
+    return device
+
+
+def _mig_order(device: MigDevice) -> tuple[bool, int, bool, int, str]:
+    gi, ci = device.gpu_instance, device.compute_instance
+    return (gi is None, gi or 0, ci is None, ci or 0, device.uuid)
+
+
 def parse_metrics(text: bytes) -> NodeMetrics:
     """Everything of interest in an exposition text, in one pass over it."""
     metrics = NodeMetrics()
+    migs: dict[int, dict[str, MigDevice]] = {}
     for match in _LINE.finditer(text):
         family, labels, value = match.group(1), _labels(match.group(2)), _value(match.group(3))
         if value is None:
@@ -180,12 +247,22 @@ def parse_metrics(text: bytes) -> NodeMetrics:
             if process is not None:
                 for name in ATTRIBUTION_LABELS:
                     setattr(process, name, _text(labels.get(name.encode(), b"")))
+                process.mig_uuid = _text(labels.get(b"mig_uuid", b""))
         elif family in _HEALTH:
             _health(metrics, family, labels, value)
         elif family == _SM and value <= 1:
             process = _process(metrics, labels)
             if process is not None:
                 process.sm_utilization = round(value, 4)
+        elif family == _MIG_INFO:
+            device = _mig(migs, labels)
+            if device is not None:
+                device.profile = _text(labels.get(b"profile", b""))
+        elif family in _MIG_MEMORY and value < _MAX_BYTES:
+            device = _mig(migs, labels)
+            if device is not None:
+                setattr(device, _MIG_MEMORY[family], int(value) // _MIB)
+    metrics.migs = {gpu: sorted(devices.values(), key=_mig_order) for gpu, devices in migs.items()}
     return metrics
 
 

@@ -10,9 +10,9 @@ instead of after them. Connections are kept alive between rounds, which makes a 
 round much cheaper than the first.
 
 The legacy JSON has no power readings and no attribution, so every ``power_interval`` seconds a
-node's ``/metrics`` is read too (in the same time budget) and parsed once for power and health
-per GPU and, per process, its Slurm job, pod, container and SM utilization
-(status_api/nodemetrics.py).
+node's ``/metrics`` is read too (in the same time budget) and parsed once for power, health and
+MIG devices per GPU and, per process, its Slurm job, pod, container, MIG device and SM
+utilization (status_api/nodemetrics.py).
 
 Redirects are never followed: any user can bind a node's unprivileged port, and a redirect would
 hand the password (request body) and the basic-auth header to whatever the answer points at. A
@@ -41,7 +41,13 @@ from yarl import URL
 
 from status_api.hosts import Host
 from status_api.nodedata import NodeDataError, parse_status
-from status_api.nodemetrics import GpuHealth, NodeMetrics, ProcessMetrics, parse_metrics
+from status_api.nodemetrics import (
+    GpuHealth,
+    MigDevice,
+    NodeMetrics,
+    ProcessMetrics,
+    parse_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,7 @@ class PollResult:
     processes: dict[tuple[int, int], ProcessMetrics] | None = None
     uuids: dict[int, str] | None = None  # GPU uuid per index, from the same read
     health: dict[int, GpuHealth] | None = None  # health per GPU index, from the same read
+    migs: dict[int, list[MigDevice]] | None = None  # MIG devices per GPU index, same read
 
     @property
     def ok(self) -> bool:
@@ -366,6 +373,7 @@ class NodeClient:
                 metrics.processes,
                 metrics.uuids,
                 metrics.health,
+                metrics.migs,
             )
 
     async def poll_all(self, hosts: Sequence[Host]) -> list[PollResult]:

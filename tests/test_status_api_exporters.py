@@ -162,6 +162,7 @@ def test_mixed_fleet_of_old_node_info_and_new_exporters(
             "container": "",
             "pod": "",
             "namespace": "",
+            "mig_uuid": "",
             "sm_utilization": None,
         }
         assert busy["users"] == [

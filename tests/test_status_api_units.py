@@ -327,6 +327,7 @@ def test_views_summary_free_gpus_and_legacy_shape() -> None:
     assert document["summary"] == {
         "nodes_total": 3, "nodes_online": 2, "nodes_stale": 0, "nodes_offline": 1,
         "gpus_total": 4, "gpus_in_use": 1, "gpus_free": 2,
+        "gpus_warning": 0, "gpus_sick": 0, "gpus_lost": 0,
         "memory_used_mib": 2400 + 600 + 3 + 3, "memory_total_mib": 4 * 81920,
     }  # fmt: skip
     busy_node, idle_node, down = document["nodes"]
@@ -337,7 +338,8 @@ def test_views_summary_free_gpus_and_legacy_shape() -> None:
     assert busy_node["gpus"][0]["users"][0] == {
         "pid": 10000, "username": "user0", "mem": 1200,
         "command": "python train.py --gpu 0 --run 0",
-        "slurm_job": "", "container": "", "pod": "", "namespace": "", "sm_utilization": None,
+        "slurm_job": "", "container": "", "pod": "", "namespace": "", "mig_uuid": "",
+        "sm_utilization": None,
     }  # fmt: skip
     assert down == {
         "node": "down", "address": "down:7080", "state": "offline", "last_seen": None,
