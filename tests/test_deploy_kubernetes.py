@@ -9,6 +9,10 @@ against prometheus/, so a renamed flag, port or label fails here instead of in a
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import pytest
 import yaml
 
 from exporter.cli import build_parser as exporter_parser
-from tests.support.deploy import KUBERNETES, REPO, SCHEMAS, parses, schema_errors
+from tests.support.deploy import KUBERNETES, REPO, SCHEMAS, TIMEOUT, parses, schema_errors
 
 # The oldest and the newest Kubernetes release whose schemas kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())
@@ -105,13 +109,23 @@ def test_daemonset_runs_the_exporter_as_required() -> None:
     pod = _one("DaemonSet")["spec"]["template"]["spec"]
     assert pod["hostPID"] is True and pod["runtimeClassName"] == "nvidia"
     assert pod["nodeSelector"] and pod["tolerations"]
+    # Non-root by default for the pod; only the exporter container is root (for the kubelet's
+    # socket, see docs/deployment.md), and root without a single capability.
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     (container,) = pod["containers"]
     security = container["securityContext"]
+    assert (security["runAsUser"], security["runAsNonRoot"]) == (0, False)
     assert security["allowPrivilegeEscalation"] is False
+    assert security["privileged"] is False
     assert security["readOnlyRootFilesystem"] is True
-    assert security["capabilities"]["drop"] == ["ALL"]
+    assert security["capabilities"] == {"drop": ["ALL"]}  # nothing added back
+    assert "seccompProfile" not in security  # the pod's RuntimeDefault applies
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for mount in container["volumeMounts"]:  # root may write nowhere on the node
+        if "hostPath" in volumes[mount["name"]]:
+            assert mount["readOnly"] is True, mount
     assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
     assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
     for probe in ("livenessProbe", "readinessProbe"):
@@ -174,3 +188,68 @@ def test_servicemonitor_job_matches_the_prometheus_configuration() -> None:
     monitor = _one("ServiceMonitor")
     service = _one("Service")
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == job
+
+
+def _identity() -> tuple[int, int, list[int]]:
+    """(uid, gid, supplementary groups) of the exporter container, as the kubelet sets them."""
+    pod = _one("DaemonSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    merged = {**pod["securityContext"], **container["securityContext"]}
+    groups = [merged[key] for key in ("fsGroup",) if key in merged]
+    return merged["runAsUser"], merged.get("runAsGroup", merged["runAsUser"]), groups
+
+
+def _list_as(uid: int, gid: int, groups: list[int], socket: Path) -> str:
+    """The exporter's kubelet client run as ``uid`` with no capabilities, as in the container."""
+    code = (
+        "from exporter.kubelet import PodResourcesClient\n"
+        "print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n"
+        f"client = PodResourcesClient(socket_path={str(socket)!r}, timeout=5.0)\n"
+        "print(sorted(client.gpu_devices()), client.last_error)\n"
+    )
+    command = [
+        "setpriv", f"--reuid={uid}", f"--regid={gid}",
+        f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+        sys.executable, "-c", code,
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    capabilities, answer = result.stdout.splitlines()
+    assert int(capabilities, 16) == 0, "the client ran with capabilities"
+    return answer
+
+
+def test_daemonset_user_reaches_the_kubelets_root_owned_socket() -> None:
+    """The container's user, without capabilities, can list pods on a socket like the kubelet's.
+
+    The kubelet's pod-resources socket is root's, srwxr-xr-x in a 0755 directory; connecting to
+    a unix socket needs write permission on it. Here a real gRPC server on such a socket, and
+    the exporter's client run with the DaemonSet's uid, gid and groups and every capability
+    dropped (as ``capabilities: drop: [ALL]`` and ``allowPrivilegeEscalation: false`` make it).
+    """
+    pytest.importorskip("grpc", reason="grpcio is not installed (the kubernetes or test extra)")
+    if os.geteuid() != 0:
+        pytest.skip("making a root-owned socket and switching users needs root")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    from tests.support.kubelet import PodDevices, running_kubelet
+
+    uuid = "GPU-8f2c1d90-3e5a-4b17-9c2e-5da9abb51763"
+    with running_kubelet([PodDevices("ml", "train-0", "worker", [uuid])]) as kubelet:
+        socket = kubelet.socket_path
+        os.chown(socket.parent, 0, 0)
+        socket.parent.chmod(0o755)
+        socket.chmod(0o755)
+        assert _list_as(*_identity(), socket) == f"[{uuid!r}] "
+        # The image's own user (and any other non-root one) is refused: why the container is root.
+        refused = _list_as(65532, 65532, [65532], socket)
+        assert refused.startswith("[] ") and "Permission denied" in refused

@@ -6,12 +6,14 @@ query with the variables set to All and to one node, GPU and user, sends it to P
 without error and with data. The scenario is built so that no panel is legitimately empty: one
 GPU has ECC errors, throttling and every health reading, one is lost, one is in MIG mode, one
 process has an owner that cannot be read, workers sit in Slurm job cgroups where cgroups can be
-made. Variable queries must return the cluster's nodes, GPUs and users.
+made, a stand-in kubelet names the pod holding one GPU. Variable queries must return the
+cluster's nodes, GPUs and users.
 
 Panels of data that an exporter may not publish (yet) are the only ones allowed to go
 unchecked, and only when the exporters' /metrics show it missing at run time: Slurm jobs (no
 ``slurm_job`` on any ``gpu_process_info``: no cgroups here, or an exporter that does not read
-them), pods (no ``pod``: no kubelet), per-process utilization. The test then ends skipped,
+them), pods (no ``pod``: no stand-in kubelet, which needs grpcio; with one running, the pod
+panels must have data), per-process utilization. The test then ends skipped,
 naming each such panel and what was missing, after every other panel passed.
 """
 
@@ -25,7 +27,9 @@ import pytest
 
 from tests.support import dashboard as dash
 from tests.support.cluster import (
+    GIB,
     HEALTH_XID,
+    KUBELET_POD,
     MIG_GPU,
     UNKNOWN_PID,
     Cluster,
@@ -50,9 +54,16 @@ NEEDS = {
     "Per-process SM utilization": PROCESS_SM,
     "Idle GPUs held by processes": PROCESS_SM,  # the GPU-wide basis has no idle GPU held here
 }
-# A GPU in MIG mode has no device-level utilization, so no one GPU has data for every panel:
-# the MIG panels are checked with the MIG GPU selected.
-ONE_GPU = {"MIG devices": str(MIG_GPU), "Processes on MIG devices": str(MIG_GPU)}
+# A GPU in MIG mode has no device-level utilization, and the kubelet names a pod for GPU 1
+# only, so no one GPU has data for every panel: the MIG panels are checked with the MIG GPU
+# selected, the pod panels with GPU 1.
+POD_GPU = "1"
+ONE_GPU = {
+    "MIG devices": str(MIG_GPU),
+    "Processes on MIG devices": str(MIG_GPU),
+    "GPUs per namespace": POD_GPU,
+    "GPU memory per pod": POD_GPU,
+}
 
 
 def test_every_panel_query_and_variable_returns_data(exporter_factory, worker_pids, tmp_path):
@@ -63,6 +74,11 @@ def test_every_panel_query_and_variable_returns_data(exporter_factory, worker_pi
         # XIDs arrive as events, on their own thread: wait until Prometheus has one.
         cluster.prometheus.wait_for("gpu_last_xid", lambda result: len(result) == 1)
         missing = missing_features(cluster)
+        if PODS not in missing:
+            # Two evaluations of the namespace counter, as for the users' before: a rate.
+            cluster.prometheus.wait_for(
+                "namespace:gpu_seconds:total > 0", lambda result: len(result) == 1
+            )
         check_variable_queries(cluster)
         range_ = f"{math.ceil(time.time() - started)}s"
         everything = {"node": None, "gpu": None, "user": None}
@@ -84,7 +100,8 @@ def missing_features(cluster: Cluster) -> dict[str, str]:
     texts = [exporter.metrics() for exporter in cluster.exporters.values()]
     infos = [labels for text in texts for labels in label_sets(text, "gpu_process_info")]
     missing = {}
-    for feature in (SLURM, PODS):
+    # With a kubelet running, pods are the exporter's to report: the pod panels must have data.
+    for feature in (SLURM,) if cluster.pods else (SLURM, PODS):
         if not any(labels.get(feature) for labels in infos):
             missing[feature] = f"no gpu_process_info with a non-empty {feature} label"
     if not any("gpu_process_sm_utilization_ratio{" in text for text in texts):
@@ -93,6 +110,8 @@ def missing_features(cluster: Cluster) -> dict[str, str]:
         missing[SLURM] += " although the workers are in Slurm job cgroups"
     elif SLURM in missing:
         missing[SLURM] += " (no cgroups could be made for the workers)"
+    if PODS in missing:
+        missing[PODS] += " (no kubelet: grpcio is not installed)"
     return missing
 
 
@@ -242,7 +261,7 @@ def check_attribution(
     everything: dict[tuple[str, str], list[dict[str, Any]]],
     missing: dict[str, str],
 ) -> None:
-    """Jobs and per-process utilization are the scenario's, where the exporters publish them."""
+    """Jobs, pods and per-process utilization are the scenario's, where exporters publish them."""
     local = cluster.workers["localhost"]
     if SLURM not in missing:
         first, second = cluster.slurm_jobs
@@ -256,6 +275,24 @@ def check_attribution(
             for s in everything[("GPU memory per Slurm job", "A")]
         }
         assert memory == {first: 6 * 1024**3, second: 4 * 1024**3}
+    if PODS not in missing:
+        assert KUBELET_POD.device_ids == [cluster.scenarios["localhost"].gpus[1].uuid]
+        namespace, pod = KUBELET_POD.namespace, KUBELET_POD.pod
+        per_namespace = {
+            s["metric"]["namespace"]: latest([s])[0]
+            for s in everything[("GPUs per namespace", "A")]
+        }
+        assert per_namespace == {namespace: 1}
+        per_pod = {
+            (s["metric"]["namespace"], s["metric"]["pod"]): latest([s])[0]
+            for s in everything[("GPU memory per pod", "A")]
+        }
+        assert per_pod == {(namespace, pod): 4 * GIB}  # GPU 1's one worker
+        hours = {
+            s["metric"]["namespace"]: latest([s])[0]
+            for s in everything[("GPU-hours per namespace in the selected range", "A")]
+        }
+        assert set(hours) == {namespace} and hours[namespace] > 0
     if PROCESS_SM not in missing:
         sm = {
             s["metric"]["pid"]: latest([s])[0]

@@ -30,7 +30,7 @@ from exporter.kubelet import (
     is_gpu_resource,
 )
 from exporter.snapshot import PodContainer
-from tests.support.kubelet import FakeKubelet
+from tests.support.kubelet import FakeKubelet, PodDevices, list_answer
 
 pytestmark = pytest.mark.unit
 
@@ -426,3 +426,23 @@ def test_importing_and_configuring_does_not_load_grpcio() -> None:
 def test_client_rejects_impossible_options(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(options))):
         PodResourcesClient(**options)
+
+
+def test_the_stand_in_kubelets_answer_is_what_protobuf_writes(messages: Any) -> None:
+    """tests/support/kubelet.py's encoder, used by the monitored test cluster, is the real wire."""
+    pods = [
+        PodDevices("ml", "train-0", "worker", [GPU0, GPU1]),
+        PodDevices("serving", "infer-" + "x" * 150, "server", [MIG0], "nvidia.com/mig-1g.10gb"),
+    ]
+    response = messages.ListPodResourcesResponse()
+    for pod in pods:
+        container = response.pod_resources.add(name=pod.pod, namespace=pod.namespace)
+        container.containers.add(name=pod.container).devices.add(
+            resource_name=pod.resource, device_ids=list(pod.device_ids)
+        )
+    assert list_answer(pods) == response.SerializeToString()
+    assert devices_by_id(decode_list_response(list_answer(pods))) == {
+        device: (PodContainer(namespace=pod.namespace, pod=pod.pod, container=pod.container),)
+        for pod in pods
+        for device in pod.device_ids
+    }

@@ -7,21 +7,25 @@ also has health readings (a PCIe link below its maximum with replays, an NVLink 
 errors, a row remap pending, an XID) and per-process utilization (one of its workers busy, one
 idle), and a fifth GPU in MIG mode runs a fourth worker in a MIG device; where cgroups can be
 made (root, writable v1 freezer hierarchy) the workers are placed in Slurm-shaped job cgroups
-first, so that an exporter that reads cgroups attributes them to two jobs. Node ``127.0.0.1`` has
-two busy GPUs running two workers. Workers are real ``sleep`` processes of the user running the
-tests, so the exporter resolves their user and command; ``localhost`` publishes command lines on
-/metrics (``--metrics.command-line``), ``127.0.0.1`` does not. Targets are written by the project's
-own generator (``gpu-status-api targets``) from a hosts.txt naming both exporters.
+first, so that an exporter that reads cgroups attributes them to two jobs, and where grpcio is
+installed a stand-in kubelet (a real gRPC server on a unix socket) tells node ``localhost``'s
+exporter that pod ``ml/train-0`` holds GPU 1, so its worker belongs to that pod. Node
+``127.0.0.1`` has two busy GPUs running two workers. Workers are real ``sleep`` processes of the
+user running the tests, so the exporter resolves their user and command; ``localhost`` publishes
+command lines on /metrics (``--metrics.command-line``), ``127.0.0.1`` does not. Targets are
+written by the project's own generator (``gpu-status-api targets``) from a hosts.txt naming both
+exporters.
 """
 
 from __future__ import annotations
 
 import getpass
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +35,7 @@ import pytest
 from simulator.fakenvml import scenario as fake
 from simulator.prometheus import PrometheusServer, running_prometheus
 from tests.support.cgroups import Placement, v1_root
+from tests.support.kubelet import PodDevices, running_kubelet
 
 GIB = 1024**3
 # No process has this pid (above the usual pid_max), so its owner cannot be read.
@@ -40,6 +45,8 @@ THROTTLE_SW_POWER_CAP = 0x4
 THROTTLE_HW_THERMAL = 0x40
 HEALTH_XID = 13  # graphics engine exception: an application fault, no GpuXid* alert
 MIG_GPU = 4
+# The pod the kubelet of node localhost names for GPU 1 (one worker, 4 GiB) with ``health``.
+KUBELET_POD = PodDevices("ml", "train-0", "worker", [fake.gpu_uuid(1)])
 
 
 def node_a(workers: list[int], *, hot: bool = False, health: bool = False) -> fake.FakeScenario:
@@ -155,6 +162,8 @@ class Cluster:
     health: bool = False
     # Slurm job id -> pids placed in its cgroup (empty where cgroups could not be made)
     slurm_jobs: dict[str, list[int]] = field(default_factory=dict)
+    # What node localhost's kubelet answers (empty where no kubelet runs: without grpcio)
+    pods: list[PodDevices] = field(default_factory=list)
 
     def set_node_a(self, *, hot: bool) -> None:
         scenario = node_a(self.workers["localhost"], hot=hot, health=self.health)
@@ -191,7 +200,8 @@ def monitored_cluster(
 ) -> Iterator[Cluster]:
     """Start both exporters and Prometheus; yield once every target is up and rules recorded.
 
-    ``health`` adds node ``localhost``'s health readings, MIG GPU and Slurm jobs (see above).
+    ``health`` adds node ``localhost``'s health readings, MIG GPU, Slurm jobs and kubelet
+    (see above).
     """
     workers = {"localhost": worker_pids(4 if health else 3), "127.0.0.1": worker_pids(2)}
     placement = Placement()
@@ -203,15 +213,25 @@ def monitored_cluster(
         wanted = {first: [local[0], local[1], local[3]], second: [local[2]]}
         if place_in_slurm_jobs(placement, wanted):
             slurm_jobs = wanted
-    try:
-        with _running(
-            exporter_factory, workers, tmp_path, hot=hot, health=health, alert_for=alert_for,
-            alertmanagers=alertmanagers, extra_rule_files=extra_rule_files,
-        ) as cluster:  # fmt: skip
-            cluster.slurm_jobs = slurm_jobs
-            yield cluster
-    finally:
-        placement.cleanup()
+    with ExitStack() as stack:
+        stack.callback(placement.cleanup)
+        pods = [KUBELET_POD] if health and importlib.util.find_spec("grpc") else []
+        localhost_flags = []
+        if pods:
+            kubelet = stack.enter_context(running_kubelet(pods))
+            localhost_flags = [
+                "--collector.kubelet.pod-resources-socket", str(kubelet.socket_path),
+            ]  # fmt: skip
+        cluster = stack.enter_context(
+            _running(
+                exporter_factory, workers, tmp_path, hot=hot, health=health,
+                alert_for=alert_for, alertmanagers=alertmanagers,
+                extra_rule_files=extra_rule_files, localhost_flags=localhost_flags,
+            )
+        )  # fmt: skip
+        cluster.slurm_jobs = slurm_jobs
+        cluster.pods = pods
+        yield cluster
 
 
 @contextmanager
@@ -225,12 +245,13 @@ def _running(
     alert_for: str,
     alertmanagers: Sequence[str],
     extra_rule_files: Sequence[Path],
+    localhost_flags: Sequence[str],
 ) -> Iterator[Cluster]:
     scenarios = {
         "localhost": node_a(workers["localhost"], hot=hot, health=health),
         "127.0.0.1": node_b(workers["127.0.0.1"]),
     }
-    flags = {"localhost": ["--metrics.command-line"], "127.0.0.1": []}
+    flags = {"localhost": ["--metrics.command-line", *localhost_flags], "127.0.0.1": []}
     exporters = {
         node: exporter_factory(scenario, *flags[node]) for node, scenario in scenarios.items()
     }
