@@ -25,7 +25,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import aiohttp
 
@@ -43,7 +43,6 @@ _CHUNK = 64 * 1024
 _MAX_SHOWN = 300
 
 Sample = tuple[dict[str, str], float]
-ArgumentGroup = Union[argparse.ArgumentParser, "argparse._ArgumentGroup"]
 
 
 class EngineError(Exception):
@@ -64,7 +63,7 @@ class EngineSettings:
 
 
 def add_engine_flags(
-    parser: ArgumentGroup,
+    parser: argparse._ActionsContainer,  # a parser or one of its argument groups
     *,
     url_help: str,
     url_required: bool = False,
