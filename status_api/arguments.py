@@ -103,32 +103,23 @@ def _state_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
+    from status_api.engine import MIB, add_engine_flags  # aiohttp: not for "targets"
+
     group = parser.add_argument_group(
         "reading the cluster from Prometheus (or VictoriaMetrics) instead of polling"
     )
-    group.add_argument(
-        "--prometheus-url",
-        help="base URL of a Prometheus-compatible query API (http://host:9090): serve the "
+    add_engine_flags(
+        group,
+        url_help="base URL of a Prometheus-compatible query API (http://host:9090): serve the "
         "cluster from its /api/v1/query every --interval; hosts.txt and the node options "
         "are then unused",
-    )  # fmt: skip
+        timeout=5.0,
+        timeout_help="seconds one round of queries may take, all included",
+        max_body=64 * MIB,
+    )
     group.add_argument(
         "--prometheus-job", default="gpu",
         help="scrape job of the exporters (default gpu, as in prometheus/prometheus.yml)",
-    )  # fmt: skip
-    group.add_argument(
-        "--prometheus-timeout", type=positive(float), default=5.0,
-        help="seconds one round of queries may take, all included (default 5)",
-    )  # fmt: skip
-    group.add_argument(
-        "--prometheus-max-body-bytes", type=positive(int), default=64 * 1024 * 1024,
-        help="largest answer read from the engine (default 64 MiB)",
-    )  # fmt: skip
-    group.add_argument("--prometheus-ca-file", type=Path, help="CA certificate(s) for https")
-    group.add_argument("--prometheus-basic-auth-user", help="basic-auth user for the engine")
-    group.add_argument(
-        "--prometheus-basic-auth-password-file", type=Path,
-        help="file whose first line is the engine's basic-auth password (re-read on change)",
     )  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from servicekit.logsetup import configure_logging
 from servicekit.password import PasswordError
 from status_api.arguments import build_parser, build_targets_parser
 from status_api.hosts import Host, HostsFileError, HostsWatcher
-from status_api.nodesettings import engine_settings, poll_settings
+from status_api.nodesettings import poll_settings
 from status_api.tuning import tune_process
 
 __all__ = ["build_parser", "build_targets_parser", "main", "serve_main", "targets_main"]
@@ -88,6 +88,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
     from servicekit.runner import run_service
     from status_api.app import create_app
     from status_api.cluster import Cluster, Thresholds
+    from status_api.engine import engine_settings
     from status_api.promsource import EngineSource
 
     try:
@@ -99,7 +100,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         "reading the cluster from %s (job %s); node ages count from their last scrape, so "
         "--stale-after (%g s) should exceed the scrape interval",
         settings.url,
-        settings.job,
+        args.prometheus_job,
         args.stale_after,
     )
     thresholds = Thresholds(
@@ -111,7 +112,9 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         xid_recent=args.xid_recent,
     )
     cluster = Cluster(thresholds=thresholds, interval=args.interval)
-    source = EngineSource(settings=settings, interval=args.interval, cluster=cluster)
+    source = EngineSource(
+        settings=settings, job=args.prometheus_job, interval=args.interval, cluster=cluster
+    )
     source.start()
     return run_service(
         create_app(cluster),

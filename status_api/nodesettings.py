@@ -1,5 +1,5 @@
-"""The node-polling and query-engine settings from the command line, checked before the service
-starts.
+"""The node-polling settings from the command line, checked before the service starts (the
+query engine's are status_api/engine.py's).
 
 Node TLS files must exist and load, ``--node-client-key`` needs ``--node-client-cert``, the basic
 auth user and password file go together: every mistake is a start-up error naming the flag, not a
@@ -17,7 +17,6 @@ from status_api.credentials import basic_auth, node_password
 
 if TYPE_CHECKING:  # the poller pulls in aiohttp, which "targets" does not need
     from status_api.poller import PollSettings
-    from status_api.promsource import EngineSettings
 
 
 def poll_settings(args: argparse.Namespace) -> PollSettings:
@@ -63,45 +62,4 @@ def poll_settings(args: argparse.Namespace) -> PollSettings:
             if path is not None
         )
         raise ValueError(f"cannot load the node TLS files ({files}): {error}") from None
-    return settings
-
-
-def engine_settings(args: argparse.Namespace) -> EngineSettings:
-    """The --prometheus-* options, checked; ValueError names the flag at fault."""
-    from yarl import URL
-
-    from status_api.promsource import EngineSettings, ssl_context
-
-    url = URL(args.prometheus_url)
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(
-            f"--prometheus-url {args.prometheus_url!r}: expected http(s)://host[:port]"
-        )
-    if url.query_string or url.fragment:
-        raise ValueError(f"--prometheus-url {args.prometheus_url!r}: no query or fragment")
-    if args.prometheus_ca_file and url.scheme != "https":
-        raise ValueError("--prometheus-ca-file needs an https --prometheus-url")
-    user, path = args.prometheus_basic_auth_user, args.prometheus_basic_auth_password_file
-    if bool(user) != bool(path):
-        raise ValueError(
-            "--prometheus-basic-auth-user and --prometheus-basic-auth-password-file go together"
-        )
-    auth = None
-    if user:
-        auth = basic_auth(user, path, flag="--prometheus-basic-auth-user")
-        warn_if_exposed(path, what="--prometheus-basic-auth-password-file")
-    settings = EngineSettings(
-        url=str(url),
-        job=args.prometheus_job,
-        timeout=args.prometheus_timeout,
-        max_body=int(args.prometheus_max_body_bytes),
-        ca_file=args.prometheus_ca_file,
-        basic_auth=auth,
-    )
-    try:
-        ssl_context(settings)  # a bad CA file fails now, not at every round
-    except (OSError, ssl.SSLError) as error:
-        raise ValueError(
-            f"cannot load --prometheus-ca-file {args.prometheus_ca_file}: {error}"
-        ) from None
     return settings

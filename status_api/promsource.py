@@ -14,9 +14,8 @@ failed (``up == 0``) fails the node's "poll", as does an exporter whose last NVM
 than ``stale_after`` at scrape time (a stalled driver).
 
 When the engine cannot be reached or answers an error, the round fails as a whole: the cluster
-keeps every node as it was and shows the error (:meth:`Cluster.fail_round`). As with the nodes,
-redirects are never followed (they would carry the basic-auth header elsewhere), every answer is
-read up to a byte cap, and every query has a total timeout.
+keeps every node as it was and shows the error (:meth:`Cluster.fail_round`). The queries go
+through status_api/engine.py: no redirects, a byte cap, a total timeout.
 """
 
 from __future__ import annotations
@@ -26,27 +25,19 @@ import contextlib
 import json
 import logging
 import math
-import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import aiohttp
-from yarl import URL
-
+from status_api.engine import EngineClient, EngineError, EngineSettings, Sample, shown
 from status_api.hosts import Host
 from status_api.nodedata import MAX_GPUS, MAX_SHORT_STRING, MAX_STRING, USER_MEMORY
-from status_api.poller import MIB, PollError, PollResult, _read_capped, _refuse_redirect
+from status_api.poller import MIB, PollResult
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_BODY = 64 * MIB
-# An error text from the engine is shown on a public page: this much of it.
-_MAX_ERROR_SHOWN = 300
 
 # Families per GPU, with the field of the legacy GPU (or of the power readings) they fill.
 _GPU_GAUGES = {
@@ -59,24 +50,6 @@ _GPU_GAUGES = {
 }
 _NODE_FAMILIES = ("gpu_node_info", "gpu_exporter_last_collect_timestamp_seconds")
 _PROCESS_FAMILIES = ("gpu_process_memory_used_bytes", "gpu_process_info")
-
-Sample = tuple[dict[str, str], float]
-
-
-class EngineError(Exception):
-    """The engine could not be asked or answered an error; the text is shown as is."""
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How to reach the engine. ``basic_auth`` is called once per round (a rotated file is seen)."""
-
-    url: str
-    job: str = "gpu"
-    timeout: float = 5.0
-    max_body: int = DEFAULT_MAX_BODY
-    ca_file: Path | None = None
-    basic_auth: Callable[[], tuple[str, str]] | None = None
 
 
 def _selector(job: str, names: Sequence[str]) -> str:
@@ -95,43 +68,6 @@ def queries(job: str) -> dict[str, str]:
         "gpu": _selector(job, ["gpu_info", *_GPU_GAUGES]),
         "process": _selector(job, _PROCESS_FAMILIES),
     }
-
-
-def ssl_context(settings: EngineSettings) -> ssl.SSLContext | None:
-    if URL(settings.url).scheme != "https":
-        return None
-    return ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-
-
-def _shown(text: str) -> str:
-    text = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return text if len(text) <= _MAX_ERROR_SHOWN else text[:_MAX_ERROR_SHOWN] + "..."
-
-
-def _vector(body: bytes, query: str) -> list[Sample]:
-    """The samples of an instant-vector answer; EngineError for anything else."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        raise EngineError(f"answer to {query} is not JSON") from None
-    if not isinstance(document, dict):
-        raise EngineError(f"answer to {query} is not a JSON object")
-    if document.get("status") != "success":
-        kind = document.get("errorType", "error")
-        raise EngineError(_shown(f"{kind}: {document.get('error', 'no error text')}"))
-    data = document.get("data")
-    if not isinstance(data, dict) or data.get("resultType") != "vector":
-        raise EngineError(f"answer to {query} is not an instant vector")
-    samples: list[Sample] = []
-    for item in data.get("result") or []:
-        try:
-            labels, (_, raw) = item["metric"], item["value"]
-            value = float(raw)
-        except (KeyError, TypeError, ValueError):
-            continue  # one malformed sample is dropped, not the round
-        if isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values()):
-            samples.append((labels, value))
-    return samples
 
 
 def _finite(value: float | None) -> float | None:
@@ -307,66 +243,27 @@ def build_results(
     return unique, results
 
 
-def _error_text(error: BaseException, settings: EngineSettings) -> str:
-    if isinstance(error, (EngineError, PollError)):
-        return str(error)
-    if isinstance(error, asyncio.TimeoutError):
-        return f"no answer within {settings.timeout:g} s"
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return f"cannot connect: {error.os_error.strerror or error.os_error}"
-    if isinstance(error, aiohttp.ClientError):
-        return _shown(f"HTTP client error: {type(error).__name__}: {error}")
-    return _shown(f"query failed: {type(error).__name__}: {error}")
-
-
-class EngineClient:
-    """Runs the round's queries over one aiohttp session; create it inside a running loop."""
-
-    def __init__(self, settings: EngineSettings) -> None:
-        self.settings = settings
-        self._endpoint = URL(settings.url.rstrip("/") + "/api/v1/query")
-        context = ssl_context(settings)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context if context is not None else False),
-            timeout=aiohttp.ClientTimeout(total=settings.timeout),
-            headers={"User-Agent": "gpu-status-api"},
-        )
-
-    async def close(self) -> None:
-        await self._session.close()
-
-    async def query(self, expr: str, at: float, auth: aiohttp.BasicAuth | None) -> list[Sample]:
-        form = {"query": expr, "time": f"{at:.3f}"}
-        # POST keeps long selectors out of URLs and logs; never follow a redirect.
-        async with self._session.post(
-            self._endpoint, data=form, auth=auth, allow_redirects=False
-        ) as response:
-            _refuse_redirect(response, "/api/v1/query")
-            body = await _read_capped(response, self.settings.max_body)
-            if response.status != 200 and not body.lstrip().startswith(b"{"):
-                raise EngineError(f"HTTP {response.status} from /api/v1/query")
-        return _vector(body, expr)
-
-    async def round(self, *, stale_after: float) -> tuple[list[Host], list[PollResult]]:
-        """One round; EngineError (or a client error) when any query fails."""
-        started = time.monotonic()
-        auth = aiohttp.BasicAuth(*self.settings.basic_auth()) if self.settings.basic_auth else None
-        at = time.time()
-        wanted = queries(self.settings.job)
-        answers = await asyncio.gather(*(self.query(expr, at, auth) for expr in wanted.values()))
-        return build_results(
-            dict(zip(wanted, answers)),
-            stale_after=stale_after,
-            duration=time.monotonic() - started,
-        )
+async def _round(
+    client: EngineClient, *, job: str, stale_after: float
+) -> tuple[list[Host], list[PollResult]]:
+    """One round; EngineError when any query fails."""
+    started = time.monotonic()
+    wanted = queries(job)
+    answers = await client.queries(list(wanted.values()), at=time.time())
+    return build_results(
+        dict(zip(wanted, answers)), stale_after=stale_after, duration=time.monotonic() - started
+    )
 
 
 class EngineSource:
     """Asks the engine every ``interval`` seconds in a background thread until :meth:`stop`;
     feeds ``cluster.update`` (or ``cluster.fail_round``)."""
 
-    def __init__(self, *, settings: EngineSettings, interval: float, cluster: Any) -> None:
+    def __init__(
+        self, *, settings: EngineSettings, job: str, interval: float, cluster: Any
+    ) -> None:
         self._settings = settings
+        self._job = job
         self._interval = interval
         self._cluster = cluster
         self._thread: threading.Thread | None = None
@@ -374,8 +271,6 @@ class EngineSource:
         self._task: asyncio.Task[None] | None = None
         self._started = threading.Event()
         self._last_error = ""
-        # Shown on the page: never the credentials someone may have written into the URL.
-        self._shown_url = str(URL(settings.url).with_user(None))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="engine-source", daemon=True)
@@ -400,31 +295,35 @@ class EngineSource:
             loop.close()
 
     async def _main(self) -> None:
-        client = EngineClient(self._settings)
-        self._started.set()
-        try:
+        async with EngineClient(self._settings) as client:
+            self._started.set()
             while True:
                 started = time.monotonic()
                 await self._round(client)
                 remaining = self._interval - (time.monotonic() - started)
                 if remaining > 0:
                     await asyncio.sleep(remaining)
-        finally:
-            await client.close()
 
     async def _round(self, client: EngineClient) -> None:
         started = time.monotonic()
         stale_after = self._cluster.thresholds.stale_after
         try:
+            # Each query has the timeout; this bounds the round as a whole (its parsing included).
             hosts, results = await asyncio.wait_for(
-                client.round(stale_after=stale_after), self._settings.timeout + 1.0
+                _round(client, job=self._job, stale_after=stale_after),
+                self._settings.timeout + 1.0,
             )
         except asyncio.CancelledError:
             raise
         except Exception as caught:
-            if not isinstance(caught, (EngineError, PollError, aiohttp.ClientError)):
+            if isinstance(caught, EngineError):
+                reason = str(caught)
+            elif isinstance(caught, asyncio.TimeoutError):
+                reason = f"no answer within the {self._settings.timeout:g} s timeout"
+            else:
                 log.debug("unexpected error querying the engine", exc_info=True)
-            error = f"{self._shown_url}: {_error_text(caught, self._settings)}"
+                reason = shown(f"query failed: {type(caught).__name__}: {caught}")
+            error = f"{self._settings.url}: {reason}"
             if error != self._last_error:
                 log.error("query engine: %s; keeping the last state", error)
             self._last_error = error

@@ -167,6 +167,8 @@ def test_redirecting_engine_is_refused(status_service_factory):
             "go together",
         ),
         (("--prometheus-url", "http://h:9090", "--prometheus-ca-file", "/x"), "needs an https"),
+        # ps shows the command line to every user: as the report, the service refuses this.
+        (("--prometheus-url", "http://u:p@h:9090"), "must not hold credentials"),
     ],
 )
 def test_bad_engine_options_fail_at_start(status_service_factory, args, message):

@@ -332,6 +332,8 @@ class _Hostile(http.server.BaseHTTPRequestHandler):
             self._answer()
         self.close_connection = True
 
+    do_POST = do_GET  # the client posts its queries; a real engine answers both methods
+
     def _answer(self) -> None:
         if self.path.startswith("/redirect/"):
             self.send_response(302)
