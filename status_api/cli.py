@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from servicekit.logsetup import configure_logging
 from servicekit.password import PasswordError
@@ -24,6 +25,10 @@ from status_api.nodesettings import engine_settings, poll_settings
 from status_api.tuning import tune_process
 
 __all__ = ["build_parser", "build_targets_parser", "main", "serve_main", "targets_main"]
+
+if TYPE_CHECKING:  # the engine client pulls in aiohttp, which "targets" does not need
+    from status_api.promsource import EngineSettings
+    from status_api.report import EngineSettings as ReportSettings
 
 log = logging.getLogger("status_api")
 
@@ -89,6 +94,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
     from status_api.app import create_app
     from status_api.cluster import Cluster, Thresholds
     from status_api.promsource import EngineSource
+    from status_api.usage import UsageHistory
 
     try:
         settings = engine_settings(args)
@@ -110,9 +116,17 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         idle_held_after=args.idle_held_after,
         xid_recent=args.xid_recent,
     )
-    cluster = Cluster(thresholds=thresholds, interval=args.interval)
+    # GPU-hours per user, job and namespace come from the same engine, with the report's client.
+    history = UsageHistory(settings=lambda: report_settings(settings))
+    cluster = Cluster(thresholds=thresholds, interval=args.interval, usage_history=history)
     source = EngineSource(settings=settings, interval=args.interval, cluster=cluster)
     source.start()
+    history.start()
+
+    def stop() -> None:
+        source.stop()
+        history.stop()
+
     return run_service(
         create_app(cluster),
         listen_address=args.listen_address,
@@ -120,7 +134,23 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         web_config_file=args.web_config_file,
         max_requests=args.max_requests,
         max_requests_per_client=args.max_requests_per_client,
-        on_stop=source.stop,
+        on_stop=stop,
+    )
+
+
+def report_settings(settings: EngineSettings) -> ReportSettings:
+    """The service's engine settings for the report's client; the password file is read now,
+    so a rotated one is seen at the next refresh."""
+    from yarl import URL
+
+    from status_api.report import EngineSettings as ReportSettings
+
+    return ReportSettings(
+        url=str(URL(settings.url).with_user(None)),  # its errors are shown on the page
+        timeout=settings.timeout,
+        max_body=settings.max_body,
+        ca_file=settings.ca_file,
+        basic_auth=settings.basic_auth() if settings.basic_auth is not None else None,
     )
 
 

@@ -220,16 +220,24 @@ def _samples(status: int, body: bytes) -> list[tuple[dict[str, str], float]]:
     return samples
 
 
+def increases(
+    settings: EngineSettings, *, by: str, counter: str, since: str, until: float
+) -> dict[str, float]:
+    """Per group (``""`` for series without the label): the increase of the recorded counter
+    ``<by>:<counter>:total`` over ``since`` up to ``until``."""
+    expr = f"sum by ({by}) (increase({by}:{counter}:total[{since}]))"
+    return {labels.get(by, ""): value for labels, value in query(settings, expr, at=until)}
+
+
 def usage(settings: EngineSettings, *, by: str, since: str, until: float) -> list[Row]:
     """The report's rows, most GPU-hours first; groups without GPU time in the window left out."""
 
-    def increases(counter: str) -> dict[str, float]:
-        expr = f"sum by ({by}) (increase({by}:{counter}:total[{since}]))"
-        return {labels.get(by, ""): value for labels, value in query(settings, expr, at=until)}
+    def counted(counter: str) -> dict[str, float]:
+        return increases(settings, by=by, counter=counter, since=since, until=until)
 
-    gpu_seconds = increases("gpu_seconds")
-    utilization = increases("gpu_utilization_seconds")
-    idle = increases("gpu_idle_held_seconds")
+    gpu_seconds = counted("gpu_seconds")
+    utilization = counted("gpu_utilization_seconds")
+    idle = counted("gpu_idle_held_seconds")
     rows = [
         Row(
             key=key,
