@@ -1,4 +1,4 @@
-"""The status service's HTTP endpoints: the page, the two JSON views, ``/metrics``, health.
+"""The status service's HTTP endpoints: the page, the JSON views, ``/metrics``, health.
 
 The JSON views are rendered once per polling round (:mod:`status_api.cluster`); requests only
 pick the cached bytes (gzip when the client accepts it, decided by :mod:`servicekit.encoding` as
@@ -86,6 +86,10 @@ def create_app(cluster: Cluster, *, static_dir: Path = STATIC) -> Flask:
     @app.get("/api/v1/cluster")
     def cluster_json() -> Response:
         return _serve_view(cluster.views.cluster)
+
+    @app.get("/api/v1/users")
+    def users_json() -> Response:
+        return _serve_view(cluster.views.users)
 
     @app.route("/get-status", methods=["GET", "POST"])
     def legacy_json() -> Response:

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from servicekit.logsetup import configure_logging
 from servicekit.password import PasswordError
@@ -24,6 +25,9 @@ from status_api.nodesettings import poll_settings
 from status_api.tuning import tune_process
 
 __all__ = ["build_parser", "build_targets_parser", "main", "serve_main", "targets_main"]
+
+if TYPE_CHECKING:  # the engine client pulls in aiohttp, which "targets" does not need
+    pass
 
 log = logging.getLogger("status_api")
 
@@ -90,6 +94,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
     from status_api.cluster import Cluster, Thresholds
     from status_api.engine import engine_settings
     from status_api.promsource import EngineSource
+    from status_api.usage import UsageHistory
 
     try:
         settings = engine_settings(args)
@@ -111,11 +116,19 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         idle_held_after=args.idle_held_after,
         xid_recent=args.xid_recent,
     )
-    cluster = Cluster(thresholds=thresholds, interval=args.interval)
+    # GPU-hours per user, job and namespace come from the same engine, with the same client.
+    history = UsageHistory(settings=lambda: settings)
+    cluster = Cluster(thresholds=thresholds, interval=args.interval, usage_history=history)
     source = EngineSource(
         settings=settings, job=args.prometheus_job, interval=args.interval, cluster=cluster
     )
     source.start()
+    history.start()
+
+    def stop() -> None:
+        source.stop()
+        history.stop()
+
     return run_service(
         create_app(cluster),
         listen_address=args.listen_address,
@@ -123,7 +136,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         web_config_file=args.web_config_file,
         max_requests=args.max_requests,
         max_requests_per_client=args.max_requests_per_client,
-        on_stop=source.stop,
+        on_stop=stop,
     )
 
 

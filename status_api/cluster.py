@@ -28,8 +28,9 @@ that leaves hosts.txt is forgotten with everything else about it.
 Each GPU lists its MIG devices (``mig``: empty outside MIG mode or when the node does not say)
 and each process the MIG device it runs in (``mig_uuid``), from the node's ``/metrics``.
 
-After every round :meth:`Cluster.update` renders both JSON documents to bytes (plain and gzip),
-so requests only hand out cached bytes.
+After every round :meth:`Cluster.update` renders the JSON documents to bytes (plain and gzip),
+so requests only hand out cached bytes: the cluster, the legacy shape and the use per user,
+Slurm job and namespace (:mod:`status_api.usage`).
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from status_api.health import LOST, SICK, WARNING, gpu_health
 from status_api.hosts import Host
 from status_api.nodedata import USER_MEMORY
 from status_api.nodemetrics import ATTRIBUTION_LABELS, GpuHealth, MigDevice, ProcessMetrics
 from status_api.poller import PollResult
+from status_api.usage import NO_ENGINE, History, users_document
 
 ONLINE, STALE, OFFLINE = "online", "stale", "offline"
 
@@ -215,6 +217,7 @@ class View:
 class Views:
     cluster: View
     legacy: View
+    users: View
     sequence: int
     generated_at: float
     nodes: list[tuple[NodeState, str]] = field(default_factory=list)
@@ -342,9 +345,17 @@ def _legacy_node(node: NodeState, state: str) -> dict[str, Any]:
 class Cluster:
     """The node states in hosts.txt order and the views rendered from them."""
 
-    def __init__(self, *, thresholds: Thresholds | None = None, interval: float = 3.0) -> None:
+    def __init__(
+        self,
+        *,
+        thresholds: Thresholds | None = None,
+        interval: float = 3.0,
+        usage_history: Callable[[], History] | None = None,
+    ) -> None:
         self.thresholds = thresholds or Thresholds()
         self.interval = interval
+        # The latest GPU-hours from the query engine, read at every render; none without one.
+        self._usage_history = usage_history or (lambda: NO_ENGINE)
         self._nodes: dict[tuple[str, int], NodeState] = {}
         self._order: list[tuple[str, int]] = []
         self._lock = threading.Lock()  # serialises updates; readers only read ``self.views``
@@ -421,11 +432,15 @@ class Cluster:
             "error": self.error,
         }
         legacy = [_legacy_node(node, state) for node, state in states]
+        users = users_document(
+            documents, self._usage_history(), generated_at=now, interval=self.interval
+        )
         sequence = self.rounds
         tag = f"{self._instance}-{sequence}"
         return Views(
             cluster=View.of(_with_list(head, "nodes", documents), tag),
             legacy=View.of(_with_list({}, "Nodes", legacy), tag),
+            users=View.of(_encode(users), tag),
             sequence=sequence,
             generated_at=now,
             nodes=[(_copy(node), state) for node, state in states],

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import ssl
 import urllib.parse
 from collections.abc import Sequence
@@ -265,8 +266,12 @@ class EngineClient:
         except asyncio.TimeoutError:
             raise EngineError(f"no answer within the {self.settings.timeout:g} s timeout") from None
         except aiohttp.ClientConnectorError as error:
+            # asyncio puts "Connect call failed (...)" in strerror; the errno says it plainly.
+            errno = error.os_error.errno
+            plain = errno is not None and not isinstance(error.os_error, ssl.SSLError)
+            reason = os.strerror(errno) if plain and errno else ""
             raise EngineError(
-                shown(f"cannot connect: {error.os_error.strerror or error.os_error}")
+                shown(f"cannot connect: {reason or error.os_error.strerror or error.os_error}")
             ) from None
         except aiohttp.ClientError as error:
             text = f"HTTP client error: {type(error).__name__}: {error}"

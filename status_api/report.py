@@ -41,7 +41,7 @@ from status_api.engine import (
     run_queries,
 )
 
-__all__ = ["EngineError", "EngineSettings", "Row", "usage"]
+__all__ = ["EngineError", "EngineSettings", "Row", "increase_query", "usage"]
 
 GROUPINGS = ("user", "slurm_job", "namespace")
 FORMATS = ("table", "csv", "json")
@@ -99,14 +99,17 @@ def _rfc3339(text: str) -> float:
     return moment.timestamp()
 
 
+def increase_query(by: str, counter: str, since: str) -> str:
+    """PromQL for the increase per group of the recorded counter ``<by>:<counter>:total``."""
+    return f"sum by ({by}) (increase({by}:{counter}:total[{since}]))"
+
+
 def usage(settings: EngineSettings, *, by: str, since: str, until: float) -> list[Row]:
     """The report's rows, most GPU-hours first; groups without GPU time in the window left out."""
 
     counters = ("gpu_seconds", "gpu_utilization_seconds", "gpu_idle_held_seconds")
     answers = run_queries(
-        settings,
-        [f"sum by ({by}) (increase({by}:{counter}:total[{since}]))" for counter in counters],
-        at=until,
+        settings, [increase_query(by, counter, since) for counter in counters], at=until
     )
     gpu_seconds, utilization, idle = (
         {labels.get(by, ""): value for labels, value in samples if math.isfinite(value)}

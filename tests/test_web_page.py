@@ -35,13 +35,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 
-# Counts the page's timers and cluster fetches; runs before the page's own script.
+# Counts the page's timers and cluster fetches; runs before the page's own script. users.js
+# keeps its own timer chain, counted apart (in __usersTimers).
 INSTRUMENT = """
 window.__timers = {pending: 0, most: 0, intervals: 0};
+window.__usersTimers = {pending: 0, most: 0, intervals: 0};
 window.__fetches = 0;
 const realSetTimeout = window.setTimeout.bind(window);
 window.setTimeout = (callback, ms, ...args) => {
-  const t = window.__timers;
+  const t = /users\\.js/.test(new Error().stack) ? window.__usersTimers : window.__timers;
   t.pending += 1;
   t.most = Math.max(t.most, t.pending);
   return realSetTimeout(() => { t.pending -= 1; callback(...args); }, ms);
@@ -251,6 +253,7 @@ def test_auto_refresh_pause_and_one_timer(cluster: Cluster, page: Page) -> None:
     timers = page.evaluate("window.__timers")
     assert timers["intervals"] == 0
     assert timers["most"] <= 1, timers  # one timer chain, never stacked
+    assert page.evaluate("window.__usersTimers.most") <= 1  # the user table's own chain
 
 
 def test_old_node_info_node_in_a_mixed_fleet(
@@ -417,3 +420,39 @@ def test_lost_and_sick_gpus(
         stat = page.locator("#summary .stat", has_text="GPUs sick")
         expect(stat.locator(".stat-value")).to_have_text("2")
         expect(stat.locator(".stat-detail")).to_have_text("1 lost")
+
+
+def test_gpu_use_per_user_and_a_click_filters_the_cluster_view(
+    cluster: Cluster, page: Page
+) -> None:
+    page.goto(cluster.service.url + "/")
+    expect(page.locator("article.node")).to_have_count(5)
+    rows = page.locator("#usage tr.usage-row")
+    names = rows.locator(".usage-name")
+    # lab-box: bob holds two GPUs, alice one; the exporters' workers hold the others.
+    expect(names.filter(has_text=re.compile(r"^bob$"))).to_have_count(1)
+    bob = rows.filter(has=page.locator(".usage-pick", has_text=re.compile(r"^bob$")))
+    alice = rows.filter(has=page.locator(".usage-pick", has_text=re.compile(r"^alice$")))
+    expect(bob.locator(".usage-gpus")).to_have_text("2")
+    expect(bob.locator(".usage-memory")).to_have_text("37 GiB")  # 8192 + 30000 MiB
+    expect(alice.locator(".usage-gpus")).to_have_text("1")
+    gpus = [int(text) for text in rows.locator(".usage-gpus").all_inner_texts()]
+    assert gpus == sorted(gpus, reverse=True), gpus  # most GPUs first
+    expect(page.locator("#usage th")).to_have_text(["User", "GPUs", "Memory", "Idle-held"])
+
+    bob.locator(".usage-pick").click()
+    expect(page.locator("#filter-user")).to_have_value("bob")
+    expect(page.locator("article.node")).to_have_count(1)
+    expect(page.locator("tr.gpu")).to_have_count(2)  # only bob's GPUs
+    assert "user=bob" in page.evaluate("location.hash")  # app.js's own filter ran
+
+    alice.locator(".usage-pick").click()
+    expect(page.locator("tr.gpu")).to_have_count(1)
+    expect(page.locator("tr.gpu .user-name")).to_have_text(["alice", "bob"])
+
+    page.click("#usage .usage-tab[data-list=slurm_jobs]")
+    expect(page.locator("#usage .usage-tab[data-list=slurm_jobs]")).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    expect(page.locator("#usage th").first).to_have_text("Slurm job")
+    assert page.locator("#usage script, #usage img").count() == 0
