@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from servicekit.logsetup import configure_logging
@@ -26,17 +26,44 @@ from status_api.tuning import tune_process
 
 __all__ = ["build_parser", "build_targets_parser", "main", "serve_main", "targets_main"]
 
-if TYPE_CHECKING:  # the engine client pulls in aiohttp, which "targets" does not need
-    pass
+if TYPE_CHECKING:  # the service's modules pull in aiohttp and Flask, which "targets" does not need
+    from status_api.cluster import Cluster, Thresholds
 
 log = logging.getLogger("status_api")
 
 
-def serve_main(args: argparse.Namespace) -> int:
-    from servicekit.password import DEFAULT_PASSWORD, ENV_VAR, uses_default
+def _thresholds(args: argparse.Namespace) -> Thresholds:
+    from status_api.cluster import Thresholds
+
+    return Thresholds(
+        stale_after=args.stale_after,
+        offline_after=args.offline_after,
+        free_memory_mib=args.free_memory_mib,
+        free_utilization=args.free_utilization,
+        idle_held_after=args.idle_held_after,
+        xid_recent=args.xid_recent,
+    )
+
+
+def _serve(cluster: Cluster, args: argparse.Namespace, *, on_stop: Callable[[], None]) -> int:
+    """Serve the page and the views of ``cluster`` until SIGINT or SIGTERM."""
     from servicekit.runner import run_service
     from status_api.app import create_app
-    from status_api.cluster import Cluster, Thresholds
+
+    return run_service(
+        create_app(cluster),
+        listen_address=args.listen_address,
+        port=args.port,
+        web_config_file=args.web_config_file,
+        max_requests=args.max_requests,
+        max_requests_per_client=args.max_requests_per_client,
+        on_stop=on_stop,
+    )
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    from servicekit.password import DEFAULT_PASSWORD, ENV_VAR, uses_default
+    from status_api.cluster import Cluster
     from status_api.poller import Poller
 
     if args.offline_after < args.stale_after:
@@ -59,14 +86,7 @@ def serve_main(args: argparse.Namespace) -> int:
             ENV_VAR,
         )
     tune_process()
-    thresholds = Thresholds(
-        stale_after=args.stale_after,
-        offline_after=args.offline_after,
-        free_memory_mib=args.free_memory_mib,
-        free_utilization=args.free_utilization,
-        idle_held_after=args.idle_held_after,
-        xid_recent=args.xid_recent,
-    )
+    thresholds = _thresholds(args)
     cluster = Cluster(thresholds=thresholds, interval=args.interval)
     cluster.set_hosts(watcher.hosts)
 
@@ -76,22 +96,12 @@ def serve_main(args: argparse.Namespace) -> int:
 
     poller = Poller(hosts=hosts, settings=settings, interval=args.interval, on_round=cluster.update)
     poller.start()
-    return run_service(
-        create_app(cluster),
-        listen_address=args.listen_address,
-        port=args.port,
-        web_config_file=args.web_config_file,
-        max_requests=args.max_requests,
-        max_requests_per_client=args.max_requests_per_client,
-        on_stop=poller.stop,
-    )
+    return _serve(cluster, args, on_stop=poller.stop)
 
 
 def _serve_from_engine(args: argparse.Namespace) -> int:
     """serve_main with --prometheus-url: the cluster comes from the query engine."""
-    from servicekit.runner import run_service
-    from status_api.app import create_app
-    from status_api.cluster import Cluster, Thresholds
+    from status_api.cluster import Cluster
     from status_api.engine import engine_settings
     from status_api.promsource import EngineSource
     from status_api.usage import UsageHistory
@@ -108,14 +118,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         args.prometheus_job,
         args.stale_after,
     )
-    thresholds = Thresholds(
-        stale_after=args.stale_after,
-        offline_after=args.offline_after,
-        free_memory_mib=args.free_memory_mib,
-        free_utilization=args.free_utilization,
-        idle_held_after=args.idle_held_after,
-        xid_recent=args.xid_recent,
-    )
+    thresholds = _thresholds(args)
     # GPU-hours per user, job and namespace come from the same engine, with the same client.
     history = UsageHistory(settings=lambda: settings)
     cluster = Cluster(thresholds=thresholds, interval=args.interval, usage_history=history)
@@ -129,15 +132,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         source.stop()
         history.stop()
 
-    return run_service(
-        create_app(cluster),
-        listen_address=args.listen_address,
-        port=args.port,
-        web_config_file=args.web_config_file,
-        max_requests=args.max_requests,
-        max_requests_per_client=args.max_requests_per_client,
-        on_stop=stop,
-    )
+    return _serve(cluster, args, on_stop=stop)
 
 
 def targets_main(args: argparse.Namespace) -> int:

@@ -29,7 +29,6 @@ import logging
 import os
 import random
 import ssl
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import aiohttp
 from yarl import URL
 
 from status_api.hosts import Host
+from status_api.loopthread import LoopThread
 from status_api.nodedata import NodeDataError, parse_status
 from status_api.nodemetrics import (
     GpuHealth,
@@ -395,7 +395,7 @@ def _priority_order(hosts: Sequence[Host], failed: set[tuple[str, int]]) -> list
 RoundCallback = Callable[[Sequence[Host], list[PollResult], float], None]
 
 
-class Poller:
+class Poller(LoopThread):
     """Runs polling rounds in a background thread until :meth:`stop`.
 
     ``hosts`` is called before each round (it may re-read hosts.txt); ``on_round(hosts, results,
@@ -414,37 +414,11 @@ class Poller:
         self._settings = settings
         self._interval = interval
         self._on_round = on_round
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._started = threading.Event()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
-        self._thread.start()
-        self._started.wait(timeout=10)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop now, abandoning a round in progress (its answers would be thrown away anyway)."""
-        if self._loop is not None and self._task is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                self._loop.call_soon_threadsafe(self._task.cancel)
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._task = loop.create_task(self._main())
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(self._task)
-        finally:
-            loop.close()
+        super().__init__(name="poller")
 
     async def _main(self) -> None:
         client = NodeClient(self._settings)
-        self._started.set()
+        self._ready()
         failed: set[tuple[str, int]] = set()
         try:
             while True:

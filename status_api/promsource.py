@@ -21,11 +21,9 @@ through status_api/engine.py: no redirects, a byte cap, a total timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from typing import Any
 
 from status_api.engine import EngineClient, EngineError, EngineSettings, Sample, shown
 from status_api.hosts import Host
+from status_api.loopthread import LoopThread
 from status_api.nodedata import MAX_GPUS, MAX_SHORT_STRING, MAX_STRING, USER_MEMORY
 from status_api.poller import MIB, PollResult
 
@@ -255,7 +254,7 @@ async def _round(
     )
 
 
-class EngineSource:
+class EngineSource(LoopThread):
     """Asks the engine every ``interval`` seconds in a background thread until :meth:`stop`;
     feeds ``cluster.update`` (or ``cluster.fail_round``)."""
 
@@ -266,37 +265,12 @@ class EngineSource:
         self._job = job
         self._interval = interval
         self._cluster = cluster
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._started = threading.Event()
         self._last_error = ""
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="engine-source", daemon=True)
-        self._thread.start()
-        self._started.wait(timeout=10)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._loop is not None and self._task is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                self._loop.call_soon_threadsafe(self._task.cancel)
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._task = loop.create_task(self._main())
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(self._task)
-        finally:
-            loop.close()
+        super().__init__(name="engine-source")
 
     async def _main(self) -> None:
         async with EngineClient(self._settings) as client:
-            self._started.set()
+            self._ready()
             while True:
                 started = time.monotonic()
                 await self._round(client)

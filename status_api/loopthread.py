@@ -1,0 +1,52 @@
+"""A background thread that runs one asyncio task until stopped: the poller's and the engine
+source's rounds both run on it.
+
+:meth:`LoopThread.stop` cancels the task from any thread and abandons a round in progress (its
+answers would be thrown away anyway); :meth:`LoopThread.start` returns once the task has set up
+what it needs (it calls :meth:`LoopThread._ready`), so the first round is under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+
+class LoopThread:
+    """Subclasses implement :meth:`_main`, call :meth:`_ready` once set up, and loop forever."""
+
+    def __init__(self, *, name: str) -> None:
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+        self._started.wait(timeout=10)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._loop is not None and self._task is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def _ready(self) -> None:
+        self._started.set()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._task = loop.create_task(self._main())
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(self._task)
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        raise NotImplementedError
