@@ -34,12 +34,12 @@ from servicekit.cliargs import positive
 from servicekit.filewatch import WatchedFile
 from servicekit.password import warn_if_exposed
 from status_api import __version__
+from status_api.answers import AnswerTooLarge, read_capped
 from status_api.credentials import basic_auth
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-_CHUNK = 64 * 1024
 # An engine's words (error text, Location header) may be shown on a public page: this much.
 _MAX_SHOWN = 300
 
@@ -190,19 +190,6 @@ def _vector(status: int, body: bytes, expr: str) -> list[Sample]:
     return samples
 
 
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    if response.content_length is not None and response.content_length > limit:
-        raise EngineError(f"the answer is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise EngineError(f"the answer is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _refuse_redirect(response: aiohttp.ClientResponse) -> None:
     if 300 <= response.status < 400:
         location = shown(response.headers.get("Location", ""))
@@ -261,8 +248,10 @@ class EngineClient:
                 ssl=tls if tls is not None else True,
             ) as response:
                 _refuse_redirect(response)
-                body = await _read_capped(response, self.settings.max_body)
+                body = await read_capped(response, self.settings.max_body)
                 status = response.status
+        except AnswerTooLarge as error:
+            raise EngineError(str(error)) from None
         except asyncio.TimeoutError:
             raise EngineError(f"no answer within the {self.settings.timeout:g} s timeout") from None
         except aiohttp.ClientConnectorError as error:

@@ -38,6 +38,7 @@ from typing import Any, Callable
 import aiohttp
 from yarl import URL
 
+from status_api.answers import AnswerTooLarge, read_capped
 from status_api.hosts import Host
 from status_api.loopthread import LoopThread
 from status_api.nodedata import NodeDataError, parse_status
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BODY = 4 * MIB
-_CHUNK = 64 * 1024
 # Shorter than the exporter's idle timeout (10 s), so we never reuse a socket it is closing.
 _KEEPALIVE_SECONDS = 5.0
 # A node without /metrics (an old node_info.py) is asked again only after this long.
@@ -126,7 +126,7 @@ def ssl_context(settings: PollSettings) -> ssl.SSLContext | None:
 
 def _error_text(error: BaseException, settings: PollSettings) -> str:
     """A short, human explanation of a failed poll (no traceback, no repr soup)."""
-    if isinstance(error, PollError):
+    if isinstance(error, (PollError, AnswerTooLarge)):
         return str(error)
     if isinstance(error, asyncio.TimeoutError):
         return f"no answer within {settings.timeout:g} s"
@@ -184,19 +184,6 @@ def _refuse_redirect(response: aiohttp.ClientResponse, path: str) -> None:
     raise RedirectRefused(
         f"{path}: HTTP {response.status} redirect{target} refused: redirects are never followed"
     )
-
-
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    if response.content_length is not None and response.content_length > limit:
-        raise PollError(f"answer of {response.content_length} bytes is over the {limit} byte cap")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise PollError(f"answer is over the {limit} byte cap")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @dataclass
@@ -284,7 +271,7 @@ class NodeClient:
             "POST", memo.status_url, auth=auth, data=body, timeout=limits
         ) as response:
             _refuse_redirect(response, self.settings.path)
-            data = await _read_capped(response, self.settings.max_body)
+            data = await read_capped(response, self.settings.max_body)
             if response.status != 200:
                 raise PollError(_refusal(response.status, data[:4096]))
         try:
@@ -326,10 +313,10 @@ class NodeClient:
                     return NodeMetrics()
                 if response.status != 200:
                     return NodeMetrics()
-                return parse_metrics(await _read_capped(response, self.settings.max_body))
+                return parse_metrics(await read_capped(response, self.settings.max_body))
         except RedirectRefused:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, PollError):
+        except (aiohttp.ClientError, asyncio.TimeoutError, PollError, AnswerTooLarge):
             return NodeMetrics()
 
     async def poll(
@@ -357,7 +344,9 @@ class NodeClient:
             except asyncio.CancelledError:
                 raise
             except Exception as caught:
-                if not isinstance(caught, (PollError, aiohttp.ClientError, asyncio.TimeoutError)):
+                if not isinstance(
+                    caught, (PollError, AnswerTooLarge, aiohttp.ClientError, asyncio.TimeoutError)
+                ):
                     log.debug("unexpected error polling %s", host.text, exc_info=True)
                 status, metrics, error = None, None, _error_text(caught, self.settings)
             duration = time.monotonic() - started

@@ -376,7 +376,7 @@ def hostile_url() -> Iterator[str]:
     ("path", "options", "message"),
     [
         ("/redirect", [], "redirect to 'http://elsewhere.example/api/v1/query', not followed"),
-        ("/big", ["--prometheus-max-body-bytes", "1000000"], "larger than 1000000 bytes"),
+        ("/big", ["--prometheus-max-body-bytes", "1000000"], "over the 1000000 byte cap"),
         ("/drip", ["--prometheus-timeout", "1"], "timeout"),
         ("/error", [], "query failed: parse error"),
     ],
