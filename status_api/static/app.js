@@ -198,9 +198,14 @@
     ui.summary.replaceChildren(...items);
   }
 
+  // The user filter's suggestions. A browser re-reads the whole list on every key, so with
+  // thousands of users it offers only the first names that contain what is typed.
+  const MAX_SUGGESTIONS = 50;
+  let knownUsers = [];
   let knownUsersKey = '';
+  let suggestionsKey = null;
 
-  function drawKnownUsers(data) {
+  function collectKnownUsers(data) {
     const known = new Set();
     for (const n of data.nodes) {
       for (const g of list(n.gpus)) for (const u of list(g.users)) if (u.username) known.add(String(u.username));
@@ -209,6 +214,19 @@
     const key = names.join('\u0000');
     if (key === knownUsersKey) return;
     knownUsersKey = key;
+    knownUsers = names;
+    suggestionsKey = null;
+  }
+
+  function drawSuggestions() {
+    const typed = ui.user.value.trim().toLowerCase();
+    if (typed === suggestionsKey) return;
+    suggestionsKey = typed;
+    const names = [];
+    for (const name of knownUsers) {
+      if (names.length >= MAX_SUGGESTIONS) break;
+      if (!typed || name.toLowerCase().includes(typed)) names.push(name);
+    }
     ui.users.replaceChildren(...names.map((name) => {
       const option = document.createElement('option');
       option.value = name;
@@ -560,7 +578,8 @@
     drawSummary(data);
     absorb(data);
     draw();
-    drawKnownUsers(data);
+    collectKnownUsers(data);
+    drawSuggestions();
   }
 
   function drawStatus() {
@@ -646,6 +665,7 @@
   function applyFilters() {
     writeHash();
     draw();
+    drawSuggestions();
   }
   // Typing redraws once the keys pause. Each key only moves the deadline forward; at most one
   // timer waits for it, and it is never cancelled, only re-armed for the time still left.
@@ -673,6 +693,7 @@
   window.addEventListener('hashchange', () => {
     readHash();
     draw();
+    drawSuggestions();
   });
 
   readHash();
