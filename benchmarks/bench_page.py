@@ -216,6 +216,13 @@ def measure(browser: Browser, url: str, revision: str | None, count: int) -> Pag
         page.context.close()
 
 
+def table_row(count: int, label: str, f: PageFigures) -> str:
+    tasks = (f"{f.long_tasks} in {f.window_s:.0f} s, "
+             f"max {f.long_max_ms:.0f} ms, sum {f.long_total_ms:.0f} ms")  # fmt: skip
+    return (f"{count:>6} {label:<16} {f.first_render_s:>11.2f} s {tasks:>30} "
+            f"{f.filter_first_key_ms:>17.0f} ms {f.filter_last_key_ms:>11.0f} ms")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,2000", help="node counts (default 1000,2000)")
@@ -240,12 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for count in (int(size) for size in args.sizes.split(",")):
                 with cluster(count) as url:
                     for label, revision in variants:
-                        f = measure(browser, url, revision, count)
-                        tasks = (f"{f.long_tasks} in {f.window_s:.0f} s, max {f.long_max_ms:.0f} ms, "
-                                 f"sum {f.long_total_ms:.0f} ms")  # fmt: skip
-                        print(f"{count:>6} {label:<16} {f.first_render_s:>11.2f} s {tasks:>30} "
-                              f"{f.filter_first_key_ms:>17.0f} ms {f.filter_last_key_ms:>11.0f} ms",
-                              flush=True)  # fmt: skip
+                        figures = measure(browser, url, revision, count)
+                        print(table_row(count, label, figures), flush=True)
         finally:
             browser.close()
     return 0

@@ -80,14 +80,14 @@ def large(
         yield service, nodes
 
 
-def _fetches(page: Page) -> int:
-    return int(page.evaluate("window.__bench.fetches"))
+def _fetches(opened: Page) -> int:
+    return int(opened.evaluate("window.__bench.fetches"))
 
 
-def _wait_refreshes(page: Page, count: int) -> None:
-    start = _fetches(page)
+def _wait_refreshes(opened: Page, count: int) -> None:
+    start = _fetches(opened)
     deadline = time.monotonic() + 30
-    while _fetches(page) < start + count + 1:  # +1: the one in flight may predate a change
+    while _fetches(opened) < start + count + 1:  # +1: the one in flight may predate a change
         assert time.monotonic() < deadline, "the page stopped refreshing"
         time.sleep(0.1)
 
@@ -151,7 +151,8 @@ def test_refresh_keeps_unchanged_gpus(
     )
     tags = """() => {
       const card = document.querySelector('article.node[data-node]');
-      return [card.__tag || null, ...Array.from(card.querySelectorAll('tr.gpu'), (r) => r.__tag || null)];
+      const rows = Array.from(card.querySelectorAll('tr.gpu'), (row) => row.__tag || null);
+      return [card.__tag || null, ...rows];
     }"""
     _wait_refreshes(page, 2)
     assert page.evaluate(tags) == ["card"] + [f"gpu {i}" for i in range(8)]
