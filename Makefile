@@ -17,8 +17,9 @@ check:  ## seconds, no child processes: lint, type-check, the in-process unit te
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
-bench:  ## exporter vs nvitop-exporter, then the status service at 10/100/1000 nodes
+bench:  ## exporter vs nvitop-exporter, the status service at 10/100/1000 nodes, the page at 1000/2000
 	./scripts/setup.sh demo
 	.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
 	.venv/bin/python -m benchmarks.bench_exporter
 	.venv/bin/python -m benchmarks.bench_status_api
+	.venv/bin/python -m benchmarks.bench_page

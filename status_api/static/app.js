@@ -3,8 +3,16 @@
  * Everything shown comes from the nodes and is untrusted (a command line can hold anything), so
  * the DOM is built with createElement and textContent only; no HTML string is ever parsed.
  * One timer drives everything: a setTimeout chain that is re-armed only at the end of a tick,
- * so timers never stack; a fetch already in flight is never started twice. A new document is
- * drawn off-screen and swapped in with one replaceChildren call, so refreshes do not flicker.
+ * so timers never stack; a fetch already in flight is never started twice.
+ *
+ * The page stays quick with thousands of nodes:
+ * - each node's card is kept from refresh to refresh (keyed by the node's hosts.txt entry) and
+ *   each GPU row within it (keyed by uuid, else index); a refresh touches only what changed;
+ * - a card's GPU table is built only when the card comes near the viewport; until then a
+ *   placeholder of about its height stands in, and an off-screen card that changes is only
+ *   marked to be redrawn when it is next seen;
+ * - per node and GPU, the text the filters search is prepared once per refresh, and typing in
+ *   a filter redraws after a short pause, not on every key.
  */
 'use strict';
 
@@ -13,6 +21,12 @@
   const MIN_REFRESH_S = 1;
   const MAX_BACKOFF_S = 30;
   const FETCH_TIMEOUT_MS = 15000;
+  const TYPING_PAUSE_MS = 120;
+  // How far outside the viewport a card's GPU table is already built, so scrolling shows it.
+  const NEAR_VIEWPORT = '1200px 0px';
+  // Placeholder height per GPU row (and for the table head) until the table is built.
+  const ROW_REM = 2.4;
+  const HEAD_REM = 1.7;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -89,6 +103,16 @@
     return outer;
   }
 
+  function list(value) {
+    return Array.isArray(value) ? value : [];
+  }
+
+  function sameItems(a, b) {
+    if (a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) return false;
+    return true;
+  }
+
   const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
 
   // ---- filters (kept in the URL hash so a wall screen can be bookmarked) --------------------
@@ -120,30 +144,27 @@
     };
   }
 
-  function gpuMatches(gpu, f) {
-    if (f.free && !gpu.free) return false;
-    if (f.user) {
-      // A user name, a Slurm job id or a pod name (namespace/pod) matches.
-      return gpu.users.some((u) => [u.username, u.slurm_job, u.pod, u.namespace && u.pod ? u.namespace + '/' + u.pod : '']
-        .some((text) => text && String(text).toLowerCase().includes(f.user)));
+  // What the user filter searches in a GPU: a user name, a Slurm job id or a pod name
+  // (namespace/pod) of any of its processes, lower-cased once per refresh. A separator that
+  // cannot be typed keeps a match from running across two names.
+  function userText(gpu) {
+    const parts = [];
+    for (const u of list(gpu.users)) {
+      for (const text of [u.username, u.slurm_job, u.pod, u.namespace && u.pod ? u.namespace + '/' + u.pod : '']) {
+        if (text) parts.push(String(text).toLowerCase());
+      }
     }
-    return true;
+    return parts.join('\u0000');
   }
 
-  function nodeMatches(node, f) {
-    if (!f.node) return true;
-    const haystack = [node.hostname, node.node, node.address]
-      .concat(node.ips.map((pair) => pair[1]))
-      .join(' ')
+  function nodeText(node) {
+    return [node.hostname, node.node, node.address]
+      .concat(list(node.ips).map((pair) => (Array.isArray(pair) ? pair[1] : '')))
+      .join('\u0000')
       .toLowerCase();
-    return haystack.includes(f.node);
   }
 
-  function freeCount(node) {
-    return node.gpus.filter((g) => g.free).length;
-  }
-
-  // ---- drawing ------------------------------------------------------------------------------
+  // ---- summary ------------------------------------------------------------------------------
 
   function summaryItem(label, value, detail, className) {
     const item = el('div', 'stat ' + (className || ''));
@@ -152,8 +173,13 @@
     return item;
   }
 
+  let summaryKey = '';
+
   function drawSummary(data) {
     const s = data.summary;
+    const key = JSON.stringify(s);
+    if (key === summaryKey) return;
+    summaryKey = key;
     const nodesDetail = [s.nodes_stale ? s.nodes_stale + ' stale' : '',
       s.nodes_offline ? s.nodes_offline + ' offline' : ''].filter(Boolean).join(', ');
     const items = [
@@ -172,6 +198,44 @@
     ui.summary.replaceChildren(...items);
   }
 
+  // The user filter's suggestions. A browser re-reads the whole list on every key, so with
+  // thousands of users it offers only the first names that contain what is typed.
+  const MAX_SUGGESTIONS = 50;
+  let knownUsers = [];
+  let knownUsersKey = '';
+  let suggestionsKey = null;
+
+  function collectKnownUsers(data) {
+    const known = new Set();
+    for (const n of data.nodes) {
+      for (const g of list(n.gpus)) for (const u of list(g.users)) if (u.username) known.add(String(u.username));
+    }
+    const names = Array.from(known).sort(collator.compare);
+    const key = names.join('\u0000');
+    if (key === knownUsersKey) return;
+    knownUsersKey = key;
+    knownUsers = names;
+    suggestionsKey = null;
+  }
+
+  function drawSuggestions() {
+    const typed = ui.user.value.trim().toLowerCase();
+    if (typed === suggestionsKey) return;
+    suggestionsKey = typed;
+    const names = [];
+    for (const name of knownUsers) {
+      if (names.length >= MAX_SUGGESTIONS) break;
+      if (!typed || name.toLowerCase().includes(typed)) names.push(name);
+    }
+    ui.users.replaceChildren(...names.map((name) => {
+      const option = document.createElement('option');
+      option.value = name;
+      return option;
+    }));
+  }
+
+  // ---- one GPU row --------------------------------------------------------------------------
+
   function userChip(user) {
     const chip = el('span', 'user');
     chip.append(el('span', 'user-name', user.username || '(unknown)'), el('span', 'user-mem', mib(user.mem)));
@@ -186,6 +250,48 @@
     }
     chip.title = 'pid ' + user.pid + ': ' + user.command + (user.container ? ' (container ' + user.container + ')' : '');
     return chip;
+  }
+
+  // A MIG instance: its profile, where it sits (GPU and compute instance), its memory, and the
+  // processes that run on it.
+  function migInstance(instance, users) {
+    const box = el('div', 'mig');
+    const head = el('div', 'mig-head');
+    head.append(el('span', 'mig-profile', instance.profile || 'MIG'));
+    const where = [isNumber(instance.gpu_instance) ? 'GI ' + instance.gpu_instance : '',
+      isNumber(instance.compute_instance) ? 'CI ' + instance.compute_instance : ''].filter(Boolean).join(' · ');
+    if (where) head.append(el('span', 'mig-place', where));
+    head.title = String(instance.uuid || '');
+    box.append(head, bar(percent(instance.memory_used_mib, instance.memory_total_mib), 'mem',
+      mib(instance.memory_used_mib) + ' / ' + mib(instance.memory_total_mib)));
+    const chips = el('div', 'mig-users');
+    if (users.length) chips.append(...users.map(userChip));
+    else chips.append(el('span', 'no-users', 'no processes'));
+    box.append(chips);
+    return box;
+  }
+
+  // The processes, and on a MIG GPU its instances each with its own processes; a process whose
+  // instance is not listed (or an older service without MIG fields) is shown with the GPU.
+  function usersCell(gpu) {
+    const cell = el('td', 'gpu-users');
+    const users = list(gpu.users);
+    const instances = list(gpu.mig).filter((m) => m && typeof m === 'object');
+    const onInstance = new Map(instances.map((m) => [String(m.uuid || ''), []]));
+    const direct = [];
+    for (const user of users) {
+      const bucket = user.mig_uuid ? onInstance.get(String(user.mig_uuid)) : undefined;
+      if (bucket) bucket.push(user);
+      else direct.push(user);
+    }
+    if (direct.length) cell.append(...direct.map(userChip));
+    else if (!instances.length) cell.append(el('span', 'no-users', 'no processes'));
+    if (instances.length) {
+      const migs = el('div', 'mig-list');
+      migs.append(...instances.map((m) => migInstance(m, onInstance.get(String(m.uuid || '')))));
+      cell.append(migs);
+    }
+    return cell;
   }
 
   const HEALTH_STATES = ['warning', 'sick', 'lost'];
@@ -208,9 +314,9 @@
       for (const reason of reasons) lost.append(el('div', 'health-reason', reason));
       return [lost];
     }
-    const list = el('div', 'health-reasons');
-    for (const reason of reasons) list.append(el('div', 'health-reason', reason));
-    id.append(list);
+    const reasonList = el('div', 'health-reasons');
+    for (const reason of reasons) reasonList.append(el('div', 'health-reason', reason));
+    id.append(reasonList);
     return cells;
   }
 
@@ -230,7 +336,7 @@
       if (since) id.append(el('div', 'idle-held-since', 'since ' + since.toLocaleTimeString()));
     }
     const name = el('div', 'gpu-name', gpu.name);
-    name.title = gpu.name;
+    name.title = String(gpu.name);
     id.append(name);
 
     const memory = el('td', 'gpu-mem');
@@ -247,84 +353,233 @@
       power.append(el('div', 'power-limit', 'of ' + Math.round(gpu.power_limit) + ' W'));
     }
 
-    const users = el('td', 'gpu-users');
-    if (gpu.users.length) users.append(...gpu.users.map(userChip));
-    else users.append(el('span', 'no-users', 'no processes'));
-
-    row.append(id, ...gpuHealth(gpu, row, id, [memory, util, temp, power]), users);
+    row.append(id, ...gpuHealth(gpu, row, id, [memory, util, temp, power]), usersCell(gpu));
     return row;
   }
 
-  function gpuTable(gpus) {
-    const table = el('table', 'gpus');
-    const head = el('tr');
-    for (const name of ['GPU', 'Memory', 'Util', 'Temp', 'Power', 'Users']) head.append(el('th', null, name));
-    const thead = el('thead');
-    thead.append(head);
-    const tbody = el('tbody');
-    tbody.append(...gpus.map(gpuRow));
-    table.append(thead, tbody);
-    return table;
+  function gpuKey(gpu) {
+    return gpu.uuid ? 'uuid ' + gpu.uuid : 'index ' + gpu.index;
   }
 
-  function nodeCard(node, gpus, generatedAt, sinceUpdate) {
-    const card = el('article', 'node ' + node.state);
-    card.dataset.node = node.node;
+  // ---- one node card, kept across refreshes -------------------------------------------------
 
+  // Per node (by its hosts.txt entry): its card, its latest document and what is drawn of it.
+  const cards = new Map();
+  // Cards near the viewport: the only ones whose GPU tables are kept up to date right away.
+  const nearby = new Set();
+  const observer = new IntersectionObserver(onIntersection, { rootMargin: NEAR_VIEWPORT });
+
+  function newCard(key) {
+    const card = el('article', 'node');
+    card.dataset.node = key;
+    const record = {
+      key,
+      card,
+      node: null,
+      nodeText: '',
+      gpuTexts: [],
+      free: 0,
+      shown: [], // the node's GPUs that pass the filters
+      headKey: null,
+      seen: null,
+      age: null,
+      body: null, // the element after the header: message, placeholder or table
+      bodyKey: null,
+      table: null,
+      tbody: null,
+      rows: new Map(), // GPU key -> {row, sig}
+      stale: true, // what is drawn of the GPUs no longer matches the data
+    };
+    card.__record = record;
+    observer.observe(card);
+    return record;
+  }
+
+  function setNode(record, node) {
+    record.node = node;
+    record.nodeText = nodeText(node);
+    const gpus = list(node.gpus);
+    record.gpuTexts = gpus.map(userText);
+    record.free = gpus.reduce((count, gpu) => count + (gpu.free ? 1 : 0), 0);
+    // Both times are the service's clock, so the age does not depend on this browser's clock.
+    record.age = isNumber(node.last_seen) ? Math.max(0, state.data.generated_at - node.last_seen) : null;
+    record.stale = true;
+    drawHead(record);
+  }
+
+  function drawSeen(record, sinceUpdate) {
+    if (record.seen) {
+      record.seen.textContent = 'seen ' + ago(record.age === null ? null : record.age + sinceUpdate);
+    }
+  }
+
+  // The header, address line and error: rebuilt only when one of them changes.
+  function drawHead(record) {
+    const node = record.node;
+    const key = JSON.stringify([node.state, node.hostname, node.address, node.ips, node.error,
+      record.free, record.age === null]);
+    if (key === record.headKey) {
+      if (record.seen && record.age !== null) record.seen.dataset.age = String(record.age);
+      return;
+    }
+    record.headKey = key;
+    const card = record.card;
+    card.className = 'node ' + node.state;
     const header = el('header', 'node-head');
     header.append(el('h2', 'node-name', node.hostname), el('span', 'badge ' + node.state, node.state));
-    const free = freeCount(node);
-    if (free) header.append(el('span', 'free-count', free + ' free'));
-    card.append(header);
-
+    if (record.free) header.append(el('span', 'free-count', record.free + ' free'));
     const meta = el('div', 'node-meta');
     if (node.address !== node.hostname) meta.append(el('span', 'node-address', node.address));
-    for (const pair of node.ips) meta.append(el('span', 'ip', pair[0] + ' ' + pair[1]));
-    // Both times are the service's clock, so the age does not depend on this browser's clock.
-    const age = isNumber(node.last_seen) ? Math.max(0, generatedAt - node.last_seen) : null;
-    const seen = el('span', 'last-seen', 'seen ' + ago(age === null ? null : age + sinceUpdate));
-    if (age !== null) seen.dataset.age = String(age);
+    for (const pair of list(node.ips)) meta.append(el('span', 'ip', pair[0] + ' ' + pair[1]));
+    const seen = el('span', 'last-seen');
+    if (record.age !== null) seen.dataset.age = String(record.age);
     meta.append(seen);
-    card.append(meta);
-
-    if (node.error) card.append(el('div', 'node-error', node.error));
-    if (node.state === 'offline') {
-      card.append(el('div', 'node-empty', 'no data from this node'));
-    } else if (!node.gpus.length) {
-      card.append(el('div', 'node-empty', 'no GPUs reported'));
-    } else {
-      card.append(gpuTable(gpus));
-    }
-    return card;
+    record.seen = seen;
+    drawSeen(record, (Date.now() - state.updatedAt) / 1000);
+    const parts = [header, meta];
+    if (node.error) parts.push(el('div', 'node-error', node.error));
+    if (record.body) parts.push(record.body);
+    card.replaceChildren(...parts);
   }
+
+  function setBody(record, body, key) {
+    if (record.body === body) return;
+    if (record.body) record.body.replaceWith(body);
+    else record.card.append(body);
+    record.body = body;
+    record.bodyKey = key;
+  }
+
+  // The GPU rows, reusing the row of every GPU whose document has not changed.
+  function drawGpus(record) {
+    if (!record.tbody) {
+      const table = el('table', 'gpus');
+      const head = el('tr');
+      for (const name of ['GPU', 'Memory', 'Util', 'Temp', 'Power', 'Users']) head.append(el('th', null, name));
+      const thead = el('thead');
+      thead.append(head);
+      record.tbody = el('tbody');
+      table.append(thead, record.tbody);
+      record.table = table;
+    }
+    setBody(record, record.table, 'table');
+    const present = new Set();
+    const rows = [];
+    for (const gpu of list(record.node.gpus)) {
+      const key = gpuKey(gpu);
+      present.add(key);
+      const sig = JSON.stringify(gpu);
+      let kept = record.rows.get(key);
+      if (!kept || kept.sig !== sig) {
+        kept = { row: gpuRow(gpu), sig };
+        record.rows.set(key, kept);
+      }
+      if (record.shown.includes(gpu)) rows.push(kept.row);
+    }
+    for (const key of Array.from(record.rows.keys())) if (!present.has(key)) record.rows.delete(key);
+    if (!sameItems(Array.from(record.tbody.children), rows)) record.tbody.replaceChildren(...rows);
+  }
+
+  function placeholder(height) {
+    const box = el('div', 'gpus-pending');
+    box.style.height = height;
+    return box;
+  }
+
+  // The part under the header; the GPU table only for a card near the viewport (or already
+  // built, when it is brought up to date the next time it comes near).
+  function drawBody(record, near) {
+    const node = record.node;
+    if (node.state === 'offline') {
+      if (record.bodyKey !== 'offline') setBody(record, el('div', 'node-empty', 'no data from this node'), 'offline');
+      record.stale = false;
+    } else if (!list(node.gpus).length) {
+      if (record.bodyKey !== 'none') setBody(record, el('div', 'node-empty', 'no GPUs reported'), 'none');
+      record.stale = false;
+    } else if (near) {
+      drawGpus(record);
+      record.stale = false;
+    } else if (!record.tbody) {
+      const height = (HEAD_REM + ROW_REM * record.shown.length).toFixed(1) + 'rem';
+      if (record.bodyKey !== 'pending ' + height) setBody(record, placeholder(height), 'pending ' + height);
+    }
+  }
+
+  function onIntersection(entries) {
+    const sinceUpdate = (Date.now() - state.updatedAt) / 1000;
+    for (const entry of entries) {
+      const record = entry.target.__record;
+      if (!record) continue;
+      if (entry.isIntersecting) {
+        nearby.add(record);
+        if (record.stale && record.node) drawBody(record, true);
+        drawSeen(record, sinceUpdate);
+      } else {
+        nearby.delete(record);
+      }
+    }
+  }
+
+  // ---- the list -----------------------------------------------------------------------------
+
+  // New data: bring every node's record up to date (cheap for nodes off-screen).
+  function absorb(data) {
+    const present = new Set();
+    for (const node of data.nodes) {
+      const key = String(node.node);
+      present.add(key);
+      const record = cards.get(key) || newCard(key);
+      cards.set(key, record);
+      setNode(record, node);
+    }
+    for (const [key, record] of cards) {
+      if (present.has(key)) continue;
+      observer.unobserve(record.card);
+      nearby.delete(record);
+      record.card.remove();
+      cards.delete(key);
+    }
+  }
+
+  let shownOrder = [];
 
   function draw() {
     const data = state.data;
     if (!data) return;
-    drawSummary(data);
     const f = filters();
     const filtering = f.user || f.free;
-    const sinceUpdate = (Date.now() - state.updatedAt) / 1000;
-    const nodes = data.nodes.filter((n) => nodeMatches(n, f)).slice();
-    nodes.sort((a, b) => (f.sort === 'free' ? freeCount(b) - freeCount(a) : 0) ||
-      collator.compare(a.hostname, b.hostname) || collator.compare(a.node, b.node));
-    const cards = [];
-    for (const node of nodes) {
-      const gpus = node.gpus.filter((g) => gpuMatches(g, f));
-      if (filtering && !gpus.length) continue;
-      cards.push(nodeCard(node, gpus, data.generated_at, sinceUpdate));
+    const order = [];
+    for (const record of cards.values()) {
+      const node = record.node;
+      if (f.node && !record.nodeText.includes(f.node)) continue;
+      const gpus = list(node.gpus);
+      const shown = filtering
+        ? gpus.filter((gpu, i) => (!f.free || gpu.free) && (!f.user || record.gpuTexts[i].includes(f.user)))
+        : gpus;
+      if (filtering && !shown.length) continue;
+      if (!sameItems(shown, record.shown)) {
+        record.shown = shown;
+        record.stale = true;
+      }
+      order.push(record);
     }
-    ui.nodes.replaceChildren(...cards);
-    ui.empty.hidden = cards.length > 0;
+    order.sort((a, b) => (f.sort === 'free' ? b.free - a.free : 0) ||
+      collator.compare(a.node.hostname, b.node.hostname) || collator.compare(a.key, b.key));
+    const cardsInOrder = order.map((record) => record.card);
+    if (!sameItems(cardsInOrder, shownOrder)) {
+      ui.nodes.replaceChildren(...cardsInOrder);
+      shownOrder = cardsInOrder;
+    }
+    for (const record of order) if (record.stale) drawBody(record, nearby.has(record));
+    ui.empty.hidden = order.length > 0;
+  }
 
-    const known = new Set();
-    for (const n of data.nodes) for (const g of n.gpus) for (const u of g.users) if (u.username) known.add(u.username);
-    const options = Array.from(known).sort(collator.compare).map((name) => {
-      const option = document.createElement('option');
-      option.value = name;
-      return option;
-    });
-    ui.users.replaceChildren(...options);
+  function refresh(data) {
+    drawSummary(data);
+    absorb(data);
+    draw();
+    collectKnownUsers(data);
+    drawSuggestions();
   }
 
   function drawStatus() {
@@ -344,11 +599,10 @@
       ui.banner.textContent = sourceError ? 'Cannot read the cluster (' + sourceError +
         '); showing the last data.' : '';
     }
-    // Ages keep counting between refreshes (and while paused) without redrawing the cards.
+    // Ages keep counting between refreshes (and while paused) on the cards in sight; a card
+    // coming into sight catches up then.
     const sinceUpdate = (Date.now() - state.updatedAt) / 1000;
-    for (const seen of ui.nodes.querySelectorAll('.last-seen[data-age]')) {
-      seen.textContent = 'seen ' + ago(Number(seen.dataset.age) + sinceUpdate);
-    }
+    for (const record of nearby) drawSeen(record, sinceUpdate);
   }
 
   // ---- fetching -----------------------------------------------------------------------------
@@ -371,11 +625,12 @@
         throw new Error('HTTP ' + response.status);
       } else {
         const data = await response.json();
+        if (!data || !Array.isArray(data.nodes)) throw new Error('not a cluster document');
         if (!state.data || data.generated_at !== state.data.generated_at) state.updatedAt = Date.now();
         state.data = data;
         state.etag = response.headers.get('ETag');
         state.error = '';
-        draw();
+        refresh(data);
       }
       state.failures = 0;
       state.nextFetchAt = Date.now() + refreshSeconds() * 1000;
@@ -406,15 +661,39 @@
     drawStatus();
   });
   $('controls').addEventListener('submit', (event) => event.preventDefault());
-  for (const input of [ui.user, ui.node, ui.free, ui.sort]) {
-    input.addEventListener(input.tagName === 'SELECT' || input.type === 'checkbox' ? 'change' : 'input', () => {
-      writeHash();
-      draw();
+
+  function applyFilters() {
+    writeHash();
+    draw();
+    drawSuggestions();
+  }
+  // Typing redraws once the keys pause. Each key only moves the deadline forward; at most one
+  // timer waits for it, and it is never cancelled, only re-armed for the time still left.
+  let typedUntil = 0;
+  let typingTimer = false;
+  function afterTyping() {
+    const left = typedUntil - Date.now();
+    if (left > 0) {
+      window.setTimeout(afterTyping, left);
+      return;
+    }
+    typingTimer = false;
+    applyFilters();
+  }
+  for (const input of [ui.user, ui.node]) {
+    input.addEventListener('input', () => {
+      typedUntil = Date.now() + TYPING_PAUSE_MS;
+      if (!typingTimer) {
+        typingTimer = true;
+        window.setTimeout(afterTyping, TYPING_PAUSE_MS);
+      }
     });
   }
+  for (const input of [ui.free, ui.sort]) input.addEventListener('change', applyFilters);
   window.addEventListener('hashchange', () => {
     readHash();
     draw();
+    drawSuggestions();
   });
 
   readHash();
