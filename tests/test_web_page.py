@@ -366,6 +366,10 @@ def test_jobs_pods_and_idle_held_gpus(
         expect(rows.nth(0).locator(".idle-held-mark")).to_have_text("idle but held")
         expect(rows.nth(0).locator(".idle-held-since")).to_contain_text("since ")
         expect(rows.nth(1).locator(".idle-held-mark")).to_have_count(0)
+        # The extra labels never squeeze the user's name out of sight.
+        for name in rows.locator(".user-name").all():
+            box = name.bounding_box()
+            assert box is not None and box["width"] >= 20, (name.text_content(), box)
 
         page.fill("#filter-user", "77124")
         expect(page.locator("tr.gpu")).to_have_count(1)
