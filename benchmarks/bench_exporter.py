@@ -1,6 +1,10 @@
 """Benchmark gpu-exporter against nvitop-exporter on the same fake NVML library and scenarios.
 
 For each scenario (GPUs x processes: 1x0, 8x64, 16x512), both exporters sample every second;
+with ``--readings all`` (the default) every GPU also reports what a current data-centre GPU does
+(PCIe link and replays, 12 NVLinks, row remapping, aggregate ECC, a utilization sample per
+process), so the exporter's per-sample work is the real one; ``--readings basic`` leaves those
+out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0 did.
 the script measures, per exporter: scrape latency p50/p99 over N sequential scrapes, bytes per
 scrape, CPU seconds per minute while scraped once a second, and resident memory. Run from the
 repository root after ``make test`` has built the environment::
@@ -13,6 +17,7 @@ nvitop-exporter is optional (``pip install nvitop-exporter``); without it only g
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import statistics
 import subprocess
@@ -57,6 +62,26 @@ def _nvitop_exporter() -> str | None:
     """nvitop-exporter on PATH or beside this interpreter (a virtual environment's bin)."""
     beside = Path(sys.executable).parent / "nvitop-exporter"
     return shutil.which("nvitop-exporter") or (str(beside) if beside.exists() else None)
+
+
+def with_every_reading(scenario: fake.FakeScenario) -> fake.FakeScenario:
+    """``scenario`` with the health readings and per-process utilization of a current GPU."""
+    gpus = [
+        dataclasses.replace(
+            gpu,
+            ecc_aggregate_corrected=3,
+            ecc_aggregate_uncorrected=0,
+            pcie_replay=1,
+            pcie_link=fake.FakePcieLink(max_gen=5, max_width=16, gen=5, width=16),
+            nvlinks=[fake.FakeNvLink() for _ in range(12)],
+            remapped_rows=fake.FakeRemappedRows(),
+            process_utilization=[
+                fake.FakeProcessUtilization(process.pid, 50, 20) for process in gpu.processes
+            ],
+        )
+        for gpu in scenario.gpus
+    ]
+    return dataclasses.replace(scenario, gpus=gpus)
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -110,6 +135,10 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=500)
     parser.add_argument("--cpu-window", type=float, default=30.0, help="seconds (default 30)")
     parser.add_argument("--only", choices=["gpu-exporter", "nvitop-exporter"])
+    parser.add_argument(
+        "--readings", choices=["all", "basic"], default="all",
+        help="all: health readings and per-process utilization on every GPU (default)",
+    )  # fmt: skip
     args = parser.parse_args()
     library = build(REPO / "build" / "fakenvml").parent
     exporters = ["gpu-exporter", "nvitop-exporter"]
@@ -126,9 +155,12 @@ def main() -> int:
             try:
                 scenario_path = workdir / f"{gpus}x{processes}.scn"
                 if processes:
-                    fake.write(scenario_path, fake.busy(gpus, [w.pid for w in workers]))
+                    scenario = fake.busy(gpus, [w.pid for w in workers])
                 else:
-                    fake.write(scenario_path, fake.idle(gpus))
+                    scenario = fake.idle(gpus)
+                if args.readings == "all":
+                    scenario = with_every_reading(scenario)
+                fake.write(scenario_path, scenario)
                 env = nvml_env(library, scenario_path)
                 for name in exporters:
                     result = measure(name, f"{gpus}x{processes}", env, workdir, args)
