@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 MAX_GPUS = 1024
@@ -57,6 +58,11 @@ _HEALTH = {
     b"gpu_mig_mode": ("mig_mode", "flag"),
     b"gpu_mig_mode_pending": ("mig_mode_pending", "flag"),
 }
+# The families an engine is asked for (status_api/promsource.py), and the labels read from them.
+PROCESS_FAMILIES = (_INFO.decode(), _SM.decode())
+HEALTH_FAMILIES = tuple(name.decode() for name in _HEALTH)
+MIG_FAMILIES = (_MIG_INFO.decode(), *(name.decode() for name in _MIG_MEMORY))
+_KEPT = frozenset(("gpu", "pid", "uuid", "mig_uuid", "gi", "ci", "profile", *ATTRIBUTION_LABELS))
 _MAX_COUNT = 2**32  # XID codes are 32 bits; link generations and widths are far below
 _MAX_BYTES = 2.0**63  # a MIG device's memory beyond this is nonsense, not a reading
 # One scan for every family of interest at the start of a line; the name must be followed by
@@ -227,18 +233,21 @@ def _mig_order(device: MigDevice) -> tuple[bool, int, bool, int, str]:
     return (gi is None, gi or 0, ci is None, ci or 0, device.uuid)
 
 
-def parse_metrics(text: bytes) -> NodeMetrics:
-    """Everything of interest in an exposition text, in one pass over it."""
-    metrics = NodeMetrics()
-    migs: dict[int, dict[str, MigDevice]] = {}
-    for match in _LINE.finditer(text):
-        family, labels, value = match.group(1), _labels(match.group(2)), _value(match.group(3))
-        if value is None:
-            continue
+class _Reader:
+    """Collects samples of the families of interest, from ``/metrics`` or from a query engine."""
+
+    def __init__(self) -> None:
+        self.metrics = NodeMetrics()
+        self._migs: dict[int, dict[str, MigDevice]] = {}
+
+    def add(self, family: bytes, labels: dict[bytes, bytes], value: float) -> None:
+        """One sample; ``labels`` as the exposition text writes them (escaped), ``value`` finite
+        and not negative."""
+        metrics = self.metrics
         if family in _POWER:
             gpu = _index(labels, b"gpu")
             if gpu is None or (gpu not in metrics.power and len(metrics.power) >= MAX_GPUS):
-                continue
+                return
             metrics.power.setdefault(gpu, {})[_POWER[family]] = round(value, 1)
             if b"uuid" in labels:
                 metrics.uuids[gpu] = _text(labels[b"uuid"])
@@ -255,15 +264,48 @@ def parse_metrics(text: bytes) -> NodeMetrics:
             if process is not None:
                 process.sm_utilization = round(value, 4)
         elif family == _MIG_INFO:
-            device = _mig(migs, labels)
+            device = _mig(self._migs, labels)
             if device is not None:
                 device.profile = _text(labels.get(b"profile", b""))
         elif family in _MIG_MEMORY and value < _MAX_BYTES:
-            device = _mig(migs, labels)
+            device = _mig(self._migs, labels)
             if device is not None:
                 setattr(device, _MIG_MEMORY[family], int(value) // _MIB)
-    metrics.migs = {gpu: sorted(devices.values(), key=_mig_order) for gpu, devices in migs.items()}
-    return metrics
+
+    def done(self) -> NodeMetrics:
+        self.metrics.migs = {
+            gpu: sorted(devices.values(), key=_mig_order) for gpu, devices in self._migs.items()
+        }
+        return self.metrics
+
+
+def parse_metrics(text: bytes) -> NodeMetrics:
+    """Everything of interest in an exposition text, in one pass over it."""
+    reader = _Reader()
+    for match in _LINE.finditer(text):
+        value = _value(match.group(3))
+        if value is not None:
+            reader.add(match.group(1), _labels(match.group(2)), value)
+    return reader.done()
+
+
+def _escaped(value: str) -> bytes:
+    """A label value as the exposition text writes it, so both sources read it the same way."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").encode()
+
+
+def metrics_from_samples(samples: Iterable[tuple[dict[str, str], float]]) -> NodeMetrics:
+    """The same from one node's samples as a query engine answers them (``__name__`` among the
+    labels): a node read through PromQL gets exactly what polling its ``/metrics`` gets."""
+    reader = _Reader()
+    for labels, number in samples:
+        value = float(number)
+        if not math.isfinite(value) or value < 0:
+            continue
+        family = labels.get("__name__", "").encode()
+        raw = {name.encode(): _escaped(text) for name, text in labels.items() if name in _KEPT}
+        reader.add(family, raw, value)
+    return reader.done()
 
 
 def parse_power(text: bytes) -> dict[int, dict[str, float]]:

@@ -4,8 +4,10 @@ With ``--prometheus-url`` the service asks Prometheus (or VictoriaMetrics, or an
 answers ``/api/v1/query``) every ``interval`` seconds a handful of instant queries, all at the
 same evaluation time, and turns the answers into the same per-node :class:`PollResult` objects
 the poller makes, so the page, ``/api/v1/cluster`` and the legacy ``/get-status`` are identical in
-shape. The scrape targets are the truth: a node is a target of the job (``--prometheus-job``),
-named by its ``node`` label (what ``gpu-status-api targets`` writes), else its ``instance``.
+shape, the per-process attribution, GPU health and MIG devices that polling reads from
+``/metrics`` included (mapped by status_api/nodemetrics.py). The scrape targets are the truth:
+a node is a target of the job (``--prometheus-job``), named by its ``node`` label (what
+``gpu-status-api targets`` writes), else its ``instance``.
 
 Only raw exporter series are read, no recording rules: a VictoriaMetrics single node (which does
 not evaluate rules) answers the same way. A node's data is as old as its last successful scrape
@@ -34,6 +36,13 @@ from status_api.engine import EngineClient, EngineError, EngineSettings, Sample,
 from status_api.hosts import Host
 from status_api.loopthread import LoopThread
 from status_api.nodedata import MAX_GPUS, MAX_SHORT_STRING, MAX_STRING, USER_MEMORY
+from status_api.nodemetrics import (
+    HEALTH_FAMILIES,
+    MIG_FAMILIES,
+    PROCESS_FAMILIES,
+    NodeMetrics,
+    metrics_from_samples,
+)
 from status_api.poller import MIB, PollResult
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,9 @@ def queries(job: str) -> dict[str, str]:
         "node": _selector(job, _NODE_FAMILIES),
         "gpu": _selector(job, ["gpu_info", *_GPU_GAUGES]),
         "process": _selector(job, _PROCESS_FAMILIES),
+        # What polling reads from /metrics beyond the legacy JSON, mapped by nodemetrics.py.
+        "attribution": _selector(job, PROCESS_FAMILIES),
+        "health": _selector(job, [*HEALTH_FAMILIES, *MIG_FAMILIES]),
     }
 
 
@@ -120,6 +132,7 @@ class _Node:
     collected: float | None = None
     gpus: dict[int, dict[str, Any]] | None = None
     power: dict[int, dict[str, float]] | None = None
+    metrics: NodeMetrics | None = None
 
 
 def _gpu(index: int) -> dict[str, Any]:
@@ -201,7 +214,11 @@ def _result(node: _Node, *, stale_after: float, duration: float) -> PollResult:
         "ips": [],  # the exporter publishes no addresses on /metrics
         "gpus": [gpus[index] for index in sorted(gpus)],
     }
-    return PollResult(node.host, status, "", finished, duration, node.power or {})
+    metrics = node.metrics or NodeMetrics()
+    return PollResult(
+        node.host, status, "", finished, duration, node.power or {},
+        metrics.processes, metrics.uuids, metrics.health, metrics.migs,
+    )  # fmt: skip
 
 
 def build_results(
@@ -224,9 +241,11 @@ def build_results(
                 nodes[instance].collected = _finite(value)
     gpu_samples = _by_instance(answers["gpu"], nodes)
     process_samples = _by_instance(answers["process"], nodes)
+    extra_samples = _by_instance([*answers["attribution"], *answers["health"]], nodes)
     for instance, node in nodes.items():
         _collect_gpus(node, gpu_samples.get(instance, []))
         _collect_processes(node, process_samples.get(instance, []))
+        node.metrics = metrics_from_samples(extra_samples.get(instance, []))
     ordered = sorted(nodes.values(), key=lambda node: (node.host.text, node.host.key))
     hosts = [node.host for node in ordered]
     keys = set()

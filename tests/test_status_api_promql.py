@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
 # Generous: the nodes must not age out while the test compares (the machine may be loaded).
 STATES = ("--stale-after", "30", "--offline-after", "60")
+# What both modes must agree on per process: the legacy fields and what /metrics adds.
+USER_FIELDS = ("pid", "username", "mem", "slurm_job", "container", "pod", "namespace",
+               "mig_uuid", "sm_utilization")  # fmt: skip
 
 
 def projection(document: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +38,9 @@ def projection(document: dict[str, Any]) -> dict[str, Any]:
             {
                 **{key: gpu[key] for key in ("index", "name", "use_mem", "tot_mem", "utilize",
                                               "temp", "power", "power_limit", "free")},
-                "users": sorted((u["pid"], u["username"], u["mem"]) for u in gpu["users"]),
+                "users": sorted(tuple(u[key] for key in USER_FIELDS) for u in gpu["users"]),
+                "health": gpu["health"],
+                "mig": gpu["mig"],
             }
             for gpu in node["gpus"]
         ]  # fmt: skip
@@ -73,12 +78,13 @@ def test_promql_mode_matches_polling(
     tmp_path,
     status_service_factory,
 ):
-    with monitored_cluster(exporter_factory, worker_pids, tmp_path) as cluster:
+    # health: a pending row remap, an XID, per-process SM utilization and a MIG GPU on localhost
+    with monitored_cluster(exporter_factory, worker_pids, tmp_path, health=True) as cluster:
         targets = tmp_path / "targets" / "gpu-nodes.json"  # written by monitored_cluster
         with running_victoriametrics(tmp_path / "vm", targets_file=targets) as victoria:
             # Every family scraped, the process info included (the last family of a scrape).
             victoria.wait_for('up{job="gpu"} == 1', lambda result: len(result) == 2, timeout=60)
-            victoria.wait_for("gpu_process_info", lambda result: len(result) >= 6, timeout=30)
+            victoria.wait_for("gpu_process_info", lambda result: len(result) >= 7, timeout=30)
             polling = status_service_factory(
                 [f"{node}:{e.port}" for node, e in cluster.exporters.items()], *STATES
             )
@@ -86,8 +92,9 @@ def test_promql_mode_matches_polling(
             from_victoria = engine_service(status_service_factory, victoria.url)
 
             expected = projection(polling.wait_for(all_in, timeout=30, what="polling"))
-            assert expected["summary"] == {"nodes_total": 2, "nodes_online": 2, "gpus_total": 6,
-                                           "gpus_in_use": 4, "gpus_free": 1}  # fmt: skip
+            check_health_shown(expected)
+            assert expected["summary"] == {"nodes_total": 2, "nodes_online": 2, "gpus_total": 7,
+                                           "gpus_in_use": 5, "gpus_free": 1}  # fmt: skip
             for service in (from_prometheus, from_victoria):
                 document = service.wait_for(all_in, timeout=30, what="engine mode")
                 assert document["error"] == ""
@@ -96,6 +103,17 @@ def test_promql_mode_matches_polling(
                 assert legacy_projection(service.legacy()) == legacy_projection(polling.legacy())
 
             check_engine_stopped(cluster.prometheus.process, from_prometheus, expected)
+
+
+def check_health_shown(expected: dict[str, Any]) -> None:
+    """What /metrics adds is there to compare: health, SM utilization, MIG devices."""
+    (gpus,) = [node["gpus"] for address, node in expected["nodes"].items()
+               if address.startswith("localhost:")]  # fmt: skip
+    assert "memory row remap pending: reset the GPU" in gpus[0]["health"]["reasons"]
+    assert [user[-1] for user in gpus[0]["users"]] == [0.75, 0.0, 0.0]
+    assert gpus[3]["health"]["reasons"] == ["lost: the GPU stopped answering NVML"]
+    assert [device["profile"] for device in gpus[4]["mig"]] == ["3g.40gb", "1g.10gb"]
+    assert gpus[4]["users"][0][USER_FIELDS.index("mig_uuid")] == gpus[4]["mig"][1]["uuid"]
 
 
 def check_engine_stopped(process, service: StatusService, expected: dict[str, Any]) -> None:
@@ -209,6 +227,18 @@ def test_down_and_stalled_targets_fail_like_polls():
         "process": [
             _sample("gpu_process_info", 1, **gpu, pid="42", user="ann", command="python train.py")
         ],
+        "attribution": [
+            _sample("gpu_process_info", 1, **gpu, pid="42", slurm_job="7", pod='a"b\\n'),
+            _sample("gpu_process_sm_utilization_ratio", 0.75, **gpu, pid="42"),
+        ],
+        "health": [
+            _sample("gpu_up", 1, **gpu),
+            _sample("gpu_remapped_rows_pending", 1, **gpu),
+            _sample("gpu_last_xid", 79, **gpu),
+            _sample("gpu_pcie_link_width", float("nan"), **gpu),
+            _sample("gpu_mig_info", 1, **gpu, mig_uuid="MIG-1", gi="2", ci="0", profile="1g.10gb"),
+            _sample("gpu_mig_memory_used_bytes", 5 * 2**20, **gpu, mig_uuid="MIG-1"),
+        ],
     }
     hosts, results = build_results(answers, stale_after=10)
     assert [host.text for host in hosts] == ["a", "b", "c:7080"]
@@ -217,6 +247,16 @@ def test_down_and_stalled_targets_fail_like_polls():
     assert a.status["gpus"] == [{
         "index": 0, "name": "H100", "use_mem": 3, "tot_mem": None, "utilize": 43, "temp": None,
         "users": [{"pid": 42, "username": "ann", "mem(MiB)": None, "command": "python train.py"}],
+    }]  # fmt: skip
+    # What polling reads from /metrics: attribution, health, MIG (a NaN reading is no reading).
+    process = a.processes[(0, 42)]
+    assert (process.slurm_job, process.pod, process.sm_utilization) == ("7", 'a"b\\n', 0.75)
+    health = a.health[0]
+    assert (health.up, health.remap_pending, health.last_xid) == (True, True, 79)
+    assert health.pcie_width is None and health.retired_pending is None
+    assert [device.document() for device in a.migs[0]] == [{
+        "uuid": "MIG-1", "gpu_instance": 2, "compute_instance": 0, "profile": "1g.10gb",
+        "memory_used_mib": 5, "memory_total_mib": None,
     }]  # fmt: skip
     assert not b.ok and "up == 0" in b.error
     assert not c.ok and "60 s old" in c.error
