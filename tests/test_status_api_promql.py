@@ -3,8 +3,10 @@
 On one simulated cluster (two real exporters on the fake NVML), a real Prometheus and a real
 single-node VictoriaMetrics scrape the same file_sd targets; three services run side by side:
 polling the nodes, reading Prometheus, reading VictoriaMetrics. Their /api/v1/cluster documents
-agree on nodes, GPUs, users and free GPUs. Stopping the engine shows its error and keeps the last
-state; an engine URL that redirects is refused without the redirect being followed.
+agree on nodes, GPUs, users (their job, pod, MIG device and SM utilization), health, MIG devices
+and free GPUs (node localhost has health readings and a MIG GPU). Stopping the engine shows its
+error and keeps the last state; an engine URL that redirects is refused without the redirect
+being followed.
 """
 
 from __future__ import annotations
