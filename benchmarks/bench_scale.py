@@ -67,10 +67,12 @@ class ServiceFigures:
     rounds: list[float] = field(default_factory=list)
     cpu_per_round_s: float = math.nan
     rss_mib: float = math.nan
+    engine: Usage | None = None  # the engine's, while the service asks it every round
     p50_ms: float = math.nan
     p99_ms: float = math.nan
     body_bytes: int = 0
     online: int = 0
+    error: str = ""  # the cluster's error at the end (a round that failed, e.g. timed out)
 
 
 @dataclass
@@ -81,7 +83,6 @@ class EngineFigures:
     scrape_mean_s: float = math.nan
     scrape_max_s: float = math.nan
     usage: Usage | None = None
-    usage_serving: Usage | None = None
     queries: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     decode_build_s: float = math.nan
     service: ServiceFigures | None = None
@@ -146,7 +147,10 @@ def wait_all_up(engine: PrometheusServer, count: int, *, timeout: float) -> None
     deadline = time.monotonic() + timeout
     up = 0.0
     while time.monotonic() < deadline:
-        up = _scalar(engine, 'count(up{job="gpu"} == 1)')
+        try:
+            up = _scalar(engine, 'count(up{job="gpu"} == 1)')
+        except requests.RequestException:  # busy with its first scrapes of every target
+            up = math.nan
         if up == count:
             return
         time.sleep(2)
@@ -184,9 +188,16 @@ def _metric(session: requests.Session, base: str, name: str) -> float:
 
 
 def measure_service(
-    mode: str, arguments: list[str], workdir: Path, *, duration: float, requests_count: int
+    mode: str,
+    arguments: list[str],
+    workdir: Path,
+    *,
+    duration: float,
+    requests_count: int,
+    engine_pid: int | None = None,
 ) -> ServiceFigures:
-    """A real gpu-status-api process: its rounds while nobody reads, then its JSON latency."""
+    """A real gpu-status-api process: its rounds while nobody reads (and the engine's CPU
+    meanwhile), then its JSON latency."""
     port = free_port()
     command = [sys.executable, "-m", "status_api", "--port", str(port),
                "--listen-address", "127.0.0.1", "--disable_log",
@@ -202,6 +213,8 @@ def measure_service(
         time.sleep(4)  # a round or two on kept-alive connections
         rounds = _metric(session, base, "gpu_status_api_rounds_total")
         cpu_before, rounds_before = _cpu_seconds(cpu), rounds
+        engine = psutil.Process(engine_pid) if engine_pid else None
+        engine_before, started = _cpu_seconds(engine) if engine else 0.0, time.monotonic()
         deadline = time.monotonic() + duration
         while time.monotonic() < deadline:
             time.sleep(0.5)
@@ -212,6 +225,11 @@ def measure_service(
                     _metric(session, base, "gpu_status_api_round_duration_seconds")
                 )
         figures.cpu_per_round_s = (_cpu_seconds(cpu) - cpu_before) / max(1, rounds - rounds_before)
+        if engine:
+            figures.engine = Usage(
+                cpu_cores=(_cpu_seconds(engine) - engine_before) / (time.monotonic() - started),
+                rss_mib=engine.memory_info().rss / 2**20,
+            )
         latencies = []
         for _ in range(requests_count):
             started = time.perf_counter()
@@ -263,8 +281,8 @@ def measure_engine(
             workdir,
             duration=duration,
             requests_count=requests_count,
+            engine_pid=engine.process.pid,
         )
-        figures.usage_serving = measure_usage(engine.process.pid, 15)
     shutil.rmtree(workdir / name, ignore_errors=True)
     return figures
 
@@ -283,10 +301,10 @@ def print_engine(figures: EngineFigures, nodes: int) -> None:
     if figures.usage:
         print(f"  engine scraping only: {figures.usage.cpu_cores:.2f} cores, "
               f"{figures.usage.rss_mib:.0f} MiB RSS")  # fmt: skip
-    if figures.usage_serving:
+    if figures.service and figures.service.engine:
         print(f"  engine while the status service queries it: "
-              f"{figures.usage_serving.cpu_cores:.2f} cores, "
-              f"{figures.usage_serving.rss_mib:.0f} MiB RSS")  # fmt: skip
+              f"{figures.service.engine.cpu_cores:.2f} cores, "
+              f"{figures.service.engine.rss_mib:.0f} MiB RSS")  # fmt: skip
     for name, (samples, size, seconds) in figures.queries.items():
         print(f"  query {name:<8} {samples:>8,} samples {size / 1e6:>7.1f} MB {seconds:>6.2f} s")
     print(f"  decode + build in Python: {figures.decode_build_s:.2f} s")
@@ -299,6 +317,8 @@ def print_service(figures: ServiceFigures) -> None:
           f"{figures.cpu_per_round_s:.2f} s per round, {figures.rss_mib:.0f} MiB RSS")  # fmt: skip
     print(f"    GET /api/v1/cluster: p50 {figures.p50_ms:.1f} ms, p99 {figures.p99_ms:.1f} ms, "
           f"{figures.body_bytes:,} bytes, {figures.online} nodes online")  # fmt: skip
+    if figures.error:
+        print(f"    cluster error: {figures.error}")
 
 
 def main(argv: list[str] | None = None) -> int:
