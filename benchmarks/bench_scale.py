@@ -25,10 +25,12 @@ refresh under 2 s, the JSON's p99 under 100 ms. Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,7 +48,7 @@ from simulator.nodes import free_port_on, loopback_addresses
 from simulator.proc import ManagedProcess, free_port, wait_http
 from simulator.prometheus import PrometheusServer, running_prometheus
 from simulator.victoriametrics import running_victoriametrics
-from status_api.promsource import build_results, queries
+from status_api.promsource import EngineClient, EngineSettings, build_results, merged, queries
 
 SCRAPE_INTERVAL = "15s"  # the shipped prometheus.yml's; a realistic one for 2,000 nodes
 STALE_AFTER = 45.0  # three scrape intervals: a node is as old as its last scrape
@@ -85,6 +87,7 @@ class EngineFigures:
     usage: Usage | None = None
     queries: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     decode_build_s: float = math.nan
+    round_s: float = math.nan  # one whole round (queries at once, decoding, building) here
     service: ServiceFigures | None = None
 
 
@@ -158,8 +161,8 @@ def wait_all_up(engine: PrometheusServer, count: int, *, timeout: float) -> None
 
 
 def query_breakdown(url: str, at: float) -> tuple[dict[str, tuple[int, int, float]], float]:
-    """Per query of one round: samples, answer bytes and seconds; then decoding and building
-    the cluster from those answers in this process (seconds)."""
+    """Per query of one round, one after the other: samples, answer bytes and seconds; then
+    decoding and building the cluster from those answers in this process (seconds)."""
     from status_api import promsource
 
     figures: dict[str, tuple[int, int, float]] = {}
@@ -176,8 +179,23 @@ def query_breakdown(url: str, at: float) -> tuple[dict[str, tuple[int, int, floa
         figures[name] = (len(response.json()["data"]["result"]), len(response.content), elapsed)
     started = time.perf_counter()
     answers = {name: promsource._vector(body, name) for name, body in bodies.items()}
-    build_results(answers, stale_after=STALE_AFTER)
+    build_results(merged(answers), stale_after=STALE_AFTER)
     return figures, time.perf_counter() - started
+
+
+def one_round(url: str) -> float:
+    """Seconds of one round of the service's own client, in this process."""
+
+    async def run() -> float:
+        client = EngineClient(EngineSettings(url, timeout=60))
+        try:
+            started = time.perf_counter()
+            await client.round(stale_after=STALE_AFTER)
+            return time.perf_counter() - started
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
 
 
 def _metric(session: requests.Session, base: str, name: str) -> float:
@@ -217,7 +235,9 @@ def measure_service(
         engine_before, started = _cpu_seconds(engine) if engine else 0.0, time.monotonic()
         deadline = time.monotonic() + duration
         while time.monotonic() < deadline:
-            time.sleep(0.5)
+            # About once a round: rendering this /metrics for 2,000 nodes takes the service's
+            # CPU too, and a scraper reading it twice a second would slow the rounds measured.
+            time.sleep(3)
             now = _metric(session, base, "gpu_status_api_rounds_total")
             if now != rounds:
                 rounds = now
@@ -275,6 +295,7 @@ def measure_engine(
         figures.scrape_max_s = _scalar(engine, 'max(scrape_duration_seconds{job="gpu"})')
         figures.usage = measure_usage(engine.process.pid, duration)
         figures.queries, figures.decode_build_s = query_breakdown(engine.url, time.time())
+        figures.round_s = one_round(engine.url)
         figures.service = measure_service(
             "promql",
             ["--prometheus-url", engine.url],
@@ -306,8 +327,9 @@ def print_engine(figures: EngineFigures, nodes: int) -> None:
               f"{figures.service.engine.cpu_cores:.2f} cores, "
               f"{figures.service.engine.rss_mib:.0f} MiB RSS")  # fmt: skip
     for name, (samples, size, seconds) in figures.queries.items():
-        print(f"  query {name:<8} {samples:>8,} samples {size / 1e6:>7.1f} MB {seconds:>6.2f} s")
-    print(f"  decode + build in Python: {figures.decode_build_s:.2f} s")
+        print(f"  query {name:<40} {samples:>7,} samples {size / 1e6:>5.1f} MB {seconds:>5.2f} s")
+    print(f"  decode + build in Python: {figures.decode_build_s:.2f} s; one round of the "
+          f"service's client here: {figures.round_s:.2f} s")  # fmt: skip
     if figures.service:
         print_service(figures.service)
 
@@ -338,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-polling", action="store_true", help="skip the polling mode")
     args = parser.parse_args(argv)
     engines = ["prometheus", "victoriametrics"] if args.engine == "both" else [args.engine]
+    # A plain kill stops the engines and the simulated nodes too (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     print(f"{args.nodes} nodes x {args.gpus} GPUs; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)  # fmt: skip

@@ -259,7 +259,7 @@ def exporter_snapshot(
         )
     return Snapshot(
         timestamp=timestamp,
-        host=HostInfo(hostname=host, ips=tuple(tuple(ip) for ip in status["ips"])),  # type: ignore[misc]
+        host=HostInfo(hostname=host, ips=tuple((name, ip) for name, ip in status["ips"])),
         driver=DriverInfo("550.54.15", "12.4", "12.550.54.15"),
         gpus=tuple(gpus),
         collectors=(

@@ -223,15 +223,21 @@ def test_down_and_stalled_targets_fail_like_polls():
 @pytest.mark.parametrize("engine", ["prometheus", "victoriametrics"])
 def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
     """The per-GPU and per-process answers are the largest of a round (20 MB at 2,000 nodes):
-    the engine drops every label the round does not read before encoding them, and the round
-    still builds every GPU, its name and its processes."""
+    the engine drops every label the round does not read before encoding them, each answer holds
+    one family, and the round still builds every GPU, its name and its processes."""
     import asyncio
     import time
 
     from simulator.nodes import FakeNodes
     from simulator.prometheus import running_prometheus
     from status_api.hosts import parse_hosts
-    from status_api.promsource import EngineClient, EngineSettings, build_results, queries
+    from status_api.promsource import (
+        EngineClient,
+        EngineSettings,
+        build_results,
+        merged,
+        queries,
+    )
     from status_api.targets import render
 
     with FakeNodes(["ok", "ok"], gpus=2, exporter_metrics=True) as nodes:
@@ -252,7 +258,14 @@ def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
                 finally:
                     await client.close()
 
-            answers = asyncio.run(ask())
+            raw = asyncio.run(ask())
+    # One family per answer (but the two small per-node ones): decoding one holds the
+    # interpreter lock briefly, so the page is served in between.
+    families = {
+        name: {labels.get("__name__") for labels, _ in samples} for name, samples in raw.items()
+    }
+    assert all(len(names) == 1 for name, names in families.items() if name != "node"), families
+    answers = merged(raw)
     gpu_labels = {key for labels, _ in answers["gpu"] for key in labels}
     process_labels = {key for labels, _ in answers["process"] for key in labels}
     assert gpu_labels == {"__name__", "instance", "gpu", "name"}
