@@ -192,9 +192,9 @@ def exporter_snapshot(
     *,
     timestamp: float = 0.0,
 ) -> Snapshot:
-    """The exporter's snapshot of a node with this legacy status: every reading an A100 without
-    NVLink or MIG reports (ECC, clocks, throttle reasons, row remapping, PCIe, energy), and per
-    process its user, command and ``attribution`` (by default :func:`default_attribution`)."""
+    """The exporter's snapshot of a node with this legacy status: every reading an A100 with MIG
+    off reports (ECC, clocks, throttle reasons, row remapping, PCIe, energy; NVLinks left out),
+    and per process its user, command and ``attribution`` (default :func:`default_attribution`)."""
     if attribution is None:
         attribution = default_attribution(status)
     host = status["hostname"]
