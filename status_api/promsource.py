@@ -87,7 +87,7 @@ def _selector(job: str, names: Sequence[str]) -> str:
 
 # The labels the round reads from the per-GPU and per-process answers. The engine drops every
 # other one (uuid, job, node, serial, pci_bus_id, attribution) before encoding its answer: at
-# 2,000 nodes x 8 GPUs that halves the answers and cuts the engine's time to encode them about
+# 2,000 nodes x 8 GPUs that cuts the answers by a third and the engine's time to encode them about
 # threefold (docs/scaling.md, "Measured").
 _GPU_LABELS = ("__name__", "instance", "gpu", "name")
 _PROCESS_LABELS = ("__name__", "instance", "gpu", "pid", "mig_uuid", "user", "command")
