@@ -1,5 +1,5 @@
 # Entry points; each target is one command a person can also run by hand.
-.PHONY: test check demo lint bench
+.PHONY: test check demo lint bench bench-scale
 
 test:  ## set up everything on a fresh machine and run the whole suite
 	./scripts/test.sh
@@ -23,3 +23,8 @@ bench:  ## exporter vs nvitop-exporter, the status service at 10/100/1000 nodes,
 	.venv/bin/python -m benchmarks.bench_exporter
 	.venv/bin/python -m benchmarks.bench_status_api
 	.venv/bin/python -m benchmarks.bench_page
+
+bench-scale:  ## about 10 minutes: 2,000 simulated nodes x 8 GPUs, Prometheus and VictoriaMetrics, both modes
+	./scripts/setup.sh
+	.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+	.venv/bin/python -m benchmarks.bench_scale $(BENCH_SCALE_ARGS)

@@ -17,7 +17,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 import pynvml
@@ -100,6 +101,7 @@ class GpuReading:
     processes: tuple[RawProcess, ...] = ()
     process_utilization: dict[int, ProcessUtilization] | None = None
     utilization_seen: int = 0
+    health: Mapping[str, Any] = field(default_factory=dict)  # the health fields, to pass back
 
 
 def _field(read: Callable[..., T], *args: Any) -> T | None:
@@ -369,17 +371,26 @@ def _mig_devices(handle: Any) -> tuple[MigSample, ...]:
 
 
 def read_gpu(
-    index: int, *, pcie_throughput: bool = False, utilization_since: int | None = None
+    index: int,
+    *,
+    pcie_throughput: bool = False,
+    utilization_since: int | None = None,
+    health: Mapping[str, Any] | None = None,
 ) -> GpuReading:
     """Read every field of GPU ``index``; a lost GPU comes back with ``up=False``.
 
     ``utilization_since`` is the newest per-process utilization stamp seen on this GPU (0 for
-    none yet); ``None`` skips per-process utilization.
+    none yet); ``None`` skips per-process utilization. ``health`` is an earlier reading's
+    :attr:`GpuReading.health` to reuse instead of reading those fields again.
     """
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         return _read_handle(
-            index, handle, pcie_throughput=pcie_throughput, utilization_since=utilization_since
+            index,
+            handle,
+            pcie_throughput=pcie_throughput,
+            utilization_since=utilization_since,
+            health=health,
         )
     except GpuLostError:
         return GpuReading(GpuSample(index=index, up=False))
@@ -390,9 +401,37 @@ def read_gpu(
         return GpuReading(GpuSample(index=index, up=False))
 
 
+def _health(handle: Any, *, pcie_throughput: bool) -> dict[str, Any]:
+    """The health readings that change rarely: memory repair, aggregate ECC, PCIe, NVLink.
+
+    They cost about as much as every other field together (NVLink alone is a field-values call
+    and one state call per link), so the sampler reads them every few seconds, not every pass;
+    XID errors, the urgent kind, come from NVML events as they happen.
+    """
+    return {
+        "ecc_aggregate_corrected_errors": _aggregate_ecc(
+            handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
+        ),
+        "ecc_aggregate_uncorrected_errors": _aggregate_ecc(
+            handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+        ),
+        **_remapped_rows(handle),
+        **_retired_pages(handle),
+        **_pcie(handle, throughput=pcie_throughput),
+        "nvlinks": _nvlinks(handle),
+    }
+
+
 def _read_handle(
-    index: int, handle: Any, *, pcie_throughput: bool, utilization_since: int | None
+    index: int,
+    handle: Any,
+    *,
+    pcie_throughput: bool,
+    utilization_since: int | None,
+    health: Mapping[str, Any] | None,
 ) -> GpuReading:
+    if health is None:
+        health = _health(handle, pcie_throughput=pcie_throughput)
     total, used, free = _memory(handle)
     mig_mode, mig_mode_pending = _mig_mode(handle)
     utilization, memory_utilization = _utilization(handle)
@@ -423,25 +462,16 @@ def _read_handle(
         ecc_corrected_errors=_ecc(handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
         ecc_uncorrected_errors=_ecc(handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
         throttle_reasons=_throttle_reasons(handle),
-        ecc_aggregate_corrected_errors=_aggregate_ecc(
-            handle, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
-        ),
-        ecc_aggregate_uncorrected_errors=_aggregate_ecc(
-            handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
-        ),
-        **_remapped_rows(handle),
-        **_retired_pages(handle),
-        **_pcie(handle, throughput=pcie_throughput),
-        nvlinks=_nvlinks(handle),
+        **health,
         mig_mode=mig_mode,
         mig_mode_pending=mig_mode_pending,
         migs=_mig_devices(handle) if mig_mode else (),
     )
     processes = _processes(handle)
     if utilization_since is None:
-        return GpuReading(sample, processes)
+        return GpuReading(sample, processes, health=health)
     per_process, seen = _process_utilization(handle, utilization_since)
-    return GpuReading(sample, processes, per_process, seen)
+    return GpuReading(sample, processes, per_process, seen, health)
 
 
 def _decode(value: bytes | str) -> str:

@@ -20,9 +20,10 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from exporter.events import XidWatcher
 from exporter.host import read_host
@@ -50,6 +51,9 @@ from exporter.snapshot import (
 log = logging.getLogger(__name__)
 
 _MAX_READER_THREADS = 32
+# Memory repair, aggregate ECC, PCIe and NVLink change rarely and cost as much to read as the
+# rest of a GPU; XIDs, the urgent signal, come from events as they happen.
+HEALTH_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class _Read:
     future: Future[GpuReading]
     started: float  # time.monotonic()
     generation: int  # the NVML session it was made in
+    fresh_health: bool = True  # it reads the health fields rather than reusing earlier ones
 
 
 class Sampler:
@@ -92,6 +97,8 @@ class Sampler:
         self._pool = ThreadPoolExecutor(_MAX_READER_THREADS, thread_name_prefix="nvml-read")
         self._pending: dict[int, _Read] = {}
         self._last: dict[int, GpuReading] = {}
+        # Each GPU's health fields and when they were read: read again every HEALTH_SECONDS.
+        self._health: dict[int, tuple[float, Mapping[str, Any]]] = {}
         self._hung: set[int] = set()
         self._identity: dict[int, GpuSample] = {}  # each GPU's last sample while up
         self._latest = empty_snapshot(read_host(hostname=hostname))
@@ -206,15 +213,20 @@ class Sampler:
                 return pending
             self._end_hang(index, pending)
         since = self._utilization_seen.get(index, 0) if self._include_processes else None
+        now = time.monotonic()
+        known = self._health.get(index)
+        health = known[1] if known is not None and now - known[0] < HEALTH_SECONDS else None
         read = _Read(
             self._pool.submit(
                 self._read,
                 index,
                 pcie_throughput=self._pcie_throughput,
                 utilization_since=since,
+                health=health,
             ),
-            time.monotonic(),
+            now,
             self._session.generation,
+            fresh_health=health is None,
         )
         self._pending[index] = read
         return read
@@ -231,6 +243,7 @@ class Sampler:
         self._last.pop(index, None)
         self._hung.discard(index)
         self._utilization_seen.pop(index, None)
+        self._health.pop(index, None)
 
     def _result(self, index: int, read: _Read) -> tuple[GpuReading, bool]:
         down = GpuReading(GpuSample(index=index, up=False))
@@ -255,12 +268,15 @@ class Sampler:
             reading = read.future.result()
         except Exception as error:
             self._last.pop(index, None)
+            self._health.pop(index, None)
             if is_session_error(error):
                 self._session.reset(f"NVML session lost: {error}")
             else:
                 log.warning("GPU %d: read failed: %s", index, error)
             return down, False
         self._last[index] = reading
+        if read.fresh_health:
+            self._health[index] = (read.started, reading.health)
         if reading.process_utilization is not None:
             self._utilization_seen[index] = reading.utilization_seen
         return reading, True

@@ -5,7 +5,9 @@ Each fake node is a listening address (``127.0.0.1`` with its own port, or one p
 ``POST /get-status`` with legacy node JSON, or to misbehave on purpose:
 
 * ``ok``: the legacy JSON (and a ``/metrics`` text with power readings, GPU health, MIG devices
-  and process attribution);
+  and process attribution; with ``exporter_metrics=True`` the real exporter's whole ``/metrics``,
+  rendered by ``exporter.collector`` from a snapshot built from the node's status, see
+  :func:`exporter_metrics`);
 * ``hang``: read the request and never answer;
 * ``garbage``: 200 with bytes that are not JSON; ``wrong-shape``: JSON that is not a status;
 * ``forbidden``: a 403 JSON error; ``close``: close the connection without answering;
@@ -20,7 +22,8 @@ every connection and every byte it receives.
 In a test: ``with FakeNodes(["ok", "hang"]) as nodes: nodes.hosts_lines() ...`` runs the server in
 a thread; ``nodes.set(i, "hang")`` changes a node's behaviour while it runs. The benchmark runs it
 as its own process: ``python -m simulator.nodes --count 1000 --dead 10 --port 17080``
-prints one line ``READY`` and then serves until killed.
+prints one line ``READY`` and then serves until killed (``--exporter-metrics``: each node's
+``/metrics`` is the exporter's, for Prometheus or VictoriaMetrics to scrape).
 """
 
 from __future__ import annotations
@@ -36,6 +39,20 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+
+from exporter.collector import SnapshotCollector
+from exporter.snapshot import (
+    CollectorStatus,
+    DriverInfo,
+    GpuSample,
+    HostInfo,
+    ProcessSample,
+    Snapshot,
+    XidSample,
+)
 
 BEHAVIOURS = (
     "ok",
@@ -204,6 +221,107 @@ def metrics_text(
     return ("\n".join(lines) + "\n").encode()
 
 
+_MIB = 1048576
+_COLLECT_LINE = b"\ngpu_exporter_last_collect_timestamp_seconds "
+
+
+def exporter_snapshot(
+    status: dict[str, Any],
+    attribution: Mapping[int, Mapping[str, Any]] | None = None,
+    *,
+    timestamp: float = 0.0,
+) -> Snapshot:
+    """The exporter's snapshot of a node with this legacy status: every reading an A100 with MIG
+    off reports (ECC, clocks, throttle reasons, row remapping, PCIe, energy; NVLinks left out),
+    and per process its user, command and ``attribution`` (default :func:`default_attribution`)."""
+    if attribution is None:
+        attribution = default_attribution(status)
+    host = status["hostname"]
+    gpus = []
+    for gpu in status["gpus"]:
+        index = gpu["index"]
+        processes = tuple(
+            ProcessSample(
+                pid=user["pid"],
+                kind="compute",
+                gpu_memory_bytes=user["mem(MiB)"] * _MIB,
+                user=user["username"],
+                command=user["command"],
+                slurm_job=str(attribution.get(user["pid"], {}).get("slurm_job", "")),
+                sm_utilization_ratio=attribution.get(user["pid"], {}).get("sm_utilization"),
+                memory_utilization_ratio=0.1,
+            )
+            for user in gpu["users"]
+        )
+        used = (gpu["use_mem"] or 0) * _MIB
+        total = gpu["tot_mem"] * _MIB
+        gpus.append(
+            GpuSample(
+                index=index,
+                up=True,
+                uuid=f"GPU-{host}-{index:02d}",
+                name=gpu["name"],
+                serial=f"13240{index:05d}",
+                pci_bus_id=f"00000000:{0x10 + index:02X}:00.0",
+                memory_total_bytes=total,
+                memory_used_bytes=used,
+                memory_free_bytes=total - used,
+                utilization_ratio=(gpu["utilize"] or 0) / 100,
+                memory_utilization_ratio=0.2,
+                temperature_celsius=float(gpu["temp"]),
+                power_watts=100.0 + 25 * index,
+                power_limit_watts=400.0,
+                energy_joules=1.5e9 + index,
+                fan_speed_ratio=0.3,
+                clock_sm_hertz=1.41e9,
+                clock_memory_hertz=1.593e9,
+                performance_state=0,
+                ecc_corrected_errors=0,
+                ecc_uncorrected_errors=0,
+                throttle_reasons=0,
+                ecc_aggregate_corrected_errors=0,
+                ecc_aggregate_uncorrected_errors=0,
+                remapped_rows_corrected=0,
+                remapped_rows_uncorrected=0,
+                remapped_rows_pending=False,
+                remapped_rows_failure=False,
+                pcie_replay_errors=0,
+                pcie_link_generation=4,
+                pcie_link_generation_max=4,
+                pcie_link_width=16,
+                pcie_link_width_max=16,
+                mig_mode=False,
+                mig_mode_pending=False,
+                xid=XidSample(),
+                processes=processes,
+            )
+        )
+    return Snapshot(
+        timestamp=timestamp,
+        host=HostInfo(hostname=host, ips=tuple((name, ip) for name, ip in status["ips"])),
+        driver=DriverInfo("550.54.15", "12.4", "12.550.54.15"),
+        gpus=tuple(gpus),
+        collectors=(
+            CollectorStatus("nvml", True, 0.004),
+            CollectorStatus("processes", True, 0.002),
+        ),
+    )
+
+
+def exporter_metrics(
+    status: dict[str, Any], attribution: Mapping[int, Mapping[str, Any]] | None = None
+) -> tuple[bytes, bytes]:
+    """The exporter's ``/metrics`` of :func:`exporter_snapshot`, rendered once by the exporter's
+    own collector, split around the value of ``gpu_exporter_last_collect_timestamp_seconds``:
+    the server puts the current time there, as a live exporter's sampling pass would."""
+    registry = CollectorRegistry(auto_describe=False)
+    snapshot = exporter_snapshot(status, attribution)
+    registry.register(SnapshotCollector(lambda: snapshot))
+    text = generate_latest(registry)
+    start = text.index(_COLLECT_LINE) + len(_COLLECT_LINE)
+    return text[:start], text[text.index(b"\n", start) :]
+
+
 def _response(status: str, body: bytes, *, content_type: str = "application/json") -> bytes:
     head = (
         f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
@@ -223,6 +341,7 @@ class FakeNodes:
         port: int = 0,
         gpus: int = 8,
         users_per_gpu: int = 2,
+        exporter_metrics: bool = False,
     ) -> None:
         for behaviour in behaviours:
             if behaviour not in BEHAVIOURS:
@@ -234,6 +353,10 @@ class FakeNodes:
         self._users = users_per_gpu
         self._bodies: list[bytes] = []
         self._metrics: list[bytes] = []
+        # With exporter_metrics: per node, the exporter's text before and after the time of
+        # its last sampling pass.
+        self._exporter_metrics = exporter_metrics
+        self._exporter_parts: list[tuple[bytes, bytes]] = []
         self._endpoints: list[tuple[str, int]] = []
         self._index: dict[tuple[str, int], int] = {}
         self.requests = 0
@@ -301,6 +424,8 @@ class FakeNodes:
         ]
         self._bodies = [json.dumps(status).encode() for status in statuses]
         self._metrics = [metrics_text(status) for status in statuses]
+        if self._exporter_metrics:
+            self._exporter_parts = [exporter_metrics(status) for status in statuses]
         self._loop = asyncio.get_running_loop()
 
     async def serve(self) -> None:
@@ -332,6 +457,8 @@ class FakeNodes:
     ) -> None:
         self._bodies[index] = json.dumps(status).encode()
         self._metrics[index] = metrics_text(status, attribution, health, mig)
+        if self._exporter_metrics:
+            self._exporter_parts[index] = exporter_metrics(status, attribution)
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -367,12 +494,20 @@ class FakeNodes:
         behaviour = self.behaviours[index]
         if head.split(b" ", 2)[1:2] == [b"/metrics"] and behaviour in ("ok", "redirect-metrics"):
             if behaviour == "ok":
-                writer.write(_response("200 OK", self._metrics[index], content_type="text/plain"))
+                writer.write(
+                    _response("200 OK", self._metrics_body(index), content_type="text/plain")
+                )
             else:
                 writer.write(self._redirect())
             await writer.drain()
             return True
         return await self._answer(behaviour, index, reader, writer)
+
+    def _metrics_body(self, index: int) -> bytes:
+        if not self._exporter_metrics:
+            return self._metrics[index]
+        before, after = self._exporter_parts[index]
+        return before + f"{time.time():.3f}".encode() + after
 
     def _redirect(self) -> bytes:
         return (
@@ -519,6 +654,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--first-address", default="127.1.0.1")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--users-per-gpu", type=int, default=2)
+    parser.add_argument(
+        "--exporter-metrics", action="store_true", help="serve the exporter's whole /metrics"
+    )
     args = parser.parse_args(argv)
     behaviours = ["ok"] * args.count
     if args.dead:
@@ -531,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         gpus=args.gpus,
         users_per_gpu=args.users_per_gpu,
+        exporter_metrics=args.exporter_metrics,
     )
 
     async def run() -> None:

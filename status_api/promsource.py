@@ -66,19 +66,42 @@ def _selector(job: str, names: Sequence[str]) -> str:
     return f'{{__name__=~"{pattern}",job={json.dumps(job)}}}'
 
 
+# The labels a round reads of the per-GPU and per-process families; the engine drops the rest
+# (max by), which at 2,000 nodes makes the answers a third smaller and the engine faster.
+_GPU_LABELS = ("__name__", "instance", "gpu", "name")
+_PROCESS_LABELS = ("__name__", "instance", "gpu", "pid", "mig_uuid", "user", "command")
+
+
+def _only(labels: Sequence[str], selector: str) -> str:
+    """``selector`` with only ``labels`` kept; a label a series lacks stays absent."""
+    return f"max by ({', '.join(labels)}) ({selector})"
+
+
 def queries(job: str) -> dict[str, str]:
-    """The instant queries of one round, by what they are for."""
+    """The instant queries of one round, by what they are for; ``gpu/<family>`` and
+    ``process/<family>`` are one query per family (see :func:`merged`)."""
     up = f"up{{job={json.dumps(job)}}}"
-    return {
-        "up": up,
-        "scraped": f"timestamp({up})",
-        "node": _selector(job, _NODE_FAMILIES),
-        "gpu": _selector(job, ["gpu_info", *_GPU_GAUGES]),
-        "process": _selector(job, _PROCESS_FAMILIES),
-        # What polling reads from /metrics beyond the legacy JSON, mapped by nodemetrics.py.
-        "attribution": _selector(job, PROCESS_FAMILIES),
-        "health": _selector(job, [*HEALTH_FAMILIES, *MIG_FAMILIES]),
-    }
+    wanted = {"up": up, "scraped": f"timestamp({up})", "node": _selector(job, _NODE_FAMILIES)}
+    # One family per query: the engine answers them in parallel, and decoding each answer
+    # holds the interpreter lock for tens of milliseconds, not half a second, so requests to
+    # the page are served in between.
+    for family in ("gpu_info", *_GPU_GAUGES):
+        wanted[f"gpu/{family}"] = _only(_GPU_LABELS, f"{family}{{job={json.dumps(job)}}}")
+    for family in _PROCESS_FAMILIES:
+        wanted[f"process/{family}"] = _only(_PROCESS_LABELS, f"{family}{{job={json.dumps(job)}}}")
+    # What polling reads from /metrics beyond the legacy JSON, mapped by nodemetrics.py; every
+    # label is kept, since that mapping reads them all.
+    wanted["attribution"] = _selector(job, PROCESS_FAMILIES)
+    wanted["health"] = _selector(job, [*HEALTH_FAMILIES, *MIG_FAMILIES])
+    return wanted
+
+
+def merged(answers: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
+    """The answers of :func:`queries` by purpose: ``gpu/<family>`` answers joined as ``gpu``."""
+    joined: dict[str, list[Sample]] = {}
+    for name, samples in answers.items():
+        joined.setdefault(name.partition("/")[0], []).extend(samples)
+    return joined
 
 
 def _finite(value: float | None) -> float | None:
@@ -269,7 +292,9 @@ async def _round(
     wanted = queries(job)
     answers = await client.queries(list(wanted.values()), at=time.time())
     return build_results(
-        dict(zip(wanted, answers)), stale_after=stale_after, duration=time.monotonic() - started
+        merged(dict(zip(wanted, answers))),
+        stale_after=stale_after,
+        duration=time.monotonic() - started,
     )
 
 

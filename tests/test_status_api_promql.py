@@ -262,3 +262,55 @@ def test_down_and_stalled_targets_fail_like_polls():
     }]  # fmt: skip
     assert not b.ok and "up == 0" in b.error
     assert not c.ok and "60 s old" in c.error
+
+
+@pytest.mark.parametrize("engine", ["prometheus", "victoriametrics"])
+def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
+    """The per-GPU and per-process answers are the largest of a round (20 MB at 2,000 nodes):
+    the engine drops every label the round does not read before encoding them, each answer holds
+    one family, and the round still builds every GPU, its name and its processes."""
+    import asyncio
+    import time
+
+    from simulator.nodes import FakeNodes
+    from simulator.prometheus import running_prometheus
+    from status_api.engine import EngineClient, EngineSettings
+    from status_api.hosts import parse_hosts
+    from status_api.promsource import build_results, merged, queries
+    from status_api.targets import render
+
+    with FakeNodes(["ok", "ok"], gpus=2, exporter_metrics=True) as nodes:
+        targets = tmp_path / "targets.json"
+        targets.write_bytes(render(parse_hosts("\n".join(nodes.hosts_lines()))))
+        run = running_prometheus if engine == "prometheus" else running_victoriametrics
+        with run(tmp_path / engine, targets_file=targets) as server:
+            server.wait_for('gpu_process_info{job="gpu"}', lambda r: len(r) == 4, timeout=60)
+
+            async def ask() -> dict[str, list[tuple[dict[str, str], float]]]:
+                async with EngineClient(EngineSettings(server.url)) as client:
+                    wanted = queries("gpu")
+                    answers = await client.queries(list(wanted.values()), at=time.time())
+                    return dict(zip(wanted, answers))
+
+            raw = asyncio.run(ask())
+    # One family per per-GPU and per-process answer: decoding one holds the
+    # interpreter lock briefly, so the page is served in between.
+    families = {
+        name: {labels.get("__name__") for labels, _ in samples} for name, samples in raw.items()
+    }
+    split = {name: names for name, names in families.items() if "/" in name}
+    assert split and all(len(names) == 1 for names in split.values()), families
+    answers = merged(raw)
+    gpu_labels = {key for labels, _ in answers["gpu"] for key in labels}
+    process_labels = {key for labels, _ in answers["process"] for key in labels}
+    assert gpu_labels == {"__name__", "instance", "gpu", "name"}
+    # mig_uuid is empty off MIG, and an empty label is no label
+    assert process_labels == {"__name__", "instance", "gpu", "pid", "user"}
+    _, results = build_results(answers, stale_after=60)
+    assert [result.ok for result in results] == [True, True]
+    for result in results:
+        gpus = result.status["gpus"]
+        assert [gpu["name"] for gpu in gpus] == ["NVIDIA A100-SXM4-80GB"] * 2
+        assert [len(gpu["users"]) for gpu in gpus] == [2, 0]
+        assert gpus[0]["users"][0]["mem(MiB)"] == 1200
+        assert gpus[0]["tot_mem"] == 81920 and gpus[0]["utilize"] == 87
