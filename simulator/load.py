@@ -24,7 +24,7 @@ import requests
 
 from simulator.exporters import ClientAddresses, ExporterProcess, Workers, rss_bytes
 from simulator.fakenvml import scenario as fake
-from tests.support.metrics import label_sets, values
+from simulator.metrics import label_sets, values
 
 MAX_ERRORS_KEPT = 20
 NVML_ERROR_NOT_SUPPORTED = 3

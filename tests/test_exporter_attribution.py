@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from simulator.fakenvml import scenario as fake
+from simulator.metrics import label_sets, value, values
 from tests.support.cgroups import Placement, require_root, v1_root, v2_root
-from tests.support.metrics import label_sets, value, values
 
 UTILIZATION = (
     "gpu_process_sm_utilization_ratio",

@@ -16,8 +16,8 @@ import yaml
 
 from simulator.exporters import Workers
 from simulator.fakenvml import scenario as fake
+from simulator.metrics import label_sets
 from simulator.proc import wait_http, wait_until
-from tests.support.metrics import label_sets
 
 SECRET = "--api-token=hunter2-7f3a9c"
 ARGV = [sys.executable, "-c", "import time; time.sleep(600)", SECRET]

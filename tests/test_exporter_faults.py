@@ -11,7 +11,7 @@ import time
 import requests
 
 from simulator.fakenvml import scenario as fake
-from tests.support.metrics import label_sets, value, values
+from simulator.metrics import label_sets, value, values
 
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_DRIVER_NOT_LOADED = 9

@@ -10,7 +10,7 @@ import signal
 import time
 
 from simulator.fakenvml import scenario as fake
-from tests.support.metrics import label_sets, value, values
+from simulator.metrics import label_sets, value, values
 
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 

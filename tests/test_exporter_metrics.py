@@ -13,8 +13,8 @@ import pytest
 
 from simulator.exporters import ClientAddresses
 from simulator.fakenvml import scenario as fake
+from simulator.metrics import label_sets, parse_samples, value, values
 from tests.support.encoding import GZIP_NEGOTIATION, check_negotiated, encoding_header
-from tests.support.metrics import label_sets, parse_samples, value, values
 
 MIB = 1024 * 1024
 

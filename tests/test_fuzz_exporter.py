@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from simulator.exporters import ClientAddresses, ExporterProcess, Workers, start_exporter
 from simulator.fakenvml import scenario as fake
+from simulator.metrics import parse_samples
 from tests.support.fuzzing import ACCEPT_HEADERS, no_traceback
-from tests.support.metrics import parse_samples
 
 SPEC = Path(__file__).resolve().parents[1] / "exporter" / "openapi.yaml"
 USER, USER_PASSWORD = "fuzz", "fuzz-secret"

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from simulator.metrics import label_sets
 from tests.support import dashboard as dash
 from tests.support.cluster import (
     GIB,
@@ -35,7 +36,6 @@ from tests.support.cluster import (
     Cluster,
     monitored_cluster,
 )
-from tests.support.metrics import label_sets
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ import pytest
 
 from simulator.exporters import Workers
 from simulator.fakenvml import scenario as fake
-from tests.support.metrics import label_sets
+from simulator.metrics import label_sets
 
 SLEEP = [sys.executable.encode(), b"-c", b"import time; time.sleep(600)"]
 HOSTILE_ARGS: dict[str, list[bytes]] = {

@@ -22,7 +22,7 @@ import requests
 from simulator.exporters import rss_bytes
 from simulator.fakenvml import scenario as fake
 from simulator.load import Churn, Scraper, checkpoint, scrape_load
-from tests.support.metrics import label_sets
+from simulator.metrics import label_sets
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 

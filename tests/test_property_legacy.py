@@ -40,7 +40,7 @@ from exporter.snapshot import (
 )
 from simulator.exporters import ClientAddresses, ExporterProcess, Workers, start_exporter
 from simulator.fakenvml import scenario as fake
-from tests.support.metrics import parse_samples
+from simulator.metrics import parse_samples
 
 # Not ASCII, and equal to another spelling only after Unicode normalisation (NFC "é").
 PASSWORD = "caf\u00e9-\u5bc6\u7801-\U0001f511"

@@ -20,10 +20,10 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simulator.metrics import value, values
 from simulator.nodes import FakeNodes, RecordingListener, legacy_status
 from simulator.proc import free_port, wait_http
 from tests.support.encoding import GZIP_NEGOTIATION, check_negotiated, encoding_header
-from tests.support.metrics import value, values
 from tests.support.status_service import StatusService, child_env, node, status_command
 
 

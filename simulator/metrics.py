@@ -1,4 +1,4 @@
-"""Read Prometheus text exposition in tests: samples by name and labels."""
+"""Read Prometheus text exposition: samples by name and labels (tests, load and soak drivers)."""
 
 from __future__ import annotations
 
