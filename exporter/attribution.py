@@ -39,8 +39,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
-from collections.abc import Iterable
 from pathlib import Path
 
 from exporter.snapshot import NO_ATTRIBUTION, Attribution
@@ -53,7 +51,6 @@ DEFAULT_PROC_ROOT = "/proc"
 MAX_CGROUP_FILE_BYTES = 64 * 1024
 MAX_LINE_LENGTH = 4096
 MAX_LINES = 64
-MAX_CACHE_ENTRIES = 65536  # a safety net for callers that never trim; real sizes are the GPU pids
 
 SHORT_CONTAINER_ID_LENGTH = 12
 
@@ -176,17 +173,6 @@ def _read_small(path: Path, limit: int) -> bytes:
         return handle.read(limit + 1)
 
 
-def read_start_ticks(pid: int, *, proc_root: str | os.PathLike[str] = DEFAULT_PROC_ROOT) -> int:
-    """The start time of ``pid`` in clock ticks since boot (field 22 of ``/proc/<pid>/stat``).
-
-    Raises ``OSError`` when the process is gone and ``ValueError`` when the file is malformed.
-    """
-    raw = _read_small(Path(proc_root, str(pid), "stat"), 4096)
-    # the command name in parentheses may itself hold spaces and parentheses: split after the last
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return int(fields[19])
-
-
 def read_cgroup_file(pid: int, *, proc_root: str | os.PathLike[str] = DEFAULT_PROC_ROOT) -> bytes:
     """The raw ``/proc/<pid>/cgroup`` (at most one byte over the parse limit). Raises OSError."""
     return _read_small(Path(proc_root, str(pid), "cgroup"), MAX_CGROUP_FILE_BYTES)
@@ -207,81 +193,3 @@ def read_attribution(
     except (OSError, ValueError):
         return NO_ATTRIBUTION
     return parse_cgroup_file(content)
-
-
-class CgroupAttributor:
-    """Attribution of pids from ``<proc_root>/<pid>/cgroup``, cached per (pid, start time).
-
-    A process cannot change job or pod, and rarely changes container, so one read per process
-    lifetime is enough; the start time in the key makes a reused pid a new entry. ``resolve``
-    trims the cache to the pids it is given, as :class:`exporter.processes.ProcessResolver` does.
-    Thread-safe.
-    """
-
-    def __init__(self, *, proc_root: str | os.PathLike[str] = DEFAULT_PROC_ROOT) -> None:
-        self._proc_root = Path(proc_root)
-        self._cache: dict[int, tuple[float, Attribution]] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def proc_root(self) -> Path:
-        return self._proc_root
-
-    def attribution(self, pid: int, *, started: float | None = None) -> Attribution:
-        """The attribution of ``pid``; empty when it has exited or its cgroup cannot be read.
-
-        ``started`` is the process start time when the caller already has one (e.g. psutil's
-        ``create_time()``), used only as the cache key; without it the start time is read from
-        ``<proc_root>/<pid>/stat``. Keep to one kind of key per instance.
-        """
-        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-            return NO_ATTRIBUTION
-        try:
-            key = (
-                float(read_start_ticks(pid, proc_root=self._proc_root))
-                if started is None
-                else started
-            )
-        except (OSError, ValueError, IndexError):
-            self._forget(pid)
-            return NO_ATTRIBUTION
-        with self._lock:
-            cached = self._cache.get(pid)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        try:
-            content = read_cgroup_file(pid, proc_root=self._proc_root)
-            if started is None and float(read_start_ticks(pid, proc_root=self._proc_root)) != key:
-                return NO_ATTRIBUTION  # the pid was reused while we read: ask again next pass
-        except (OSError, ValueError, IndexError):
-            self._forget(pid)
-            return NO_ATTRIBUTION
-        found = parse_cgroup_file(content)
-        with self._lock:
-            if len(self._cache) >= MAX_CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[pid] = (key, found)
-        return found
-
-    def resolve(self, pids: Iterable[int]) -> dict[int, Attribution]:
-        """Attributions of ``pids``; the cache keeps only these pids afterwards."""
-        alive = set(pids)
-        found = {pid: self.attribution(pid) for pid in alive}
-        self.trim(alive)
-        return found
-
-    def trim(self, alive: Iterable[int]) -> None:
-        """Forget every pid not in ``alive`` (call once per pass with the pids seen)."""
-        keep = set(alive)
-        with self._lock:
-            for stale in self._cache.keys() - keep:
-                del self._cache[stale]
-
-    def cached_pids(self) -> set[int]:
-        """The pids held in the cache (for tests and self-checks)."""
-        with self._lock:
-            return set(self._cache)
-
-    def _forget(self, pid: int) -> None:
-        with self._lock:
-            self._cache.pop(pid, None)

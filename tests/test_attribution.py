@@ -14,11 +14,9 @@ import pytest
 
 from exporter.attribution import (
     MAX_CGROUP_FILE_BYTES,
-    CgroupAttributor,
     attribution_of_path,
     parse_cgroup_file,
     read_attribution,
-    read_start_ticks,
 )
 from exporter.snapshot import Attribution
 
@@ -346,12 +344,9 @@ def fake_proc(root: Path, pid: int, cgroup: str, *, start: int = 1000, comm: str
 def test_reader_reads_a_proc_root_mounted_elsewhere(tmp_path: Path) -> None:
     fake_proc(tmp_path, 100, SLURM_V1)
     fake_proc(tmp_path, 200, f"0::/system.slice/docker-{CID}.scope\n", comm="a) (b c")
-    attributor = CgroupAttributor(proc_root=tmp_path)
-    assert attributor.resolve({100, 200, 300}) == {
-        100: Attribution(slurm_job="123456"),
-        200: Attribution(container=CID[:12]),
-        300: Attribution(),  # vanished
-    }
+    assert read_attribution(100, proc_root=tmp_path) == Attribution(slurm_job="123456")
+    assert read_attribution(200, proc_root=tmp_path) == Attribution(container=CID[:12])
+    assert read_attribution(300, proc_root=tmp_path) == Attribution()  # vanished
 
 
 def test_uncached_read(tmp_path: Path) -> None:
@@ -366,71 +361,21 @@ def test_uncached_read(tmp_path: Path) -> None:
     )
 
 
-def test_reader_caches_per_pid_and_start_time(tmp_path: Path) -> None:
-    fake_proc(tmp_path, 100, "0::/system.slice/slurmstepd.scope/job_1/step_0\n", start=5)
-    attributor = CgroupAttributor(proc_root=tmp_path)
-    assert attributor.attribution(100) == Attribution(slurm_job="1")
-    # same process (same start time): the cgroup file is not read again
-    (tmp_path / "100" / "cgroup").write_text("0::/system.slice/slurmstepd.scope/job_2/step_0\n")
-    assert attributor.attribution(100) == Attribution(slurm_job="1")
-    # the pid was reused by a new process: read again
-    fake_proc(tmp_path, 100, "0::/system.slice/slurmstepd.scope/job_3/step_0\n", start=6)
-    assert attributor.attribution(100) == Attribution(slurm_job="3")
-
-
-def test_reader_uses_a_start_time_the_caller_already_has(tmp_path: Path) -> None:
-    fake_proc(tmp_path, 100, f"0::/docker/{CID}\n")
-    attributor = CgroupAttributor(proc_root=tmp_path)
-    assert attributor.attribution(100, started=1700000000.5) == Attribution(container=CID[:12])
-    (tmp_path / "100" / "cgroup").write_text(f"0::/docker/{CID2}\n")
-    assert attributor.attribution(100, started=1700000000.5) == Attribution(container=CID[:12])
-    assert attributor.attribution(100, started=1700000001.0) == Attribution(container=CID2[:12])
-
-
-def test_reader_trims_the_cache_to_live_pids(tmp_path: Path) -> None:
-    for pid in range(100, 110):
-        fake_proc(tmp_path, pid, f"0::/docker/{CID}\n")
-    attributor = CgroupAttributor(proc_root=tmp_path)
-    attributor.resolve(set(range(100, 110)))
-    assert attributor.cached_pids() == set(range(100, 110))
-    attributor.resolve({100, 101})
-    assert attributor.cached_pids() == {100, 101}
-
-
-def test_reader_forgets_a_vanished_pid(tmp_path: Path) -> None:
-    fake_proc(tmp_path, 100, f"0::/docker/{CID}\n")
-    attributor = CgroupAttributor(proc_root=tmp_path)
-    assert attributor.attribution(100) == Attribution(container=CID[:12])
-    (tmp_path / "100" / "cgroup").unlink()
-    (tmp_path / "100" / "stat").unlink()
-    assert attributor.attribution(100) == Attribution()
-    assert attributor.cached_pids() == set()
-
-
-@pytest.mark.parametrize("stat", ["", "100 (x\n", "100 (x) S 1 2\n", "100 (x) " + "y " * 30])
-def test_reader_survives_malformed_stat(tmp_path: Path, stat: str) -> None:
-    fake_proc(tmp_path, 100, f"0::/docker/{CID}\n")
-    (tmp_path / "100" / "stat").write_text(stat)
-    assert CgroupAttributor(proc_root=tmp_path).attribution(100) == Attribution()
-
-
 @pytest.mark.parametrize("pid", [0, -1, True, "1"])
 def test_reader_rejects_impossible_pids(tmp_path: Path, pid: object) -> None:
-    assert CgroupAttributor(proc_root=tmp_path).attribution(pid) == Attribution()  # type: ignore[arg-type]
+    assert read_attribution(pid, proc_root=tmp_path) == Attribution()  # type: ignore[arg-type]
 
 
 def test_reader_on_the_real_proc() -> None:
-    """This very process: whatever cgroup it is in, the reader answers and the key is stable."""
-    attributor = CgroupAttributor()
+    """This very process and a child: whatever cgroup they are in, the reader answers."""
     expected = parse_cgroup_file(Path(f"/proc/{os.getpid()}/cgroup").read_bytes())
-    assert attributor.attribution(os.getpid()) == expected
-    assert read_start_ticks(os.getpid()) == read_start_ticks(os.getpid()) > 0
+    assert read_attribution(os.getpid()) == expected
     child = subprocess.Popen(["sleep", "60"])
     try:
-        assert attributor.resolve({child.pid}) == {
-            child.pid: parse_cgroup_file(Path(f"/proc/{child.pid}/cgroup").read_bytes())
-        }
+        assert read_attribution(child.pid) == parse_cgroup_file(
+            Path(f"/proc/{child.pid}/cgroup").read_bytes()
+        )
     finally:
         child.kill()
         child.wait()
-    assert attributor.attribution(child.pid) == Attribution()
+    assert read_attribution(child.pid) == Attribution()

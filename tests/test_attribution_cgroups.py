@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.attribution import CgroupAttributor
+from exporter.attribution import read_attribution
 from exporter.snapshot import Attribution
 from tests.support.cgroups import Placement, require_root, v1_root, v2_root
 
@@ -54,7 +54,7 @@ def test_slurm_v1_job(placement: Placement, sleeper: int) -> None:
     job = _job_id(4242)
     step = placement.make(root, f"slurm/uid_1000/job_{job}/step_0")
     placement.move(root, step, sleeper)
-    assert CgroupAttributor().attribution(sleeper) == Attribution(slurm_job=job)
+    assert read_attribution(sleeper) == Attribution(slurm_job=job)
 
 
 def test_slurm_v2_job(placement: Placement, sleeper: int) -> None:
@@ -62,7 +62,7 @@ def test_slurm_v2_job(placement: Placement, sleeper: int) -> None:
     job = _job_id(4343)
     step = placement.make(root, f"system.slice/slurmstepd.scope/job_{job}/step_batch")
     placement.move(root, step, sleeper)
-    assert CgroupAttributor().attribution(sleeper) == Attribution(slurm_job=job)
+    assert read_attribution(sleeper) == Attribution(slurm_job=job)
 
 
 def test_docker_container_v2(placement: Placement, sleeper: int) -> None:
@@ -70,7 +70,7 @@ def test_docker_container_v2(placement: Placement, sleeper: int) -> None:
     container = secrets.token_hex(32)
     scope = placement.make(root, f"system.slice/docker-{container}.scope")
     placement.move(root, scope, sleeper)
-    assert CgroupAttributor().attribution(sleeper) == Attribution(container=container[:12])
+    assert read_attribution(sleeper) == Attribution(container=container[:12])
 
 
 def test_docker_container_v1(placement: Placement, sleeper: int) -> None:
@@ -78,7 +78,7 @@ def test_docker_container_v1(placement: Placement, sleeper: int) -> None:
     container = secrets.token_hex(32)
     cgroup = placement.make(root, f"docker/{container}")
     placement.move(root, cgroup, sleeper)
-    assert CgroupAttributor().attribution(sleeper) == Attribution(container=container[:12])
+    assert read_attribution(sleeper) == Attribution(container=container[:12])
 
 
 def test_hybrid_host_prefers_the_unified_hierarchy(placement: Placement, sleeper: int) -> None:
@@ -88,8 +88,7 @@ def test_hybrid_host_prefers_the_unified_hierarchy(placement: Placement, sleeper
     job, container = _job_id(4444), secrets.token_hex(32)
     placement.move(v1, placement.make(v1, f"slurm/uid_1000/job_{job}/step_0"), sleeper)
     placement.move(v2, placement.make(v2, f"system.slice/docker-{container}.scope"), sleeper)
-    attributor = CgroupAttributor()
-    assert attributor.attribution(sleeper) == Attribution(container=container[:12])
+    assert read_attribution(sleeper) == Attribution(container=container[:12])
 
 
 def test_a_killed_process_has_no_attribution(placement: Placement) -> None:
@@ -99,13 +98,11 @@ def test_a_killed_process_has_no_attribution(placement: Placement) -> None:
     child = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
     try:
         placement.move(root, scope, child.pid)
-        attributor = CgroupAttributor()
-        assert attributor.resolve({child.pid}) == {child.pid: Attribution(container=container[:12])}
+        assert read_attribution(child.pid) == Attribution(container=container[:12])
     finally:
         child.kill()
         child.wait()
-    assert attributor.resolve({child.pid}) == {child.pid: Attribution()}
-    assert attributor.cached_pids() == set()
+    assert read_attribution(child.pid) == Attribution()
 
 
 def test_cleanup_moves_back_and_removes_what_it_made(sleeper: int) -> None:
