@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any, Callable
 
 from exporter import __version__
-from exporter.collector import SnapshotCollector
+from exporter.collector import render
 from exporter.legacy import legacy_status_json
 from exporter.snapshot import Snapshot
 from servicekit.limiter import FailureThrottle, client_key
@@ -82,14 +82,10 @@ def _text(status: int, text: str) -> Reply:
     return Reply(status, text.encode(), "text/plain; charset=utf-8")
 
 
-_MAX_CACHED_FORMATS = 8  # formats differ by the Accept header's parameters; clients choose them
-
-
 class MetricsRenderer:
     """Encodes a snapshot once per (snapshot, format, compression) and reuses the bytes.
 
-    The cache holds a few formats per snapshot at most: the content type echoes parameters of
-    the client's Accept header, so each distinct header would otherwise add a full rendering.
+    There are four such bodies at most per snapshot: text or OpenMetrics, plain or gzip.
     ``include_commands`` puts processes' command lines on ``gpu_process_info``; callers decide
     it explicitly, because a command line can hold secrets.
     """
@@ -102,7 +98,7 @@ class MetricsRenderer:
         self._include_commands = include_commands
         self._lock = threading.Lock()
         self._sequence = -1
-        self._cache: dict[tuple[str, bool], bytes] = {}
+        self._cache: dict[MetricsFormat, bytes] = {}
 
     def render(
         self, accept: str | None, accept_encoding: str | None
@@ -110,22 +106,22 @@ class MetricsRenderer:
         """The body for a request with these headers, and the format it is in."""
         metrics_format = negotiate(accept, accept_encoding)
         snapshot = self._latest()
-        key = metrics_format.key
         with self._lock:
             if snapshot.sequence != self._sequence:
                 self._cache.clear()
                 self._sequence = snapshot.sequence
-            cached = self._cache.get(key)
+            cached = self._cache.get(metrics_format)
         if cached is None:
-            view = SnapshotCollector(
-                lambda: snapshot,
+            body = render(
+                snapshot,
+                openmetrics=metrics_format.openmetrics,
                 include_processes=self._include_processes,
                 include_commands=self._include_commands,
             )
-            cached = metrics_format.encode(view)
+            cached = metrics_format.compress(body)
             with self._lock:
-                if snapshot.sequence == self._sequence and len(self._cache) < _MAX_CACHED_FORMATS:
-                    self._cache[key] = cached
+                if snapshot.sequence == self._sequence:
+                    self._cache[metrics_format] = cached
         return cached, metrics_format
 
 

@@ -40,10 +40,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
-
-from exporter.collector import SnapshotCollector
+from exporter.collector import render
 from exporter.snapshot import (
     CollectorStatus,
     DriverInfo,
@@ -314,10 +311,7 @@ def exporter_metrics(
     """The exporter's ``/metrics`` of :func:`exporter_snapshot`, rendered once by the exporter's
     own collector, split around the value of ``gpu_exporter_last_collect_timestamp_seconds``:
     the server puts the current time there, as a live exporter's sampling pass would."""
-    registry = CollectorRegistry(auto_describe=False)
-    snapshot = exporter_snapshot(status, attribution)
-    registry.register(SnapshotCollector(lambda: snapshot))
-    text = generate_latest(registry)
+    text = render(exporter_snapshot(status, attribution))
     start = text.index(_COLLECT_LINE) + len(_COLLECT_LINE)
     return text[:start], text[text.index(b"\n", start) :]
 

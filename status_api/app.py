@@ -19,7 +19,7 @@ from servicekit.encoding import VARY, accepts_gzip
 from servicekit.metricsformat import negotiate
 from servicekit.responses import JSON, json_error_body
 from status_api.cluster import Cluster, View
-from status_api.metrics import make_registry
+from status_api.metrics import exposition, make_registry
 
 STATIC = Path(__file__).resolve().parent / "static"
 # The one description of the API: shipped as YAML, served as JSON.
@@ -107,7 +107,7 @@ def create_app(cluster: Cluster, *, static_dir: Path = STATIC) -> Flask:
             request.headers.get("Accept"), request.headers.get("Accept-Encoding")
         )
         return Response(
-            metrics_format.encode(registry),
+            metrics_format.compress(exposition(registry, openmetrics=metrics_format.openmetrics)),
             content_type=metrics_format.content_type,
             headers=metrics_format.headers(),
         )

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
 from status_api import __version__
@@ -107,3 +109,8 @@ def make_registry(cluster: Cluster) -> CollectorRegistry:
     registry.register(ClusterCollector(cluster))
     ProcessCollector(registry=registry)
     return registry
+
+
+def exposition(registry: CollectorRegistry, *, openmetrics: bool) -> bytes:
+    """The registry in the format :func:`servicekit.metricsformat.negotiate` chose."""
+    return generate_openmetrics(registry) if openmetrics else generate_latest(registry)

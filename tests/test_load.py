@@ -86,9 +86,9 @@ def test_soak_with_churn_and_faults_stays_flat(churn_exporter, capsys) -> None:
 def test_distinct_accept_headers_do_not_grow_memory(exporter_factory, worker_pids) -> None:
     """A client sending a new Accept header every time does not get a cached copy each time.
 
-    Renderings are cached per snapshot and format, and the format echoes the Accept header. Each
-    answer must still be the format asked for: a cache keyed too coarsely (one entry for every
-    format) would also keep memory flat, but would answer text requests with OpenMetrics.
+    Renderings are cached per snapshot and format, and a format never echoes the Accept header.
+    Each answer must still be the format asked for: a cache keyed too coarsely (one entry for
+    every format) would also keep memory flat, but would answer text requests with OpenMetrics.
     """
     exporter = exporter_factory(fake.busy(8, worker_pids(64)), interval=60.0)  # one snapshot
     session = requests.Session()
@@ -103,12 +103,16 @@ def test_distinct_accept_headers_do_not_grow_memory(exporter_factory, worker_pid
     assert open_metrics.endswith(b"# EOF\n")
     before = rss_bytes(exporter.process.pid)
     for n in range(DISTINCT_ACCEPT_HEADERS):
-        accept = f"application/openmetrics-text; version=1.0.{n}"
+        accept = f"application/openmetrics-text; version=1.0.0; q=0.{n:03d}, text/plain; q=0.0005"
         headers = {"Accept": accept, "Accept-Encoding": "identity"}
         response = session.get(url, headers=headers, timeout=5)
         assert response.status_code == 200
-        assert response.headers["Content-Type"].startswith(accept + ";")
-        assert response.content == open_metrics, accept
+        # q=0.000 refuses OpenMetrics: the text format, asked for with less, is the answer.
+        wanted = open_metrics if n else text
+        assert response.content == wanted, accept
+        assert response.headers["Content-Type"].startswith(
+            "application/openmetrics-text; version=1.0.0;" if n else "text/plain; version=0.0.4;"
+        )
         if n % 50 == 0:  # the text format, asked for between them, is still the text format
             assert session.get(url, headers=plain, timeout=5).content == text, n
     grown = rss_bytes(exporter.process.pid) - before

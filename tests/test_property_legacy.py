@@ -22,13 +22,11 @@ import pytest
 import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from prometheus_client.exposition import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 
-from exporter.collector import SnapshotCollector, snapshot_families
+from exporter.collector import render, snapshot_families
 from exporter.legacy import legacy_status, legacy_status_json
 from exporter.snapshot import (
     CollectorStatus,
@@ -393,9 +391,7 @@ def _expected_label_sets(snapshot: Snapshot) -> dict[str, list[dict[str, str]]]:
 @RENDER_SETTINGS
 @given(snapshot=snapshots())
 def test_prometheus_text_parses_back_with_labels_intact(snapshot: Snapshot) -> None:
-    text = generate_latest(SnapshotCollector(lambda: snapshot, include_commands=True)).decode(
-        "utf-8"
-    )
+    text = render(snapshot, include_commands=True).decode("utf-8")
     samples = parse_samples(text)
     for name, expected in _expected_label_sets(snapshot).items():
         found = _labels(samples, name)
@@ -420,9 +416,7 @@ def test_prometheus_text_parses_back_with_labels_intact(snapshot: Snapshot) -> N
 @RENDER_SETTINGS
 @given(snapshot=snapshots())
 def test_openmetrics_parses_back_with_labels_intact(snapshot: Snapshot) -> None:
-    text = generate_openmetrics(SnapshotCollector(lambda: snapshot, include_commands=True)).decode(
-        "utf-8"
-    )
+    text = render(snapshot, openmetrics=True, include_commands=True).decode("utf-8")
     families = {family.name: family for family in parse_openmetrics(text)}
     expected = _expected_label_sets(snapshot)
     for family_name, sample_name in (("gpu", "gpu_info"), ("gpu_process", "gpu_process_info")):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
-from exporter.collector import SnapshotCollector
+from exporter.collector import render
 from exporter.snapshot import ProcessSample, Snapshot
 from tests.unit.builders import GIB, MIB, down_gpu, gpu, snapshot
 
@@ -19,10 +18,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 def scrape(
     snap: Snapshot, *, include_processes: bool = True, include_commands: bool = True
 ) -> Samples:
-    collector = SnapshotCollector(
-        lambda: snap, include_processes=include_processes, include_commands=include_commands
-    )
-    text = generate_latest(collector)
+    text = render(snap, include_processes=include_processes, include_commands=include_commands)
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(text.decode())
