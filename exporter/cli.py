@@ -22,6 +22,7 @@ from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
 from exporter.sampler import Sampler
 from servicekit.cliargs import add_log_flags, add_web_flags, positive
 from servicekit.logsetup import configure_logging
+from servicekit.memory import limit_malloc_arenas
 from servicekit.password import ENV_VAR, PasswordError, PasswordSource, warn_if_exposed
 
 log = logging.getLogger("exporter")
@@ -122,6 +123,7 @@ def _command_lines_on_metrics(args: argparse.Namespace) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.password_argument is not None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from servicekit.logsetup import configure_logging
+from servicekit.memory import limit_malloc_arenas
 from servicekit.password import PasswordError
 from status_api.arguments import build_parser, build_targets_parser
 from status_api.hosts import Host, HostsFileError, HostsWatcher
@@ -172,6 +173,7 @@ def targets_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_malloc_arenas()
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["targets"]:
         args = build_targets_parser().parse_args(arguments[1:])
