@@ -3,7 +3,7 @@
 The exporter renders about 1,200 samples a scrape on a busy 8-GPU node. prometheus_client's
 writer formats and escapes every label of every sample again (4 us a sample, 5.8 ms a scrape);
 here a caller escapes each label set once, shares it between the series of one GPU or process,
-and a sample is a single string join (1.4 ms a scrape). Not importing prometheus_client at run
+and a sample is a single string join (0.5 ms a scrape). Not importing prometheus_client at run
 time also keeps it out of the exporter's memory.
 
 A :class:`Family` is named as in OpenMetrics: a counter without ``_total``, an info family
