@@ -154,6 +154,8 @@ def _index(labels: dict[bytes, bytes], name: bytes) -> int | None:
 
 def _text(raw: bytes) -> str:
     """A label value, unescaped, decoded leniently and cut to :data:`MAX_LABEL` characters."""
+    if b"\\" not in raw:  # most values: nothing to unescape
+        return raw[: MAX_LABEL * 4].decode("utf-8", "replace")[:MAX_LABEL]
     unescaped = re.sub(rb'\\[\\"n]', lambda m: _UNESCAPE[m.group(0)].encode(), raw[: MAX_LABEL * 4])
     return unescaped.decode("utf-8", "replace")[:MAX_LABEL]
 
@@ -291,6 +293,8 @@ def parse_metrics(text: bytes) -> NodeMetrics:
 
 def _escaped(value: str) -> bytes:
     """A label value as the exposition text writes it, so both sources read it the same way."""
+    if "\\" not in value and '"' not in value and "\n" not in value:
+        return value.encode()
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").encode()
 
 

@@ -40,7 +40,7 @@ from yarl import URL
 
 from status_api.answers import AnswerTooLarge, read_capped
 from status_api.hosts import Host
-from status_api.loopthread import LoopThread
+from status_api.loopthread import LoopThread, gc_paused
 from status_api.nodedata import NodeDataError, parse_status
 from status_api.nodemetrics import (
     GpuHealth,
@@ -412,7 +412,8 @@ class Poller(LoopThread):
         try:
             while True:
                 started = time.monotonic()
-                failed = await self._round(client, failed)
+                with gc_paused():
+                    failed = await self._round(client, failed)
                 remaining = self._interval - (time.monotonic() - started)
                 if remaining > 0:
                     await asyncio.sleep(remaining)

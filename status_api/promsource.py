@@ -34,9 +34,10 @@ from typing import Any
 
 from status_api.engine import EngineClient, EngineError, EngineSettings, Sample, shown
 from status_api.hosts import Host
-from status_api.loopthread import LoopThread
+from status_api.loopthread import LoopThread, gc_paused
 from status_api.nodedata import MAX_GPUS, MAX_SHORT_STRING, MAX_STRING, USER_MEMORY
 from status_api.nodemetrics import (
+    ATTRIBUTION_LABELS,
     HEALTH_FAMILIES,
     MIG_FAMILIES,
     PROCESS_FAMILIES,
@@ -56,20 +57,10 @@ _GPU_GAUGES = {
     "gpu_power_watts": "power",
     "gpu_power_limit_watts": "power_limit",
 }
-_NODE_FAMILIES = ("gpu_node_info", "gpu_exporter_last_collect_timestamp_seconds")
-_PROCESS_FAMILIES = ("gpu_process_memory_used_bytes", "gpu_process_info")
 
 
-def _selector(job: str, names: Sequence[str]) -> str:
-    """A selector of ``names`` in ``job``; one query reads several families."""
-    pattern = "|".join(names)
-    return f'{{__name__=~"{pattern}",job={json.dumps(job)}}}'
-
-
-# The labels a round reads of the per-GPU and per-process families; the engine drops the rest
-# (max by), which at 2,000 nodes makes the answers a third smaller and the engine faster.
-_GPU_LABELS = ("__name__", "instance", "gpu", "name")
-_PROCESS_LABELS = ("__name__", "instance", "gpu", "pid", "mig_uuid", "user", "command")
+def _selector(job: str, family: str) -> str:
+    return f"{family}{{job={json.dumps(job)}}}"
 
 
 def _only(labels: Sequence[str], selector: str) -> str:
@@ -77,22 +68,52 @@ def _only(labels: Sequence[str], selector: str) -> str:
     return f"max by ({', '.join(labels)}) ({selector})"
 
 
+# The labels a round reads of each family; the engine drops the rest (max by), which at 2,000
+# nodes makes the answers less than half as large, and the engine and the decoding faster.
+_GPU_LABELS = ("__name__", "instance", "gpu", "name")
+_PROCESS_LABELS = ("__name__", "instance", "gpu", "pid", "mig_uuid", "user")
+_ATTRIBUTION_LABELS = (*_PROCESS_LABELS, "command", *ATTRIBUTION_LABELS)
+_HEALTH_LABELS = ("__name__", "instance", "gpu")
+_MIG_LABELS = ("__name__", "instance", "gpu", "mig_uuid", "gi", "ci", "profile")
+
+# What only changes when an operator changes the hardware, the driver's settings or the node's
+# name: asked every SLOW_SECONDS rather than every round (a third of the series of a round),
+# and at once when a node is up that was not when they were last asked.
+SLOW = frozenset((
+    "node/gpu_node_info", "gpu/gpu_info", "gpu/gpu_memory_total_bytes",
+    "gpu/gpu_power_limit_watts", "health/gpu_pcie_link_generation_max",
+    "health/gpu_pcie_link_width_max",
+))  # fmt: skip
+SLOW_SECONDS = 60.0
+
+
 def queries(job: str) -> dict[str, str]:
-    """The instant queries of one round, by what they are for; ``gpu/<family>`` and
-    ``process/<family>`` are one query per family (see :func:`merged`)."""
+    """Every instant query of a round, by ``<purpose>/<family>`` (see :func:`merged`).
+
+    One family per query: the engine answers them in parallel, and decoding each answer holds
+    the interpreter lock for milliseconds, not half a second, so requests to the page are
+    served in between. Only raw exporter series are read, each with the labels it is read for.
+    """
     up = f"up{{job={json.dumps(job)}}}"
-    wanted = {"up": up, "scraped": f"timestamp({up})", "node": _selector(job, _NODE_FAMILIES)}
-    # One family per query: the engine answers them in parallel, and decoding each answer
-    # holds the interpreter lock for tens of milliseconds, not half a second, so requests to
-    # the page are served in between.
+    wanted = {"up": up, "scraped": f"timestamp({up})"}
+
+    def ask(purpose: str, family: str, labels: Sequence[str]) -> None:
+        wanted[f"{purpose}/{family}"] = _only(labels, _selector(job, family))
+
+    ask("node", "gpu_node_info", ("__name__", "instance", "hostname"))
+    ask("node", "gpu_exporter_last_collect_timestamp_seconds", ("__name__", "instance"))
     for family in ("gpu_info", *_GPU_GAUGES):
-        wanted[f"gpu/{family}"] = _only(_GPU_LABELS, f"{family}{{job={json.dumps(job)}}}")
-    for family in _PROCESS_FAMILIES:
-        wanted[f"process/{family}"] = _only(_PROCESS_LABELS, f"{family}{{job={json.dumps(job)}}}")
-    # What polling reads from /metrics beyond the legacy JSON, mapped by nodemetrics.py; every
-    # label is kept, since that mapping reads them all.
-    wanted["attribution"] = _selector(job, PROCESS_FAMILIES)
-    wanted["health"] = _selector(job, [*HEALTH_FAMILIES, *MIG_FAMILIES])
+        ask("gpu", family, _GPU_LABELS)
+    ask("process", "gpu_process_memory_used_bytes", _PROCESS_LABELS)
+    # What polling reads from /metrics beyond the legacy JSON, mapped by nodemetrics.py;
+    # gpu_process_info also gives the processes their users and commands.
+    ask("attribution", PROCESS_FAMILIES[0], _ATTRIBUTION_LABELS)
+    for family in PROCESS_FAMILIES[1:]:
+        ask("attribution", family, ("__name__", "instance", "gpu", "pid"))
+    for family in HEALTH_FAMILIES:
+        ask("health", family, _HEALTH_LABELS)
+    for family in MIG_FAMILIES:
+        ask("health", family, _MIG_LABELS)
     return wanted
 
 
@@ -102,6 +123,35 @@ def merged(answers: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
     for name, samples in answers.items():
         joined.setdefault(name.partition("/")[0], []).extend(samples)
     return joined
+
+
+class SlowAnswers:
+    """The last answers of the :data:`SLOW` queries, and whether to ask them again."""
+
+    def __init__(self, *, every: float = SLOW_SECONDS) -> None:
+        self._every = every
+        self._answers: dict[str, list[Sample]] = {}
+        self._asked_at: float | None = None  # time.monotonic()
+        self._up: set[str] = set()  # the instances up when they were asked
+
+    def due(self, now: float) -> bool:
+        return self._asked_at is None or now - self._asked_at >= self._every
+
+    def missing(self, up: set[str]) -> bool:
+        """Whether a node is up now that was not when the answers were taken."""
+        return not up <= self._up
+
+    def remember(self, answers: dict[str, list[Sample]], up: set[str], now: float) -> None:
+        self._answers = {name: answers[name] for name in SLOW}
+        self._up, self._asked_at = up, now
+
+    def fill(self, answers: dict[str, list[Sample]]) -> None:
+        for name, samples in self._answers.items():
+            answers.setdefault(name, samples)
+
+
+def _up_instances(samples: list[Sample]) -> set[str]:
+    return {labels.get("instance", "") for labels, value in samples if value == 1}
 
 
 def _finite(value: float | None) -> float | None:
@@ -170,7 +220,9 @@ def _collect_gpus(node: _Node, samples: list[Sample]) -> None:
         index = _index(labels)
         if index is None or (index not in gpus and len(gpus) >= MAX_GPUS):
             continue
-        gpu = gpus.setdefault(index, _gpu(index))
+        gpu = gpus.get(index)
+        if gpu is None:
+            gpu = gpus[index] = _gpu(index)
         family = labels.get("__name__", "")
         if family == "gpu_info":
             gpu["name"] = labels.get("name", "")[:MAX_SHORT_STRING]
@@ -263,7 +315,10 @@ def build_results(
             else:
                 nodes[instance].collected = _finite(value)
     gpu_samples = _by_instance(answers["gpu"], nodes)
-    process_samples = _by_instance(answers["process"], nodes)
+    process_info = [
+        s for s in answers["attribution"] if s[0].get("__name__") == PROCESS_FAMILIES[0]
+    ]
+    process_samples = _by_instance([*answers["process"], *process_info], nodes)
     extra_samples = _by_instance([*answers["attribution"], *answers["health"]], nodes)
     for instance, node in nodes.items():
         _collect_gpus(node, gpu_samples.get(instance, []))
@@ -285,16 +340,26 @@ def build_results(
 
 
 async def _round(
-    client: EngineClient, *, job: str, stale_after: float
+    client: EngineClient, *, job: str, stale_after: float, slow: SlowAnswers | None = None
 ) -> tuple[list[Host], list[PollResult]]:
-    """One round; EngineError when any query fails."""
+    """One round; EngineError when any query fails. Without ``slow`` every query is asked."""
     started = time.monotonic()
+    at = time.time()
     wanted = queries(job)
-    answers = await client.queries(list(wanted.values()), at=time.time())
+    ask_slow = slow is None or slow.due(started)
+    asked = {name: expr for name, expr in wanted.items() if ask_slow or name not in SLOW}
+    answers = dict(zip(asked, await client.queries(list(asked.values()), at=at)))
+    if slow is not None:
+        up = _up_instances(answers["up"])
+        if not ask_slow and slow.missing(up):
+            late = [name for name in wanted if name in SLOW]
+            answers.update(zip(late, await client.queries([wanted[n] for n in late], at=at)))
+            ask_slow = True
+        if ask_slow:
+            slow.remember(answers, up, started)
+        slow.fill(answers)
     return build_results(
-        merged(dict(zip(wanted, answers))),
-        stale_after=stale_after,
-        duration=time.monotonic() - started,
+        merged(answers), stale_after=stale_after, duration=time.monotonic() - started
     )
 
 
@@ -310,6 +375,7 @@ class EngineSource(LoopThread):
         self._interval = interval
         self._cluster = cluster
         self._last_error = ""
+        self._slow = SlowAnswers()
         super().__init__(name="engine-source")
 
     async def _main(self) -> None:
@@ -317,7 +383,8 @@ class EngineSource(LoopThread):
             self._ready()
             while True:
                 started = time.monotonic()
-                await self._round(client)
+                with gc_paused():
+                    await self._round(client)
                 remaining = self._interval - (time.monotonic() - started)
                 if remaining > 0:
                     await asyncio.sleep(remaining)
@@ -328,7 +395,7 @@ class EngineSource(LoopThread):
         try:
             # Each query has the timeout; this bounds the round as a whole (its parsing included).
             hosts, results = await asyncio.wait_for(
-                _round(client, job=self._job, stale_after=stale_after),
+                _round(client, job=self._job, stale_after=stale_after, slow=self._slow),
                 self._settings.timeout + 1.0,
             )
         except asyncio.CancelledError:

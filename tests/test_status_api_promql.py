@@ -14,7 +14,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -268,7 +268,9 @@ def test_down_and_stalled_targets_fail_like_polls():
 def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
     """The per-GPU and per-process answers are the largest of a round (20 MB at 2,000 nodes):
     the engine drops every label the round does not read before encoding them, each answer holds
-    one family, and the round still builds every GPU, its name and its processes."""
+    one family, and the round still builds every GPU, its name and its processes. The families
+    that only change with the hardware are asked once a minute, and at once for a node that is
+    up and was not when they were asked."""
     import asyncio
     import time
 
@@ -276,8 +278,24 @@ def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
     from simulator.prometheus import running_prometheus
     from status_api.engine import EngineClient, EngineSettings
     from status_api.hosts import parse_hosts
-    from status_api.promsource import build_results, merged, queries
+    from status_api.promsource import (
+        SLOW,
+        SlowAnswers,
+        _round,
+        build_results,
+        merged,
+        queries,
+    )
     from status_api.targets import render
+
+    class Recording(EngineClient):
+        """The real client, noting which queries each call asks."""
+
+        asked: ClassVar[list[list[str]]] = []
+
+        async def queries(self, exprs, *, at):
+            self.asked.append(list(exprs))
+            return await super().queries(exprs, at=at)
 
     with FakeNodes(["ok", "ok"], gpus=2, exporter_metrics=True) as nodes:
         targets = tmp_path / "targets.json"
@@ -293,19 +311,56 @@ def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
                     return dict(zip(wanted, answers))
 
             raw = asyncio.run(ask())
-    # One family per per-GPU and per-process answer: decoding one holds the
-    # interpreter lock briefly, so the page is served in between.
+
+            async def rounds(slow: SlowAnswers, count: int) -> list:
+                async with Recording(EngineSettings(server.url)) as client:
+                    return [
+                        await _round(client, job="gpu", stale_after=60, slow=slow)
+                        for _ in range(count)
+                    ]
+
+            slow = SlowAnswers()
+            (_, first), (_, second) = asyncio.run(rounds(slow, 2))
+            first_asked, second_asked = Recording.asked
+            late = SlowAnswers()  # taken when no node was up: every node is new
+            late.remember({name: [] for name in SLOW}, set(), time.monotonic())
+            Recording.asked = []
+            ((_, third),) = asyncio.run(rounds(late, 1))
+            third_asked = Recording.asked
+    # One family per answer: decoding one holds the interpreter lock briefly, so the page is
+    # served in between. (Families the fake nodes do not have, such as XIDs, are empty.)
     families = {
         name: {labels.get("__name__") for labels, _ in samples} for name, samples in raw.items()
     }
     split = {name: names for name, names in families.items() if "/" in name}
-    assert split and all(len(names) == 1 for names in split.values()), families
+    assert split and all(len(names) <= 1 for names in split.values()), families
+    assert all(names == {name.partition("/")[2]} for name, names in split.items() if names)
     answers = merged(raw)
     gpu_labels = {key for labels, _ in answers["gpu"] for key in labels}
     process_labels = {key for labels, _ in answers["process"] for key in labels}
+    health_labels = {key for labels, _ in answers["health"] for key in labels}
+    attribution_labels = {key for labels, _ in answers["attribution"] for key in labels}
     assert gpu_labels == {"__name__", "instance", "gpu", "name"}
     # mig_uuid is empty off MIG, and an empty label is no label
     assert process_labels == {"__name__", "instance", "gpu", "pid", "user"}
+    assert health_labels == {"__name__", "instance", "gpu"}
+    assert "uuid" not in attribution_labels and "job" not in attribution_labels
+    assert {"slurm_job", "user", "pid"} <= attribution_labels  # commands: only behind basic auth
+    # The slow families: asked in the first round, not in the second, and at once (a second
+    # call in the same round) when a node is up that was not when they were asked.
+    slow_exprs = {queries("gpu")[name] for name in SLOW}
+    assert slow_exprs <= set(first_asked)
+    assert not slow_exprs & set(second_asked)
+    assert not slow_exprs & set(third_asked[0]) and set(third_asked[1]) == slow_exprs
+
+    def seen(results: list) -> list:
+        return [
+            [(gpu["name"], gpu["tot_mem"], len(gpu["users"])) for gpu in r.status["gpus"]]
+            for r in results
+        ]
+
+    assert seen(first) == seen(second) == seen(third)
+    assert seen(first)[0][0] == ("NVIDIA A100-SXM4-80GB", 81920, 2)
     _, results = build_results(answers, stale_after=60)
     assert [result.ok for result in results] == [True, True]
     for result in results:
