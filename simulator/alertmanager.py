@@ -13,7 +13,6 @@ changed), storage in ``workdir`` and clustering off. It yields an ``Alertmanager
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 import requests
 import yaml
 
-from simulator.proc import ManagedProcess, free_port, wait_http
+from simulator.proc import ManagedProcess, free_port, run_tool, wait_http
 from simulator.prometheus import PROMETHEUS_DIR, load_yaml
 
 ALERTMANAGER_CONFIG = PROMETHEUS_DIR / "alertmanager.yml"
@@ -50,20 +49,8 @@ def _require(path: str | None, what: str) -> str:
 
 
 def amtool(*args: str, timeout: float = 60) -> str:
-    """Run amtool; AssertionError with its whole output when it fails."""
-    command = [_require(shutil.which("amtool"), "amtool"), *args]
-    completed = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    output = completed.stdout + completed.stderr
-    if completed.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({completed.returncode}):\n{output}")
-    return output
+    """Run amtool; :class:`~simulator.proc.ToolError` with its whole output when it fails."""
+    return run_tool([_require(shutil.which("amtool"), "amtool"), *args], timeout=timeout)
 
 
 def write_config(

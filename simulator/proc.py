@@ -19,6 +19,27 @@ from typing import Callable
 import requests
 
 
+class ToolError(RuntimeError):
+    """A command-line tool (promtool, amtool) failed; the message holds its command and output."""
+
+
+def run_tool(command: Sequence[str], *, cwd: Path | None = None, timeout: float = 60) -> str:
+    """Run ``command`` to its end and return its output; :class:`ToolError` when it fails."""
+    completed = subprocess.run(
+        list(command),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    if completed.returncode != 0:
+        raise ToolError(f"{' '.join(command)} failed ({completed.returncode}):\n{output}")
+    return output
+
+
 class StartError(RuntimeError):
     """A process did not come up; the message names it and ends with its log."""
 

@@ -11,13 +11,12 @@ shortened (the shipped files are never changed). It yields a ``PrometheusServer`
         print(prometheus.query("sum(gpu_up)"))
 
 A Prometheus that cannot start (binary missing, configuration rejected, never ready) raises
-:class:`~simulator.proc.StartError`; a failing promtool run raises :class:`PromtoolError`.
+:class:`~simulator.proc.StartError`; a failing promtool run raises :class:`ToolError`.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ import requests
 import yaml
 
 from simulator import REPO
-from simulator.proc import ManagedProcess, StartError, free_port, wait_started
+from simulator.proc import ManagedProcess, StartError, ToolError, free_port, run_tool, wait_started
 
 PROMETHEUS_DIR = REPO / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -39,10 +38,6 @@ Result = list[dict[str, Any]]
 
 class PrometheusQueryError(AssertionError):
     """Prometheus answered a query with an error (bad PromQL, execution error)."""
-
-
-class PromtoolError(RuntimeError):
-    """promtool exited with an error; the message holds its command line and whole output."""
 
 
 def find_binary(name: str) -> str:
@@ -57,21 +52,8 @@ def find_binary(name: str) -> str:
 
 
 def promtool(*args: str, cwd: Path | None = None, timeout: float = 60) -> str:
-    """Run promtool; :class:`PromtoolError` with its whole output when it fails."""
-    command = [find_binary("promtool"), *args]
-    completed = subprocess.run(
-        command,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    output = completed.stdout + completed.stderr
-    if completed.returncode != 0:
-        raise PromtoolError(f"{' '.join(command)} failed ({completed.returncode}):\n{output}")
-    return output
+    """Run promtool; :class:`ToolError` with its whole output when it fails."""
+    return run_tool([find_binary("promtool"), *args], cwd=cwd, timeout=timeout)
 
 
 def load_yaml(path: Path) -> Any:
@@ -240,7 +222,7 @@ def running_prometheus(
     )
     try:
         promtool("check", "config", str(config))
-    except PromtoolError as error:
+    except ToolError as error:
         raise StartError(f"Prometheus did not start: configuration rejected: {error}") from None
     port = port or free_port()
     command = [

@@ -1,8 +1,10 @@
-"""The status service's own ``/metrics``: how polling the nodes goes.
+"""The status service's own ``/metrics``: how reading the nodes goes.
 
-Per node (label ``node``: the entry as written in hosts.txt) the latest poll's success and
-duration, the time of the last good poll, poll and failure counters and the node's state; for the
-service, the rounds and their duration. Families are built fresh on every scrape from the views of
+A node is *read* by polling its exporter or, with ``--prometheus-url``, from its series in a round
+of queries; the metric names say "poll" for both. Per node (label ``node``: the entry as written
+in hosts.txt, or the target's ``node`` label) the latest read's success and duration, the time of
+the last good read, read and failure counters and the node's state; for the service, the rounds
+and their duration. Families are built fresh on every scrape from the views of
 the latest round, in a registry of its own (plus the standard process metrics).
 """
 
@@ -31,27 +33,27 @@ class ClusterCollector(Collector):
         labels = ["node"]
         success = GaugeMetricFamily(
             "gpu_status_api_node_poll_success",
-            "Whether the latest poll of the node succeeded.",
+            "Whether the latest read of the node succeeded.",
             labels=labels,
         )
         duration = GaugeMetricFamily(
             "gpu_status_api_node_poll_duration_seconds",
-            "How long the latest poll of the node took.",
+            "How long the latest read of the node took.",
             labels=labels,
         )
         last_success = GaugeMetricFamily(
             "gpu_status_api_node_last_success_timestamp_seconds",
-            "When the node last answered a poll correctly (this machine's clock).",
+            "When the node was last read correctly (this machine's clock).",
             labels=labels,
         )
         polls = CounterMetricFamily(
             "gpu_status_api_node_polls_total",
-            "Polls of the node since the service started.",
+            "Reads of the node since the service started.",
             labels=labels,
         )
         failures = CounterMetricFamily(
             "gpu_status_api_node_poll_failures_total",
-            "Failed polls of the node since the service started.",
+            "Failed reads of the node since the service started.",
             labels=labels,
         )
         state = GaugeMetricFamily(
@@ -77,24 +79,24 @@ class ClusterCollector(Collector):
 
     def _service(self, counts: dict[str, int]) -> Iterator[Metric]:
         nodes = GaugeMetricFamily(
-            "gpu_status_api_nodes", "Nodes in hosts.txt by state.", labels=["state"]
+            "gpu_status_api_nodes", "Nodes (of hosts.txt, or the query engine's targets) by state.", labels=["state"]
         )
         for name, count in counts.items():
             nodes.add_metric([name], count)
         yield nodes
         yield CounterMetricFamily(
-            "gpu_status_api_rounds_total", "Polling rounds completed.", value=self._cluster.rounds
+            "gpu_status_api_rounds_total", "Rounds completed: every node polled, or the query engine asked.", value=self._cluster.rounds
         )
         if self._cluster.last_round_seconds is not None:
             yield GaugeMetricFamily(
                 "gpu_status_api_round_duration_seconds",
-                "How long the latest polling round took.",
+                "How long the latest round took.",
                 value=self._cluster.last_round_seconds,
             )
         if self._cluster.ready:
             yield GaugeMetricFamily(
                 "gpu_status_api_last_round_timestamp_seconds",
-                "When the latest polling round finished.",
+                "When the latest round finished.",
                 value=self._cluster.views.generated_at,
             )
         info = GaugeMetricFamily(

@@ -1,8 +1,9 @@
 """The cluster from a Prometheus-compatible query engine instead of polling the nodes.
 
 With ``--prometheus-url`` the service asks Prometheus (or VictoriaMetrics, or anything that
-answers ``/api/v1/query``) every ``interval`` seconds a handful of instant queries, all at the
-same evaluation time, and turns the answers into the same per-node :class:`PollResult` objects
+answers ``/api/v1/query``) every ``interval`` seconds one instant query per family, all at the
+same evaluation time (the families that change with the hardware only every minute,
+:class:`SlowAnswers`), and turns the answers into the same per-node :class:`PollResult` objects
 the poller makes, so the page, ``/api/v1/cluster`` and the legacy ``/get-status`` are identical in
 shape, the per-process attribution, GPU health and MIG devices that polling reads from
 ``/metrics`` included (mapped by status_api/nodemetrics.py). The scrape targets are the truth:
@@ -38,7 +39,6 @@ from status_api.loopthread import LoopThread, gc_paused
 from status_api.nodedata import MAX_GPUS, MAX_SHORT_STRING, MAX_STRING, USER_MEMORY
 from status_api.nodemetrics import (
     ATTRIBUTION_LABELS,
-    HEALTH_FAMILIES,
     MIG_FAMILIES,
     PROCESS_FAMILIES,
     NodeMetrics,
@@ -70,21 +70,74 @@ def _only(labels: Sequence[str], selector: str) -> str:
 
 # The labels a round reads of each family; the engine drops the rest (max by), which at 2,000
 # nodes makes the answers less than half as large, and the engine and the decoding faster.
-_GPU_LABELS = ("__name__", "instance", "gpu", "name")
+_GPU_LABELS = ("__name__", "instance", "gpu")
+_GPU_INFO_LABELS = (*_GPU_LABELS, "name", "uuid")
 _PROCESS_LABELS = ("__name__", "instance", "gpu", "pid", "mig_uuid", "user")
 _ATTRIBUTION_LABELS = (*_PROCESS_LABELS, "command", *ATTRIBUTION_LABELS)
 _HEALTH_LABELS = ("__name__", "instance", "gpu")
 _MIG_LABELS = ("__name__", "instance", "gpu", "mig_uuid", "gi", "ci", "profile")
 
-# What only changes when an operator changes the hardware, the driver's settings or the node's
-# name: asked every SLOW_SECONDS rather than every round (a third of the series of a round),
-# and at once when a node is up that was not when they were last asked.
-SLOW = frozenset((
-    "node/gpu_node_info", "gpu/gpu_info", "gpu/gpu_memory_total_bytes",
-    "gpu/gpu_power_limit_watts", "health/gpu_pcie_link_generation_max",
-    "health/gpu_pcie_link_width_max",
-))  # fmt: skip
+# What only changes when an operator changes the hardware or renames the node: asked every
+# SLOW_SECONDS rather than every round, and at once when a node is up that was not when they
+# were last asked. (Memory totals and power limits are not among them: a lost GPU stops
+# publishing them, which is how it is seen to have no readings.)
+SLOW = frozenset(("node/gpu_node_info", "gpu/gpu_info"))
 SLOW_SECONDS = 60.0
+
+# The legacy readings (memory used and total, utilization, temperature): a GPU with none of
+# them is lost, and only then does its gpu_up matter (status_api/health.py).
+_READINGS = ("gpu_memory_used_bytes", "gpu_memory_total_bytes", "gpu_utilization_ratio",
+             "gpu_temperature_celsius")  # fmt: skip
+
+
+def _health_queries(job: str) -> dict[str, str]:
+    """The health families, each only where status_api/health.py can find a problem in it.
+
+    A healthy cluster answers them with (almost) nothing, where a plain query would answer
+    eight series per GPU: ``gpu_up`` of GPUs without readings; the row-remap and page-retirement
+    flags that are set; the four PCIe link values of GPUs whose link is below its maximum; MIG
+    mode and pending mode of GPUs where they differ; XIDs (published only after one). What is
+    left out is what health.py would read as no problem, so both modes judge alike.
+    """
+
+    def family(name: str) -> str:
+        return _selector(job, name)
+
+    def where(name: str, condition: str) -> str:
+        return f"{family(name)} and on(instance, gpu) ({condition})"
+
+    readings = "|".join(_READINGS)
+    has_readings = (
+        f"group by (instance, gpu) ({{__name__=~{json.dumps(readings)},job={json.dumps(job)}}})"
+    )
+    link = "gpu_pcie_link_"
+    below = (
+        f"({family(link + 'generation')} < {family(link + 'generation_max')})"
+        f" or on(instance, gpu) ({family(link + 'width')} < {family(link + 'width_max')})"
+    )
+    # Comparisons match a GPU's series on all their labels: one-to-one even where two targets
+    # share an address.
+    changing = f"{family('gpu_mig_mode')} != {family('gpu_mig_mode_pending')}"
+    wanted = {
+        "gpu_up": f"{family('gpu_up')} unless on(instance, gpu) {has_readings}",
+        "gpu_last_xid": family("gpu_last_xid"),
+        "gpu_last_xid_timestamp_seconds": family("gpu_last_xid_timestamp_seconds"),
+        **{
+            name: where(name, f"{family(name)} != 0")
+            for name in (
+                "gpu_remapped_rows_pending",
+                "gpu_remapped_rows_failure",
+                "gpu_retired_pages_pending",
+            )
+        },
+        **{
+            link + end: where(link + end, below)
+            for end in ("generation", "generation_max", "width", "width_max")
+        },
+        "gpu_mig_mode": where("gpu_mig_mode", changing),
+        "gpu_mig_mode_pending": where("gpu_mig_mode_pending", changing),
+    }
+    return {f"health/{name}": _only(_HEALTH_LABELS, expr) for name, expr in wanted.items()}
 
 
 def queries(job: str) -> dict[str, str]:
@@ -102,7 +155,8 @@ def queries(job: str) -> dict[str, str]:
 
     ask("node", "gpu_node_info", ("__name__", "instance", "hostname"))
     ask("node", "gpu_exporter_last_collect_timestamp_seconds", ("__name__", "instance"))
-    for family in ("gpu_info", *_GPU_GAUGES):
+    ask("gpu", "gpu_info", _GPU_INFO_LABELS)
+    for family in _GPU_GAUGES:
         ask("gpu", family, _GPU_LABELS)
     ask("process", "gpu_process_memory_used_bytes", _PROCESS_LABELS)
     # What polling reads from /metrics beyond the legacy JSON, mapped by nodemetrics.py;
@@ -110,8 +164,7 @@ def queries(job: str) -> dict[str, str]:
     ask("attribution", PROCESS_FAMILIES[0], _ATTRIBUTION_LABELS)
     for family in PROCESS_FAMILIES[1:]:
         ask("attribution", family, ("__name__", "instance", "gpu", "pid"))
-    for family in HEALTH_FAMILIES:
-        ask("health", family, _HEALTH_LABELS)
+    wanted.update(_health_queries(job))
     for family in MIG_FAMILIES:
         ask("health", family, _MIG_LABELS)
     return wanted
@@ -205,6 +258,7 @@ class _Node:
     collected: float | None = None
     gpus: dict[int, dict[str, Any]] | None = None
     power: dict[int, dict[str, float]] | None = None
+    uuids: dict[int, str] | None = None
     metrics: NodeMetrics | None = None
 
 
@@ -216,6 +270,7 @@ def _gpu(index: int) -> dict[str, Any]:
 def _collect_gpus(node: _Node, samples: list[Sample]) -> None:
     gpus: dict[int, dict[str, Any]] = {}
     power: dict[int, dict[str, float]] = {}
+    uuids: dict[int, str] = {}
     for labels, value in samples:
         index = _index(labels)
         if index is None or (index not in gpus and len(gpus) >= MAX_GPUS):
@@ -226,6 +281,8 @@ def _collect_gpus(node: _Node, samples: list[Sample]) -> None:
         family = labels.get("__name__", "")
         if family == "gpu_info":
             gpu["name"] = labels.get("name", "")[:MAX_SHORT_STRING]
+            if labels.get("uuid"):
+                uuids[index] = labels["uuid"][:MAX_SHORT_STRING]
             continue
         field = _GPU_GAUGES.get(family)
         reading = _legacy_value(field, value) if field else None
@@ -234,7 +291,7 @@ def _collect_gpus(node: _Node, samples: list[Sample]) -> None:
                 power.setdefault(index, {})[field] = reading
         elif field is not None:
             gpu[field] = reading
-    node.gpus, node.power = gpus, power
+    node.gpus, node.power, node.uuids = gpus, power, uuids
 
 
 def _collect_processes(node: _Node, samples: list[Sample]) -> None:
@@ -292,7 +349,7 @@ def _result(node: _Node, *, stale_after: float, duration: float) -> PollResult:
     metrics = node.metrics or NodeMetrics()
     return PollResult(
         node.host, status, "", finished, duration, node.power or {},
-        metrics.processes, metrics.uuids, metrics.health, metrics.migs,
+        metrics.processes, node.uuids or {}, metrics.health, metrics.migs,
     )  # fmt: skip
 
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -161,72 +158,31 @@ def test_a_vanished_process_keeps_its_memory(exporter_factory) -> None:
 # -- pods from the kubelet -----------------------------------------------------------------
 
 
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    """One protobuf length-delimited field (payloads here are under 128 bytes)."""
-    assert len(payload) < 128
-    return bytes([number << 3 | 2, len(payload)]) + payload
-
-
-def _list_answer(
-    namespace: str,
-    pod: str,
-    container: str,
-    device_ids: list[str],
-    *,
-    resource: str = "nvidia.com/gpu",
-) -> bytes:
-    """A ListPodResourcesResponse with one pod, one container, one device set of ``resource``."""
-    devices = _length_delimited(1, resource.encode()) + b"".join(
-        _length_delimited(2, device.encode()) for device in device_ids
-    )
-    container_resources = _length_delimited(1, container.encode()) + _length_delimited(2, devices)
-    pod_resources = (
-        _length_delimited(1, pod.encode())
-        + _length_delimited(2, namespace.encode())
-        + _length_delimited(3, container_resources)
-    )
-    return _length_delimited(1, pod_resources)
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short directory: unix socket paths are limited to about 100 bytes."""
-    directory = Path(tempfile.mkdtemp(prefix="kubelet-"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def test_pod_and_namespace_from_the_kubelet(exporter_factory, worker_pids, socket_dir) -> None:
+def test_pod_and_namespace_from_the_kubelet(exporter_factory, worker_pids) -> None:
     pytest.importorskip("grpc", reason="grpcio is not installed (the kubernetes or test extra)")
-    from tests.support.kubelet import FakeKubelet
+    from tests.support.kubelet import PodDevices, running_kubelet
 
     held, other = fake.make_gpu(0), fake.make_gpu(1)
     on_held, on_other = worker_pids(2)
     held.processes = [fake.FakeProcess(on_held, fake.GIB)]
     other.processes = [fake.FakeProcess(on_other, fake.GIB)]
-    answer = _list_answer("ml", "train-7d9f", "worker", [held.uuid])
-    kubelet = FakeKubelet(socket_dir / "kubelet.sock", lambda context: answer)
-    try:
+    with running_kubelet([PodDevices("ml", "train-7d9f", "worker", [held.uuid])]) as kubelet:
         exporter = exporter_factory(
             fake.FakeScenario(gpus=[held, other]),
             "--collector.kubelet.pod-resources-socket",
             str(kubelet.socket_path),
         )
         text = exporter.wait_for_metrics(lambda t: 'pod="train-7d9f"' in t)
-    finally:
-        kubelet.stop()
     assert kubelet.calls >= 1
     info = _info(text, on_held)
     assert (info["pod"], info["namespace"], info["uuid"]) == ("train-7d9f", "ml", held.uuid)
     assert (_info(text, on_other)["pod"], _info(text, on_other)["namespace"]) == ("", "")
 
 
-def test_a_mig_process_gets_the_pod_holding_its_mig_device(
-    exporter_factory, worker_pids, socket_dir
-) -> None:
+def test_a_mig_process_gets_the_pod_holding_its_mig_device(exporter_factory, worker_pids) -> None:
     """The kubelet lists a MIG device by its MIG uuid, not by its GPU's uuid."""
     pytest.importorskip("grpc", reason="grpcio is not installed (the kubernetes or test extra)")
-    from tests.support.kubelet import FakeKubelet
+    from tests.support.kubelet import PodDevices, running_kubelet
 
     in_held, in_other = worker_pids(2)
     gpu = fake.make_mig_gpu(0, profiles=("3g.40gb", "1g.10gb"))
@@ -235,17 +191,14 @@ def test_a_mig_process_gets_the_pod_holding_its_mig_device(
         fake.FakeProcess(in_other, fake.GIB, gpu_instance=1, compute_instance=0),
     ]
     held = fake.mig_uuid(0, 1)
-    answer = _list_answer("ml", "infer-5c8d", "server", [held], resource="nvidia.com/mig-1g.10gb")
-    kubelet = FakeKubelet(socket_dir / "kubelet.sock", lambda context: answer)
-    try:
+    pod = PodDevices("ml", "infer-5c8d", "server", [held], resource="nvidia.com/mig-1g.10gb")
+    with running_kubelet([pod]) as kubelet:
         exporter = exporter_factory(
             fake.FakeScenario(gpus=[gpu]),
             "--collector.kubelet.pod-resources-socket",
             str(kubelet.socket_path),
         )
         text = exporter.wait_for_metrics(lambda t: 'pod="infer-5c8d"' in t)
-    finally:
-        kubelet.stop()
     info = _info(text, in_held)
     assert (info["pod"], info["namespace"], info["mig_uuid"]) == ("infer-5c8d", "ml", held)
     other = _info(text, in_other)

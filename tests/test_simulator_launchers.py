@@ -1,7 +1,7 @@
 """The simulator's launchers report a process that does not come up with their own errors.
 
 The demo runs them outside pytest: a failed start must be a :class:`StartError` (or, for
-promtool, a :class:`PromtoolError`) it can report, never an ``AssertionError``.
+promtool, a :class:`ToolError`) it can report, never an ``AssertionError``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from simulator.proc import ManagedProcess, StartError, free_port, wait_started
-from simulator.prometheus import PromtoolError, find_binary, promtool
+from simulator.proc import ManagedProcess, StartError, ToolError, free_port, wait_started
+from simulator.prometheus import find_binary, promtool
 
 
 def test_a_process_that_exits_is_a_start_error_with_its_log(tmp_path):
@@ -50,6 +50,6 @@ def test_a_missing_binary_is_a_start_error():
 
 def test_a_failing_promtool_is_a_promtool_error(tmp_path):
     find_binary("promtool")  # CI installs it: a missing one fails here, it is never skipped
-    with pytest.raises(PromtoolError, match="check config") as raised:
+    with pytest.raises(ToolError, match="check config") as raised:
         promtool("check", "config", str(tmp_path / "missing.yml"))
     assert not isinstance(raised.value, AssertionError)

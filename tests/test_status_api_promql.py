@@ -80,7 +80,8 @@ def test_promql_mode_matches_polling(
     tmp_path,
     status_service_factory,
 ):
-    # health: a pending row remap, an XID, per-process SM utilization and a MIG GPU on localhost
+    # health: a pending row remap, a slow PCIe link, MIG pending, an XID, per-process SM
+    # utilization and a MIG GPU on localhost
     with monitored_cluster(exporter_factory, worker_pids, tmp_path, health=True) as cluster:
         targets = tmp_path / "targets" / "gpu-nodes.json"  # written by monitored_cluster
         with running_victoriametrics(tmp_path / "vm", targets_file=targets) as victoria:
@@ -111,7 +112,10 @@ def check_health_shown(expected: dict[str, Any]) -> None:
     """What /metrics adds is there to compare: health, SM utilization, MIG devices."""
     (gpus,) = [node["gpus"] for address, node in expected["nodes"].items()
                if address.startswith("localhost:")]  # fmt: skip
-    assert "memory row remap pending: reset the GPU" in gpus[0]["health"]["reasons"]
+    reasons = gpus[0]["health"]["reasons"]
+    assert "memory row remap pending: reset the GPU" in reasons
+    assert "PCIe link at Gen4 x8, capable of Gen5 x16" in reasons
+    assert "MIG mode changes at the next reset (turns on)" in reasons
     assert [user[-1] for user in gpus[0]["users"]] == [0.75, 0.0, 0.0]
     assert gpus[3]["health"]["reasons"] == ["lost: the GPU stopped answering NVML"]
     assert [device["profile"] for device in gpus[4]["mig"]] == ["3g.40gb", "1g.10gb"]
@@ -340,10 +344,10 @@ def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
     process_labels = {key for labels, _ in answers["process"] for key in labels}
     health_labels = {key for labels, _ in answers["health"] for key in labels}
     attribution_labels = {key for labels, _ in answers["attribution"] for key in labels}
-    assert gpu_labels == {"__name__", "instance", "gpu", "name"}
+    assert gpu_labels == {"__name__", "instance", "gpu", "name", "uuid"}  # these two: gpu_info
     # mig_uuid is empty off MIG, and an empty label is no label
     assert process_labels == {"__name__", "instance", "gpu", "pid", "user"}
-    assert health_labels == {"__name__", "instance", "gpu"}
+    assert health_labels <= {"__name__", "instance", "gpu"}  # healthy nodes: no health answers
     assert "uuid" not in attribution_labels and "job" not in attribution_labels
     assert {"slurm_job", "user", "pid"} <= attribution_labels  # commands: only behind basic auth
     # The slow families: asked in the first round, not in the second, and at once (a second
@@ -364,6 +368,9 @@ def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
     _, results = build_results(answers, stale_after=60)
     assert [result.ok for result in results] == [True, True]
     for result in results:
+        # Idle-held GPUs are tracked by uuid, as when polling.
+        assert sorted(result.uuids) == [0, 1], result.uuids
+        assert all(uuid.startswith("GPU-") for uuid in result.uuids.values())
         gpus = result.status["gpus"]
         assert [gpu["name"] for gpu in gpus] == ["NVIDIA A100-SXM4-80GB"] * 2
         assert [len(gpu["users"]) for gpu in gpus] == [2, 0]

@@ -56,22 +56,7 @@
 
   // ---- small helpers -----------------------------------------------------------------------
 
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function isNumber(value) {
-    return typeof value === 'number' && Number.isFinite(value);
-  }
-
-  function mib(value) {
-    if (!isNumber(value)) return '–';
-    if (value >= 1024) return (value / 1024).toFixed(value >= 10240 ? 0 : 1) + ' GiB';
-    return Math.round(value) + ' MiB';
-  }
+  const { el, isNumber, mib } = window.gpuPage; // static/dom.js
 
   function ago(seconds) {
     if (!isNumber(seconds)) return 'never';

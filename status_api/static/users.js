@@ -28,21 +28,10 @@
 
   const state = { data: null, etag: null, tab: 0, nextFetchAt: 0, inFlight: false, failures: 0 };
 
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function isNumber(value) {
-    return typeof value === 'number' && Number.isFinite(value);
-  }
+  const { el, isNumber } = window.gpuPage; // static/dom.js
 
   function mib(value) {
-    if (!isNumber(value) || value <= 0) return '–';
-    if (value >= 1024) return (value / 1024).toFixed(value >= 10240 ? 0 : 1) + ' GiB';
-    return Math.round(value) + ' MiB';
+    return isNumber(value) && value > 0 ? window.gpuPage.mib(value) : '–';
   }
 
   function hours(value) {

@@ -4,7 +4,7 @@ Node ``localhost`` has four GPUs: GPU 0 shared by two worker processes and one p
 owner cannot be read (a pid that does not exist), with ECC errors and active throttling (and hot
 when asked); GPU 1 running one worker; GPU 2 idle and free; GPU 3 lost. With ``health``, GPU 0
 also has health readings (a PCIe link below its maximum with replays, an NVLink down with
-errors, a row remap pending, an XID) and per-process utilization (one of its workers busy, one
+errors, a row remap pending, an XID, MIG mode pending) and per-process utilization (one of its workers busy, one
 idle), and a fifth GPU in MIG mode runs a fourth worker in a MIG device; where cgroups can be
 made (root, writable v1 freezer hierarchy) the workers are placed in Slurm-shaped job cgroups
 first, so that an exporter that reads cgroups attributes them to two jobs, and where grpcio is
@@ -98,6 +98,7 @@ def with_health(gpu: fake.FakeGpu, *, busy: int, idle: int) -> fake.FakeGpu:
         nvlinks=[fake.FakeNvLink(), fake.FakeNvLink(False, crc_flit=7, crc_data=2, replay=1)],
         remapped_rows=fake.FakeRemappedRows(corrected=2, uncorrected=1, pending=True),
         xids=[fake.FakeXid(HEALTH_XID)],
+        mig_mode=(0, 1),  # MIG turns on at the next reset
         process_utilization=[
             fake.FakeProcessUtilization(busy, sm=75, memory=30),
             fake.FakeProcessUtilization(idle, sm=0, memory=0),
