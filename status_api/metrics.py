@@ -79,13 +79,17 @@ class ClusterCollector(Collector):
 
     def _service(self, counts: dict[str, int]) -> Iterator[Metric]:
         nodes = GaugeMetricFamily(
-            "gpu_status_api_nodes", "Nodes (of hosts.txt, or the query engine's targets) by state.", labels=["state"]
+            "gpu_status_api_nodes",
+            "Nodes (of hosts.txt, or the query engine's targets) by state.",
+            labels=["state"],
         )
         for name, count in counts.items():
             nodes.add_metric([name], count)
         yield nodes
         yield CounterMetricFamily(
-            "gpu_status_api_rounds_total", "Rounds completed: every node polled, or the query engine asked.", value=self._cluster.rounds
+            "gpu_status_api_rounds_total",
+            "Rounds completed: every node polled, or the query engine asked.",
+            value=self._cluster.rounds,
         )
         if self._cluster.last_round_seconds is not None:
             yield GaugeMetricFamily(
