@@ -1,20 +1,19 @@
 """A small monitored cluster for end-to-end tests: two real exporters and a real Prometheus.
 
-Node ``localhost`` has four GPUs: GPU 0 shared by two worker processes and one process whose
-owner cannot be read (a pid that does not exist), with ECC errors and active throttling (and hot
-when asked); GPU 1 running one worker; GPU 2 idle and free; GPU 3 lost. With ``health``, GPU 0
-also has health readings (a PCIe link below its maximum with replays, an NVLink down with
-errors, a row remap pending, an XID, MIG mode pending) and per-process utilization (one of its
-workers busy, one idle), and a fifth GPU in MIG mode runs a fourth worker in a MIG device;
-where cgroups can be made (root, writable v1 freezer hierarchy) the workers are placed in
-Slurm-shaped job cgroups first, so that an exporter that reads cgroups attributes them to two jobs, and where grpcio is
-installed a stand-in kubelet (a real gRPC server on a unix socket) tells node ``localhost``'s
-exporter that pod ``ml/train-0`` holds GPU 1, so its worker belongs to that pod. Node
-``127.0.0.1`` has two busy GPUs running two workers. Workers are real ``sleep`` processes of the
-user running the tests, so the exporter resolves their user and command; ``localhost`` publishes
-command lines on /metrics (``--metrics.command-line``), ``127.0.0.1`` does not. Targets are
-written by the project's own generator (``gpu-status-api targets``) from a hosts.txt naming both
-exporters.
+Node ``localhost`` has four GPUs: GPU 0 shared by two worker processes and one process whose owner
+cannot be read (a pid that does not exist), with ECC errors and active throttling (and hot when
+asked); GPU 1 running one worker; GPU 2 idle and free; GPU 3 lost. With ``health``, GPU 0 also has
+health readings (a PCIe link below its maximum with replays, an NVLink down with errors, a row
+remap pending, an XID, MIG mode pending) and per-process utilization (one of its workers busy, one
+idle), and a fifth GPU in MIG mode runs a fourth worker in a MIG device; where cgroups can be made
+(root, writable v1 freezer hierarchy) the workers are placed in Slurm-shaped job cgroups first, so
+that an exporter that reads cgroups attributes them to two jobs, and where grpcio is installed a
+stand-in kubelet (a real gRPC server on a unix socket) tells node ``localhost``'s exporter that pod
+``ml/train-0`` holds GPU 1, so its worker belongs to that pod. Node ``127.0.0.1`` has two busy GPUs
+running two workers. Workers are real ``sleep`` processes of the user running the tests, so the
+exporter resolves their user and command; ``localhost`` publishes command lines on /metrics
+(``--metrics.command-line``), ``127.0.0.1`` does not. Targets are written by the project's own
+generator (``gpu-status-api targets``) from a hosts.txt naming both exporters.
 """
 
 from __future__ import annotations
