@@ -49,7 +49,15 @@ from simulator.proc import ManagedProcess, free_port, wait_http
 from simulator.prometheus import PrometheusServer, running_prometheus
 from simulator.victoriametrics import running_victoriametrics
 from status_api.engine import EngineClient, EngineSettings
-from status_api.promsource import SLOW, SLOW_SECONDS, SlowAnswers, build_results, merged, queries
+from status_api.promsource import (
+    METRICS,
+    SLOW,
+    SLOW_SECONDS,
+    Cadence,
+    build_results,
+    merged,
+    queries,
+)
 
 SCRAPE_INTERVAL = "15s"  # the shipped prometheus.yml's; a realistic one for 2,000 nodes
 STALE_AFTER = 45.0  # three scrape intervals: a node is as old as its last scrape
@@ -186,16 +194,16 @@ def query_breakdown(url: str, at: float) -> tuple[dict[str, tuple[int, int, floa
 
 def one_round(url: str) -> float:
     """Seconds of an ordinary round of the service's own client, in this process: the one after
-    a first, which asked the slow families too."""
+    a first, which asked every family."""
 
     from status_api.promsource import _round
 
     async def run() -> float:
-        slow = SlowAnswers()
+        cadence = Cadence()
         async with EngineClient(EngineSettings(url, timeout=60)) as client:
-            await _round(client, job="gpu", stale_after=STALE_AFTER, slow=slow)
+            await _round(client, job="gpu", stale_after=STALE_AFTER, cadence=cadence)
             started = time.perf_counter()
-            await _round(client, job="gpu", stale_after=STALE_AFTER, slow=slow)
+            await _round(client, job="gpu", stale_after=STALE_AFTER, cadence=cadence)
             return time.perf_counter() - started
 
     return asyncio.run(run())
@@ -331,6 +339,7 @@ def print_engine(figures: EngineFigures, nodes: int) -> None:
               f"{figures.service.engine.rss_mib:.0f} MiB RSS")  # fmt: skip
     for name, (samples, size, seconds) in figures.queries.items():
         every = f" (every {SLOW_SECONDS:g} s)" if name in SLOW else ""
+        every = " (every --power-interval)" if name in METRICS else every
         print(f"  query {name:<52} {samples:>7,} samples {size / 1e6:>5.1f} MB {seconds:>5.2f} s"
               f"{every}")  # fmt: skip
     print(f"  decode + build in Python, every query: {figures.decode_build_s:.2f} s; an ordinary "

@@ -60,8 +60,8 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--power-interval", type=finite, default=10.0,
-        help="seconds between reads of a node's /metrics for GPU power (default 10; 0: every "
-        "round; negative: never)",
+        help="seconds between reads of a node's /metrics for power, health, SM utilization and "
+        "MIG devices, also from --prometheus-url (default 10; 0: every round; negative: never)",
     )  # fmt: skip
     group.add_argument("--node-ca-file", type=Path, help="CA certificate(s) to trust for https")
     group.add_argument("--node-client-cert", type=Path, help="client certificate for https")

@@ -124,7 +124,11 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
     history = UsageHistory(settings=lambda: settings)
     cluster = Cluster(thresholds=thresholds, interval=args.interval, usage_history=history)
     source = EngineSource(
-        settings=settings, job=args.prometheus_job, interval=args.interval, cluster=cluster
+        settings=settings,
+        job=args.prometheus_job,
+        interval=args.interval,
+        cluster=cluster,
+        metrics_every=args.power_interval,
     )
     source.start()
     history.start()

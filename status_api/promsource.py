@@ -1,14 +1,14 @@
 """The cluster from a Prometheus-compatible query engine instead of polling the nodes.
 
-With ``--prometheus-url`` the service asks Prometheus (or VictoriaMetrics, or anything that
-answers ``/api/v1/query``) every ``interval`` seconds one instant query per family, all at the
-same evaluation time (the families that change with the hardware only every minute,
-:class:`SlowAnswers`), and turns the answers into the same per-node :class:`PollResult` objects
-the poller makes, so the page, ``/api/v1/cluster`` and the legacy ``/get-status`` are identical in
-shape, the per-process attribution, GPU health and MIG devices that polling reads from
-``/metrics`` included (mapped by status_api/nodemetrics.py). The scrape targets are the truth:
-a node is a target of the job (``--prometheus-job``), named by its ``node`` label (what
-``gpu-status-api targets`` writes), else its ``instance``.
+With ``--prometheus-url`` the service asks Prometheus (or VictoriaMetrics, or anything that answers
+``/api/v1/query``) every ``interval`` seconds one instant query per family, all at the same
+evaluation time (what polling reads from ``/metrics`` only every ``--power-interval``, and what
+changes with the hardware every minute: :class:`Cadence`), and turns the answers into the same
+per-node :class:`PollResult` objects the poller makes, so the page, ``/api/v1/cluster`` and the
+legacy ``/get-status`` are identical in shape, the per-process attribution, GPU health and MIG
+devices that polling reads from ``/metrics`` included (mapped by status_api/nodemetrics.py). The
+scrape targets are the truth: a node is a target of the job (``--prometheus-job``), named by its
+``node`` label (what ``gpu-status-api targets`` writes), else its ``instance``.
 
 Only raw exporter series are read, no recording rules: a VictoriaMetrics single node (which does
 not evaluate rules) answers the same way. A node's data is as old as its last successful scrape
@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +63,11 @@ def _selector(job: str, family: str) -> str:
     return f"{family}{{job={json.dumps(job)}}}"
 
 
+def _matching(job: str, pattern: str) -> str:
+    """A selector of every family whose name matches ``pattern``, in ``job``."""
+    return f"{{__name__=~{json.dumps(pattern)},job={json.dumps(job)}}}"
+
+
 def _only(labels: Sequence[str], selector: str) -> str:
     """``selector`` with only ``labels`` kept; a label a series lacks stays absent."""
     return f"max by ({', '.join(labels)}) ({selector})"
@@ -77,74 +82,39 @@ _ATTRIBUTION_LABELS = (*_PROCESS_LABELS, "command", *ATTRIBUTION_LABELS)
 _HEALTH_LABELS = ("__name__", "instance", "gpu")
 _MIG_LABELS = ("__name__", "instance", "gpu", "mig_uuid", "gi", "ci", "profile")
 
-# What only changes when an operator changes the hardware or renames the node: asked every
-# SLOW_SECONDS rather than every round, and at once when a node is up that was not when they
-# were last asked. (Memory totals and power limits are not among them: a lost GPU stops
-# publishing them, which is how it is seen to have no readings.)
-SLOW = frozenset(("node/gpu_node_info", "gpu/gpu_info"))
-SLOW_SECONDS = 60.0
-
-# The legacy readings (memory used and total, utilization, temperature): a GPU with none of
-# them is lost, and only then does its gpu_up matter (status_api/health.py).
-_READINGS = ("gpu_memory_used_bytes", "gpu_memory_total_bytes", "gpu_utilization_ratio",
-             "gpu_temperature_celsius")  # fmt: skip
-
 
 def _health_queries(job: str) -> dict[str, str]:
-    """The health families, each only where status_api/health.py can find a problem in it.
+    """The health families, where status_api/health.py can find a problem in them.
 
-    A healthy cluster answers them with (almost) nothing, where a plain query would answer
-    eight series per GPU: ``gpu_up`` of GPUs without readings; the row-remap and page-retirement
-    flags that are set; the four PCIe link values of GPUs whose link is below its maximum; MIG
-    mode and pending mode of GPUs where they differ; XIDs (published only after one). What is
-    left out is what health.py would read as no problem, so both modes judge alike.
+    A healthy cluster answers most with nothing, where plain queries would answer eight series
+    per GPU: ``gpu_up`` of GPUs without a memory reading (it only matters for a GPU without
+    any reading, which is lost); the row-remap and page-retirement flags that are set; MIG mode
+    and pending mode of GPUs where they differ; XIDs (published only after one). The current
+    PCIe generation and width come for every GPU (their maxima are :data:`SLOW`): asking the
+    engine to compare them with their maxima would cost it more than sending them. What is left
+    out is what health.py reads as no problem, so both modes judge alike.
     """
-
-    def family(name: str) -> str:
-        return _selector(job, name)
-
-    def where(name: str, condition: str) -> str:
-        return f"{family(name)} and on(instance, gpu) ({condition})"
-
-    readings = "|".join(_READINGS)
-    has_readings = (
-        f"group by (instance, gpu) ({{__name__=~{json.dumps(readings)},job={json.dumps(job)}}})"
-    )
-    link = "gpu_pcie_link_"
-    below = (
-        f"({family(link + 'generation')} < {family(link + 'generation_max')})"
-        f" or on(instance, gpu) ({family(link + 'width')} < {family(link + 'width_max')})"
-    )
-    # Comparisons match a GPU's series on all their labels: one-to-one even where two targets
-    # share an address.
-    changing = f"{family('gpu_mig_mode')} != {family('gpu_mig_mode_pending')}"
-    wanted = {
-        "gpu_up": f"{family('gpu_up')} unless on(instance, gpu) {has_readings}",
-        "gpu_last_xid": family("gpu_last_xid"),
-        "gpu_last_xid_timestamp_seconds": family("gpu_last_xid_timestamp_seconds"),
-        **{
-            name: where(name, f"{family(name)} != 0")
-            for name in (
-                "gpu_remapped_rows_pending",
-                "gpu_remapped_rows_failure",
-                "gpu_retired_pages_pending",
-            )
-        },
-        **{
-            link + end: where(link + end, below)
-            for end in ("generation", "generation_max", "width", "width_max")
-        },
-        "gpu_mig_mode": where("gpu_mig_mode", changing),
-        "gpu_mig_mode_pending": where("gpu_mig_mode_pending", changing),
-    }
-    return {f"health/{name}": _only(_HEALTH_LABELS, expr) for name, expr in wanted.items()}
+    flags = "gpu_remapped_rows_pending|gpu_remapped_rows_failure|gpu_retired_pages_pending"
+    modes = "gpu_mig_mode|gpu_mig_mode_pending"
+    selected = {
+        "gpu_up": f"{_selector(job, 'gpu_up')} unless on(instance, gpu) "
+        f"{_selector(job, 'gpu_memory_used_bytes')}",
+        "memory_flags": f"{_matching(job, flags)} > 0",
+        "mig_modes": f"{_matching(job, modes)} and on(instance, gpu) "
+        f"({_selector(job, 'gpu_mig_mode')} != {_selector(job, 'gpu_mig_mode_pending')})",
+        **{name: _selector(job, name) for name in (
+            "gpu_last_xid", "gpu_last_xid_timestamp_seconds", "gpu_pcie_link_generation",
+            "gpu_pcie_link_width", "gpu_pcie_link_generation_max", "gpu_pcie_link_width_max",
+        )},
+    }  # fmt: skip
+    return {f"health/{name}": _only(_HEALTH_LABELS, expr) for name, expr in selected.items()}
 
 
 def queries(job: str) -> dict[str, str]:
-    """Every instant query of a round, by ``<purpose>/<family>`` (see :func:`merged`).
+    """Every instant query of a round, by ``<purpose>/<name>`` (see :func:`merged`).
 
-    One family per query: the engine answers them in parallel, and decoding each answer holds
-    the interpreter lock for milliseconds, not half a second, so requests to the page are
+    One family per query, mostly: the engine answers them in parallel, and decoding each answer
+    holds the interpreter lock for milliseconds, not half a second, so requests to the page are
     served in between. Only raw exporter series are read, each with the labels it is read for.
     """
     up = f"up{{job={json.dumps(job)}}}"
@@ -170,6 +140,26 @@ def queries(job: str) -> dict[str, str]:
     return wanted
 
 
+# What only changes when an operator changes the hardware or renames the node.
+SLOW = frozenset((
+    "node/gpu_node_info", "gpu/gpu_info", "health/gpu_pcie_link_generation_max",
+    "health/gpu_pcie_link_width_max",
+))  # fmt: skip
+SLOW_SECONDS = 60.0
+# What polling reads from a node's /metrics every --power-interval seconds rather than every
+# round: power, SM utilization, health, MIG devices. (Process info gives the users too: it is
+# read every round, as the legacy JSON is when polling; gpu_up too, so a lost GPU shows as lost
+# at once.)
+METRICS = frozenset(
+    name
+    for name in queries("")
+    if (name.startswith("health/") and name != "health/gpu_up") or name in (
+        "gpu/gpu_power_watts", "gpu/gpu_power_limit_watts",
+        "attribution/gpu_process_sm_utilization_ratio",
+    )
+) - SLOW  # fmt: skip
+
+
 def merged(answers: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
     """The answers of :func:`queries` by purpose: ``gpu/<family>`` answers joined as ``gpu``."""
     joined: dict[str, list[Sample]] = {}
@@ -178,29 +168,58 @@ def merged(answers: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
     return joined
 
 
-class SlowAnswers:
-    """The last answers of the :data:`SLOW` queries, and whether to ask them again."""
+@dataclass
+class _Tier:
+    names: frozenset[str]
+    every: float
+    answers: dict[str, list[Sample]] = field(default_factory=dict)
+    asked_at: float | None = None  # time.monotonic()
+    up: set[str] = field(default_factory=set)  # the instances up when they were asked
 
-    def __init__(self, *, every: float = SLOW_SECONDS) -> None:
-        self._every = every
-        self._answers: dict[str, list[Sample]] = {}
-        self._asked_at: float | None = None  # time.monotonic()
-        self._up: set[str] = set()  # the instances up when they were asked
 
-    def due(self, now: float) -> bool:
-        return self._asked_at is None or now - self._asked_at >= self._every
+class Cadence:
+    """Which queries a round asks: :data:`SLOW` every ``slow_every`` seconds, :data:`METRICS`
+    every ``metrics_every`` (0: every round; negative: never), the others every round.
 
-    def missing(self, up: set[str]) -> bool:
-        """Whether a node is up now that was not when the answers were taken."""
-        return not up <= self._up
+    A tier is asked at once, in a second call of the same round, when a node is up that was not
+    when it was last asked: a new node never shows without its GPU names or health. Between
+    times a round reuses the tier's last answers.
+    """
+
+    def __init__(self, *, metrics_every: float = 10.0, slow_every: float = SLOW_SECONDS) -> None:
+        self._tiers = [_Tier(SLOW, slow_every)]
+        self._never: frozenset[str] = frozenset()
+        if metrics_every >= 0:
+            self._tiers.append(_Tier(METRICS, metrics_every))
+        else:
+            self._never = METRICS
+
+    def due(self, now: float) -> frozenset[str]:
+        """The names a round at ``now`` leaves out (the tiers not due, and the never asked)."""
+        kept = [
+            tier.names
+            for tier in self._tiers
+            if tier.asked_at is not None and now - tier.asked_at < tier.every
+        ]
+        return self._never.union(*kept)
+
+    def late(self, skipped: frozenset[str], up: set[str]) -> frozenset[str]:
+        """Of ``skipped``, the tiers that do not know a node that is ``up`` now."""
+        return frozenset().union(
+            *(tier.names for tier in self._tiers if tier.names <= skipped and not up <= tier.up)
+        )
 
     def remember(self, answers: dict[str, list[Sample]], up: set[str], now: float) -> None:
-        self._answers = {name: answers[name] for name in SLOW}
-        self._up, self._asked_at = up, now
-
-    def fill(self, answers: dict[str, list[Sample]]) -> None:
-        for name, samples in self._answers.items():
-            answers.setdefault(name, samples)
+        """Keep the tiers ``answers`` holds; fill in those it does not."""
+        for tier in self._tiers:
+            if tier.names <= answers.keys():
+                tier.answers = {name: answers[name] for name in tier.names}
+                tier.asked_at, tier.up = now, up
+            else:
+                for name, samples in tier.answers.items():
+                    answers.setdefault(name, samples)
+        for name in self._never:
+            answers.setdefault(name, [])
 
 
 def _up_instances(samples: list[Sample]) -> set[str]:
@@ -397,24 +416,21 @@ def build_results(
 
 
 async def _round(
-    client: EngineClient, *, job: str, stale_after: float, slow: SlowAnswers | None = None
+    client: EngineClient, *, job: str, stale_after: float, cadence: Cadence | None = None
 ) -> tuple[list[Host], list[PollResult]]:
-    """One round; EngineError when any query fails. Without ``slow`` every query is asked."""
+    """One round; EngineError when any query fails. Without ``cadence`` every query is asked."""
     started = time.monotonic()
     at = time.time()
     wanted = queries(job)
-    ask_slow = slow is None or slow.due(started)
-    asked = {name: expr for name, expr in wanted.items() if ask_slow or name not in SLOW}
-    answers = dict(zip(asked, await client.queries(list(asked.values()), at=at)))
-    if slow is not None:
+    skipped = cadence.due(started) if cadence is not None else frozenset()
+    asked = [name for name in wanted if name not in skipped]
+    answers = dict(zip(asked, await client.queries([wanted[n] for n in asked], at=at)))
+    if cadence is not None:
         up = _up_instances(answers["up"])
-        if not ask_slow and slow.missing(up):
-            late = [name for name in wanted if name in SLOW]
+        late = [name for name in wanted if name in cadence.late(skipped, up)]
+        if late:
             answers.update(zip(late, await client.queries([wanted[n] for n in late], at=at)))
-            ask_slow = True
-        if ask_slow:
-            slow.remember(answers, up, started)
-        slow.fill(answers)
+        cadence.remember(answers, up, started)
     return build_results(
         merged(answers), stale_after=stale_after, duration=time.monotonic() - started
     )
@@ -425,14 +441,20 @@ class EngineSource(LoopThread):
     feeds ``cluster.update`` (or ``cluster.fail_round``)."""
 
     def __init__(
-        self, *, settings: EngineSettings, job: str, interval: float, cluster: Any
+        self,
+        *,
+        settings: EngineSettings,
+        job: str,
+        interval: float,
+        cluster: Any,
+        metrics_every: float = 10.0,
     ) -> None:
         self._settings = settings
         self._job = job
         self._interval = interval
         self._cluster = cluster
         self._last_error = ""
-        self._slow = SlowAnswers()
+        self._cadence = Cadence(metrics_every=metrics_every)
         super().__init__(name="engine-source")
 
     async def _main(self) -> None:
@@ -452,7 +474,7 @@ class EngineSource(LoopThread):
         try:
             # Each query has the timeout; this bounds the round as a whole (its parsing included).
             hosts, results = await asyncio.wait_for(
-                _round(client, job=self._job, stale_after=stale_after, slow=self._slow),
+                _round(client, job=self._job, stale_after=stale_after, cadence=self._cadence),
                 self._settings.timeout + 1.0,
             )
         except asyncio.CancelledError:

@@ -272,9 +272,10 @@ def test_down_and_stalled_targets_fail_like_polls():
 def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
     """The per-GPU and per-process answers are the largest of a round (20 MB at 2,000 nodes):
     the engine drops every label the round does not read before encoding them, each answer holds
-    one family, and the round still builds every GPU, its name and its processes. The families
-    that only change with the hardware are asked once a minute, and at once for a node that is
-    up and was not when they were asked."""
+    one family (or a few of health), and the round still builds every GPU, its name and its
+    processes. What polling reads from /metrics is asked every --power-interval, what only changes
+    with the hardware once a minute, both at once for a node that is up and was not when they
+    were asked."""
     import asyncio
     import time
 
@@ -283,8 +284,9 @@ def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
     from status_api.engine import EngineClient, EngineSettings
     from status_api.hosts import parse_hosts
     from status_api.promsource import (
+        METRICS,
         SLOW,
-        SlowAnswers,
+        Cadence,
         _round,
         build_results,
         merged,
@@ -316,18 +318,17 @@ def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
 
             raw = asyncio.run(ask())
 
-            async def rounds(slow: SlowAnswers, count: int) -> list:
+            async def rounds(cadence: Cadence, count: int) -> list:
                 async with Recording(EngineSettings(server.url)) as client:
                     return [
-                        await _round(client, job="gpu", stale_after=60, slow=slow)
+                        await _round(client, job="gpu", stale_after=60, cadence=cadence)
                         for _ in range(count)
                     ]
 
-            slow = SlowAnswers()
-            (_, first), (_, second) = asyncio.run(rounds(slow, 2))
+            (_, first), (_, second) = asyncio.run(rounds(Cadence(), 2))
             first_asked, second_asked = Recording.asked
-            late = SlowAnswers()  # taken when no node was up: every node is new
-            late.remember({name: [] for name in SLOW}, set(), time.monotonic())
+            late = Cadence()  # answers taken when no node was up: every node is new
+            late.remember({name: [] for name in SLOW | METRICS}, set(), time.monotonic())
             Recording.asked = []
             ((_, third),) = asyncio.run(rounds(late, 1))
             third_asked = Recording.asked
@@ -337,8 +338,17 @@ def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
         name: {labels.get("__name__") for labels, _ in samples} for name, samples in raw.items()
     }
     split = {name: names for name, names in families.items() if "/" in name}
-    assert split and all(len(names) <= 1 for names in split.values()), families
-    assert all(names == {name.partition("/")[2]} for name, names in split.items() if names)
+    grouped = {
+        "health/memory_flags": {
+            "gpu_remapped_rows_pending",
+            "gpu_remapped_rows_failure",
+            "gpu_retired_pages_pending",
+        },
+        "health/mig_modes": {"gpu_mig_mode", "gpu_mig_mode_pending"},
+    }
+    assert len([name for name, names in split.items() if names]) >= 10, families
+    for name, names in split.items():
+        assert names <= grouped.get(name, {name.partition("/")[2]}), (name, names)
     answers = merged(raw)
     gpu_labels = {key for labels, _ in answers["gpu"] for key in labels}
     process_labels = {key for labels, _ in answers["process"] for key in labels}
@@ -350,21 +360,22 @@ def test_answers_carry_only_the_labels_the_round_reads(tmp_path, engine):
     assert health_labels <= {"__name__", "instance", "gpu"}  # healthy nodes: no health answers
     assert "uuid" not in attribution_labels and "job" not in attribution_labels
     assert {"slurm_job", "user", "pid"} <= attribution_labels  # commands: only behind basic auth
-    # The slow families: asked in the first round, not in the second, and at once (a second
-    # call in the same round) when a node is up that was not when they were asked.
-    slow_exprs = {queries("gpu")[name] for name in SLOW}
-    assert slow_exprs <= set(first_asked)
-    assert not slow_exprs & set(second_asked)
-    assert not slow_exprs & set(third_asked[0]) and set(third_asked[1]) == slow_exprs
+    # The slow and /metrics families: asked in the first round, not in the second, and at once
+    # (a second call in the same round) when a node is up that was not when they were asked.
+    tiered = {queries("gpu")[name] for name in SLOW | METRICS}
+    assert tiered <= set(first_asked) and len(tiered) == len(SLOW | METRICS)
+    assert not tiered & set(second_asked) and len(second_asked) == len(queries("gpu")) - len(tiered)
+    assert not tiered & set(third_asked[0]) and set(third_asked[1]) == tiered
 
     def seen(results: list) -> list:
         return [
-            [(gpu["name"], gpu["tot_mem"], len(gpu["users"])) for gpu in r.status["gpus"]]
+            [(gpu["name"], gpu["tot_mem"], len(gpu["users"]), r.power[gpu["index"]]["power"])
+             for gpu in r.status["gpus"]]
             for r in results
-        ]
+        ]  # fmt: skip
 
     assert seen(first) == seen(second) == seen(third)
-    assert seen(first)[0][0] == ("NVIDIA A100-SXM4-80GB", 81920, 2)
+    assert seen(first)[0][0][:3] == ("NVIDIA A100-SXM4-80GB", 81920, 2)
     _, results = build_results(answers, stale_after=60)
     assert [result.ok for result in results] == [True, True]
     for result in results:
