@@ -18,9 +18,6 @@
 
 (function () {
   const TICK_MS = 500;
-  const MIN_REFRESH_S = 1;
-  const MAX_BACKOFF_S = 30;
-  const FETCH_TIMEOUT_MS = 15000;
   const TYPING_PAUSE_MS = 120;
   // How far outside the viewport a card's GPU table is already built, so scrolling shows it.
   const NEAR_VIEWPORT = '1200px 0px';
@@ -56,7 +53,7 @@
 
   // ---- small helpers -----------------------------------------------------------------------
 
-  const { el, isNumber, mib } = window.gpuPage; // static/dom.js
+  const { el, isNumber, mib, fetchIfChanged, nextFetchAt } = window.gpuPage; // static/dom.js
 
   function ago(seconds) {
     if (!isNumber(seconds)) return 'never';
@@ -592,39 +589,25 @@
 
   // ---- fetching -----------------------------------------------------------------------------
 
-  function refreshSeconds() {
-    const interval = state.data && isNumber(state.data.interval) ? state.data.interval : 3;
-    return Math.max(MIN_REFRESH_S, interval);
-  }
-
   async function load() {
     state.inFlight = true;
     try {
-      const headers = state.etag ? { 'If-None-Match': state.etag } : {};
-      // A request that never completes must not stop the refreshes (inFlight would stay set).
-      const signal = AbortSignal.timeout ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : undefined;
-      const response = await fetch('api/v1/cluster', { headers, cache: 'no-store', signal });
-      if (response.status === 304) {
-        state.error = '';
-      } else if (!response.ok) {
-        throw new Error('HTTP ' + response.status);
-      } else {
-        const data = await response.json();
+      const changed = await fetchIfChanged('api/v1/cluster', state.etag);
+      state.error = '';
+      if (changed) {
+        const data = changed.data;
         if (!data || !Array.isArray(data.nodes)) throw new Error('not a cluster document');
         if (!state.data || data.generated_at !== state.data.generated_at) state.updatedAt = Date.now();
         state.data = data;
-        state.etag = response.headers.get('ETag');
-        state.error = '';
+        state.etag = changed.etag;
         refresh(data);
       }
       state.failures = 0;
-      state.nextFetchAt = Date.now() + refreshSeconds() * 1000;
     } catch (error) {
       state.failures += 1;
       state.error = error && error.message ? error.message : String(error);
-      const backoff = Math.min(MAX_BACKOFF_S, refreshSeconds() * 2 ** Math.min(state.failures, 4));
-      state.nextFetchAt = Date.now() + backoff * 1000;
     } finally {
+      state.nextFetchAt = nextFetchAt(state.data, state.failures);
       state.inFlight = false;
       drawStatus();
     }

@@ -11,9 +11,6 @@
 
 (function () {
   const TICK_MS = 500;
-  const MIN_REFRESH_S = 1;
-  const MAX_BACKOFF_S = 30;
-  const FETCH_TIMEOUT_MS = 15000;
   const TABS = [
     { list: 'users', field: 'user', title: 'Users', filter: (name) => name },
     { list: 'slurm_jobs', field: 'slurm_job', title: 'Slurm jobs', filter: (name) => name },
@@ -28,7 +25,7 @@
 
   const state = { data: null, etag: null, tab: 0, nextFetchAt: 0, inFlight: false, failures: 0 };
 
-  const { el, isNumber } = window.gpuPage; // static/dom.js
+  const { el, isNumber, fetchIfChanged, nextFetchAt } = window.gpuPage; // static/dom.js
 
   function mib(value) {
     return isNumber(value) && value > 0 ? window.gpuPage.mib(value) : '–';
@@ -118,30 +115,20 @@
     root.replaceChildren(...parts);
   }
 
-  function refreshSeconds() {
-    const interval = state.data && isNumber(state.data.interval) ? state.data.interval : 3;
-    return Math.max(MIN_REFRESH_S, interval);
-  }
-
   async function load() {
     state.inFlight = true;
     try {
-      const headers = state.etag ? { 'If-None-Match': state.etag } : {};
-      const signal = AbortSignal.timeout ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : undefined;
-      const response = await fetch('api/v1/users', { headers, cache: 'no-store', signal });
-      if (response.status !== 304) {
-        if (!response.ok) throw new Error('HTTP ' + response.status);
-        state.data = await response.json();
-        state.etag = response.headers.get('ETag');
+      const changed = await fetchIfChanged('api/v1/users', state.etag);
+      if (changed) {
+        state.data = changed.data;
+        state.etag = changed.etag;
         draw();
       }
       state.failures = 0;
-      state.nextFetchAt = Date.now() + refreshSeconds() * 1000;
     } catch (error) {
       state.failures += 1;
-      const backoff = Math.min(MAX_BACKOFF_S, refreshSeconds() * 2 ** Math.min(state.failures, 4));
-      state.nextFetchAt = Date.now() + backoff * 1000;
     } finally {
+      state.nextFetchAt = nextFetchAt(state.data, state.failures);
       state.inFlight = false;
     }
   }
