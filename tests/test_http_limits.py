@@ -28,17 +28,9 @@ from servicekit.limits import BODY_TIMEOUT, MAX_BODY_BYTES, BodyError, client_of
 from servicekit.middleware import InFlightLimit
 from servicekit.password import PasswordSource
 from simulator.fakenvml import scenario as fake
+from tests.support.attackers import ATTACKER, AttackingClients, connect, scrape_during
 
-ATTACKER = "127.0.0.2"
 MIB = 1024 * 1024
-
-
-def _connect(port: int, *, source: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
 
 
 def _head(path: str, *headers: str, method: str = "POST") -> bytes:
@@ -147,7 +139,7 @@ def test_negative_content_length_is_400_and_the_body_is_not_read(exporter_factor
     exporter = exporter_factory(fake.idle(1))
     pid = exporter.process.pid
     before = _peak_rss(pid)
-    sock = _connect(exporter.port)
+    sock = connect(exporter.port)
     sock.sendall(_head("/get-status", "Content-Length: -1", "Content-Type: application/json"))
     sent = _send_quietly(sock, b"x" * (64 * MIB))
     with contextlib.suppress(OSError):
@@ -167,7 +159,7 @@ def test_content_length_that_is_not_digits_is_400(exporter_factory) -> None:
     n = len(document)
     # int() takes the first two (and the old exporter answered 200); cheroot refuses the last.
     for value in (f"+{n}", f"{n // 10}_{n % 10}", "abc"):
-        sock = _connect(exporter.port)
+        sock = connect(exporter.port)
         sock.sendall(_head("/get-status", f"Content-Length: {value}") + document)
         status, body = _response(sock)
         sock.close()
@@ -178,7 +170,7 @@ def test_oversized_chunked_body_is_413_and_reads_stay_bounded(exporter_factory) 
     exporter = exporter_factory(fake.idle(1))
     pid = exporter.process.pid
     before = _peak_rss(pid)
-    sock = _connect(exporter.port)
+    sock = connect(exporter.port)
     sock.sendall(_head("/get-status", "Transfer-Encoding: chunked"))
     chunk = b"%x\r\n%s\r\n" % (1024, b"x" * 1024)
     sent = _send_quietly(sock, chunk * (32 * 1024))  # 32 MiB, never terminated
@@ -193,7 +185,7 @@ def test_oversized_chunked_body_is_413_and_reads_stay_bounded(exporter_factory) 
 def test_chunked_body_within_the_cap_reaches_the_app(exporter_factory) -> None:
     exporter = exporter_factory(fake.idle(1))
     document = json.dumps({"passwd": exporter.password}).encode()
-    sock = _connect(exporter.port)
+    sock = connect(exporter.port)
     half = len(document) // 2
     chunks = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
         half, document[:half], len(document) - half, document[half:],
@@ -209,7 +201,7 @@ def test_content_length_and_chunked_together_are_400(exporter_factory) -> None:
     # Servers disagreeing on which one frames the body is how requests are smuggled.
     exporter = exporter_factory(fake.idle(1))
     document = json.dumps({"passwd": exporter.password}).encode()
-    sock = _connect(exporter.port)
+    sock = connect(exporter.port)
     headers = (f"Content-Length: {len(document)}", "Transfer-Encoding: chunked")
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(document), document)
     sock.sendall(_head("/get-status", *headers) + chunked)
@@ -221,7 +213,7 @@ def test_content_length_and_chunked_together_are_400(exporter_factory) -> None:
 def test_declared_length_is_never_drained_after_an_early_answer(exporter_factory) -> None:
     # POST /metrics is 405 without reading the body; cheroot would then read the declared length.
     exporter = exporter_factory(fake.idle(1))
-    sock = _connect(exporter.port)
+    sock = connect(exporter.port)
     sock.sendall(_head("/metrics", f"Content-Length: {1024 * MIB}"))
     status, _ = _response(sock)
     sock.close()
@@ -230,7 +222,7 @@ def test_declared_length_is_never_drained_after_an_early_answer(exporter_factory
 
 def test_body_slower_than_the_deadline_is_408(exporter_factory) -> None:
     exporter = exporter_factory(fake.idle(1))
-    sock = _connect(exporter.port, timeout=BODY_TIMEOUT * 4)
+    sock = connect(exporter.port, timeout=BODY_TIMEOUT * 4)
     started = time.monotonic()
     sock.sendall(_head("/get-status", "Content-Length: 100"))
     # One byte a second: each read is quick, only the whole body is late.
@@ -249,57 +241,17 @@ def test_body_slower_than_the_deadline_is_408(exporter_factory) -> None:
 # ---- slow clients ------------------------------------------------------------------------------
 
 
-class SlowClients:
-    """``n`` connections from ``source`` sending a 4000-byte body one byte every few seconds.
-
-    A connection the server closes is opened again after a short pause, so the pressure lasts.
-    """
+class SlowClients(AttackingClients):
+    """Connections sending a 4000-byte body one byte every ``interval`` seconds."""
 
     def __init__(self, port: int, *, n: int, source: str, interval: float = 4.0) -> None:
-        self._port = port
-        self._source = source
-        self._interval = interval
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
-        self._lock = threading.Lock()
-        self.connections = 0
+        super().__init__(port, n=n, source=source)
+        self.interval = interval
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError), _connect(self._port, source=self._source) as sock:
-                with self._lock:
-                    self.connections += 1
-                sock.sendall(_head("/get-status", "Content-Length: 4000"))
-                while not self._stop.wait(self._interval) and not _answered(sock):
-                    sock.sendall(b"x")
-            self._stop.wait(0.2)
-
-    def __enter__(self) -> SlowClients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
-
-
-def _scrape_during(url: str, seconds: float) -> list[tuple[str, int | str, float]]:
-    """Scrape ``/metrics`` and ``/-/healthy`` as Prometheus and a probe do, for ``seconds``."""
-    results: list[tuple[str, int | str, float]] = []
-    session = requests.Session()
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for path in ("/metrics", "/-/healthy"):
-            started = time.monotonic()
-            try:
-                outcome: int | str = session.get(url + path, timeout=1).status_code
-            except requests.RequestException as error:
-                outcome = type(error).__name__
-            results.append((path, outcome, time.monotonic() - started))
-        time.sleep(0.25)
-    return results
+    def attack(self, sock: socket.socket, stop: threading.Event) -> None:
+        sock.sendall(_head("/get-status", "Content-Length: 4000"))
+        while not stop.wait(self.interval) and not _answered(sock):
+            sock.sendall(b"x")
 
 
 @pytest.mark.slow
@@ -307,7 +259,7 @@ def test_slow_bodies_from_one_address_do_not_starve_scrapes(exporter_factory) ->
     exporter = exporter_factory(fake.idle(2))
     with SlowClients(exporter.port, n=40, source=ATTACKER) as attack:
         time.sleep(1)  # every attacker is connected and waiting
-        results = _scrape_during(exporter.url, 20)
+        results = scrape_during(exporter.url, 20)
     failures = [r for r in results if r[1] != 200 or r[2] > 1]
     slowest = max(r[2] for r in results)
     assert not failures, f"{len(failures)} of {len(results)} scrapes failed: {failures[:10]}"
@@ -351,7 +303,7 @@ def test_one_address_gets_503_beyond_its_cap(exporter_factory) -> None:
     exporter = exporter_factory(fake.idle(1), "--web.max-requests-per-client", "2")
     with SlowClients(exporter.port, n=2, source=ATTACKER, interval=0.5):
         time.sleep(0.5)
-        sock = _connect(exporter.port, source=ATTACKER)
+        sock = connect(exporter.port, source=ATTACKER)
         sock.sendall(_head("/metrics", method="GET"))
         status, body = _response(sock)
         sock.close()
@@ -362,7 +314,7 @@ def test_one_address_gets_503_beyond_its_cap(exporter_factory) -> None:
 
 def test_headers_slower_than_the_deadline_are_408(exporter_factory) -> None:
     exporter = exporter_factory(fake.idle(1))
-    sock = _connect(exporter.port, timeout=30)
+    sock = connect(exporter.port, timeout=30)
     started = time.monotonic()
     sock.sendall(b"GET /metrics HTTP/1.1\r\n")
     for _ in range(20):
@@ -386,12 +338,12 @@ def status_service(status_service_factory) -> Iterator[object]:
 
 def test_status_service_never_reads_past_its_cap(status_service) -> None:
     port = status_service.port
-    sock = _connect(port)
+    sock = connect(port)
     sock.sendall(_head("/get-status", "Content-Length: -1"))
     _send_quietly(sock, b"x" * MIB)
     assert _response(sock)[0] == 400
     sock.close()
-    sock = _connect(port)
+    sock = connect(port)
     sock.sendall(_head("/get-status", "Transfer-Encoding: chunked"))
     _send_quietly(sock, b"%x\r\n%s\r\n" % (1024, b"x" * 1024) * 1024)
     assert _response(sock)[0] == 413

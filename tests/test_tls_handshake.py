@@ -21,8 +21,7 @@ import yaml
 from servicekit.limits import DEFAULT_MAX_REQUESTS_PER_CLIENT, HANDSHAKE_TIMEOUT
 from simulator.fakenvml import scenario as fake
 from simulator.proc import wait_http
-
-ATTACKER = "127.0.0.2"
+from tests.support.attackers import ATTACKER, AttackingClients, connect, scrape_during
 
 
 @pytest.fixture
@@ -42,14 +41,6 @@ def tls_exporter(exporter_factory, tmp_path: Path):  # type: ignore[no-untyped-d
     return exporter, ca_file
 
 
-def _connect(port: int, *, source: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(30)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
 def _seconds_until_closed(sock: socket.socket, *, trickle: bytes = b"") -> float:
     """How long the server keeps ``sock`` open, sending ``trickle`` a byte every 0.5 s."""
     started = time.monotonic()
@@ -65,58 +56,26 @@ def _seconds_until_closed(sock: socket.socket, *, trickle: bytes = b"") -> float
     return time.monotonic() - started
 
 
-class SilentClients:
-    """``n`` connections from ``source`` that never send a ClientHello, reopened once closed."""
+class SilentClients(AttackingClients):
+    """Connections that never send a ClientHello."""
 
-    def __init__(self, port: int, *, n: int, source: str) -> None:
-        self._port = port
-        self._source = source
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
-        self._lock = threading.Lock()
-        self.connections = 0
+    pause = 0.1
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError), _connect(self._port, source=self._source) as sock:
-                with self._lock:
-                    self.connections += 1
-                sock.settimeout(0.2)
-                while not self._stop.is_set():
-                    with contextlib.suppress(socket.timeout):
-                        if sock.recv(1) == b"":
-                            break  # closed by the server: connect again
-            self._stop.wait(0.1)
-
-    def __enter__(self) -> SilentClients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
+    def attack(self, sock: socket.socket, stop: threading.Event) -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(socket.timeout):
+                if sock.recv(1) == b"":
+                    return  # closed by the server: connect again
 
 
 @pytest.mark.slow
 def test_silent_tls_clients_do_not_delay_other_connections(tls_exporter) -> None:
     exporter, ca_file = tls_exporter
-    results: list[tuple[str, int | str, float]] = []
     with SilentClients(exporter.port, n=20, source=ATTACKER) as attack:
         time.sleep(1)  # every attacker is connected and silent
-        end = time.monotonic() + 14
-        while time.monotonic() < end:
-            for path in ("/metrics", "/-/healthy"):
-                started = time.monotonic()
-                try:  # a new connection each time: through the accept loop and a handshake
-                    outcome: int | str = requests.get(
-                        exporter.url + path, verify=ca_file, timeout=1
-                    ).status_code
-                except requests.RequestException as error:
-                    outcome = type(error).__name__
-                results.append((path, outcome, time.monotonic() - started))
-            time.sleep(0.25)
+        # a new connection each time: through the accept loop and a handshake
+        results = scrape_during(exporter.url, 14, verify=ca_file, keep_alive=False)
     failures = [r for r in results if r[1] != 200 or r[2] > 1]
     assert not failures, f"{len(failures)} of {len(results)} requests failed: {failures[:10]}"
     assert len(results) > 20
@@ -133,7 +92,7 @@ def test_a_handshake_that_never_completes_is_dropped_at_its_deadline(
     tls_exporter, trickle: bytes
 ) -> None:
     exporter, _ = tls_exporter
-    with _connect(exporter.port, source=ATTACKER) as sock:
+    with connect(exporter.port, source=ATTACKER, timeout=30) as sock:
         held = _seconds_until_closed(sock, trickle=trickle)
     # The deadline covers the whole handshake; the connection timeout (10 s) is much longer.
     assert HANDSHAKE_TIMEOUT - 0.5 < held < HANDSHAKE_TIMEOUT + 4, held
@@ -142,11 +101,12 @@ def test_a_handshake_that_never_completes_is_dropped_at_its_deadline(
 def test_connections_in_handshake_count_against_their_client(tls_exporter) -> None:
     exporter, ca_file = tls_exporter
     silent = [
-        _connect(exporter.port, source=ATTACKER) for _ in range(DEFAULT_MAX_REQUESTS_PER_CLIENT)
+        connect(exporter.port, source=ATTACKER, timeout=30)
+        for _ in range(DEFAULT_MAX_REQUESTS_PER_CLIENT)
     ]
     try:
         time.sleep(0.5)  # each one holds a slot, waiting for its ClientHello
-        with _connect(exporter.port, source=ATTACKER) as extra:
+        with connect(exporter.port, source=ATTACKER, timeout=30) as extra:
             held = _seconds_until_closed(extra)
         assert held < HANDSHAKE_TIMEOUT / 2, held  # closed at once, not at the deadline
         # Another client's slots are its own.
