@@ -24,17 +24,6 @@ pytestmark = pytest.mark.cgroups
 
 
 @pytest.fixture
-def placement() -> Iterator[Placement]:
-    if os.geteuid() != 0:
-        pytest.skip("creating cgroups and moving processes needs root")
-    place = Placement()
-    try:
-        yield place
-    finally:
-        place.cleanup()
-
-
-@pytest.fixture
 def sleeper() -> Iterator[int]:
     """A real process that stays put until the test is done."""
     child = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)

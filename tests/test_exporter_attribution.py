@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -100,17 +99,6 @@ def test_no_processes_drops_utilization_and_attribution(exporter_factory, worker
 
 
 # -- Slurm jobs and containers from real cgroups -------------------------------------------
-
-
-@pytest.fixture
-def placement() -> Iterator[Placement]:
-    if os.geteuid() != 0:
-        pytest.skip("creating cgroups and moving processes needs root")
-    place = Placement()
-    try:
-        yield place
-    finally:
-        place.cleanup()
 
 
 def _unique(base: int) -> str:

@@ -7,6 +7,8 @@ reason. Processes moved into a cgroup are moved back to the hierarchy's root on 
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,15 @@ def require_root(root: Path | None, what: str) -> Path:
     if root is None:
         pytest.skip(f"no {what} mounted under {CGROUP_ROOT}")
     return root
+
+
+@pytest.fixture
+def placement() -> Iterator[Placement]:
+    """A :class:`Placement` whose cgroups are removed after the test; skipped without root."""
+    if os.geteuid() != 0:
+        pytest.skip("creating cgroups and moving processes needs root")
+    place = Placement()
+    try:
+        yield place
+    finally:
+        place.cleanup()
