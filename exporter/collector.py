@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from exporter import __version__
-from exporter.snapshot import THROTTLE_REASONS, GpuSample, ProcessSample, Snapshot
+from exporter.snapshot import THROTTLE_REASONS, GpuSample, Snapshot
 from servicekit.exposition import Family, Kind, escape, label_text, openmetrics_format, text_format
 
 # (metric name, help, ProcessSample attribute) for the per-process utilization gauges.
@@ -285,11 +285,13 @@ def _throttle(gpus: tuple[_Gpu, ...]) -> Family:
     return throttle
 
 
-def _process_labels(gpu: _Gpu, process: ProcessSample) -> str:
-    return f'{gpu.labels},pid="{process.pid}"'
-
-
 def _process_families(gpus: tuple[_Gpu, ...], *, include_commands: bool) -> Iterator[Family]:
+    # Each process's gpu, uuid and pid labels, built once for all its series.
+    processes = [
+        (process, f'{gpu.labels},pid="{process.pid}"')
+        for gpu in gpus
+        for process in gpu.sample.processes
+    ]
     memory = Family("gpu_process_memory_used_bytes", "gauge", "GPU memory held by a process.")
     info = Family(
         "gpu_process",
@@ -300,33 +302,28 @@ def _process_families(gpus: tuple[_Gpu, ...], *, include_commands: bool) -> Iter
         else "A process using a GPU: the Slurm job, container and Kubernetes pod it belongs to "
         "(empty when not applicable); command lines are not published here.",
     )
-    for gpu in gpus:
-        for process in gpu.sample.processes:
-            owner = (
-                f'{_process_labels(gpu, process)},user="{escape(process.user)}",'
-                f'mig_uuid="{escape(process.mig_uuid)}"'
-            )
-            if process.gpu_memory_bytes is not None:
-                memory.add(owner, process.gpu_memory_bytes)
-            # "slurm_job", not "job": Prometheus owns the job and instance labels
-            identity = [
-                ("slurm_job", process.slurm_job),
-                ("container", process.container),
-                ("pod", process.pod),
-                ("namespace", process.namespace),
-            ]
-            if include_commands:
-                identity.append(("command", process.command))
-            info.add(f"{owner},{label_text(identity)}")
+    for process, labels in processes:
+        owner = f'{labels},user="{escape(process.user)}",mig_uuid="{escape(process.mig_uuid)}"'
+        if process.gpu_memory_bytes is not None:
+            memory.add(owner, process.gpu_memory_bytes)
+        # "slurm_job", not "job": Prometheus owns the job and instance labels
+        identity = [
+            ("slurm_job", process.slurm_job),
+            ("container", process.container),
+            ("pod", process.pod),
+            ("namespace", process.namespace),
+        ]
+        if include_commands:
+            identity.append(("command", process.command))
+        info.add(f"{owner},{label_text(identity)}")
     yield memory
     yield info
     for name, documentation, attribute in _PROCESS_UTILIZATION:
         family = Family(name, "gauge", documentation)
-        for gpu in gpus:
-            for process in gpu.sample.processes:
-                value = getattr(process, attribute)
-                if value is not None:
-                    family.add(_process_labels(gpu, process), value)
+        for process, labels in processes:
+            value = getattr(process, attribute)
+            if value is not None:
+                family.add(labels, value)
         yield family
 
 
