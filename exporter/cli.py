@@ -183,5 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         web_config_file=args.web_config_file,
         max_requests=args.max_requests,
         max_requests_per_client=args.max_requests_per_client,
+        trusted_proxies=args.trusted_proxies,
         on_stop=sampler.stop,
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from servicekit.limits import DEFAULT_MAX_REQUESTS_PER_CLIENT
+from servicekit.proxies import ProxyListError, TrustedProxies, parse_networks
 from servicekit.runner import DEFAULT_MAX_REQUESTS
 
 LOG_LEVELS = {
@@ -104,6 +105,14 @@ def listen_address(*, allow_any_port: bool = False) -> Callable[[str], tuple[str
     return parse
 
 
+def trusted_proxies(text: str) -> TrustedProxies:
+    """An argparse type for ``CIDR[,CIDR]``: the reverse proxies whose forwarding is believed."""
+    try:
+        return TrustedProxies(parse_networks(text))
+    except ProxyListError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 class _SetListenAddress(argparse.Action):
     """``--web.listen-address`` sets both parts the old ``--listen-address`` and ``--port`` set."""
 
@@ -152,6 +161,12 @@ def add_web_flags(
         default=DEFAULT_MAX_REQUESTS_PER_CLIENT,
         help="requests served at once for one address (IPv6: one /64); more get 503 "
         f"(default {DEFAULT_MAX_REQUESTS_PER_CLIENT})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--web.trusted-proxies", dest="trusted_proxies", type=trusted_proxies,
+        default=TrustedProxies(), metavar="CIDR[,CIDR]",
+        help="reverse proxies whose X-Forwarded-For or Forwarded header names the client: the "
+        "per-client limits count that client (default: none, headers ignored)",
     )  # fmt: skip
 
 

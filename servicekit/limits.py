@@ -14,7 +14,11 @@
   would hold up every new connection behind it;
 * one client (an address; IPv6 addresses by /64) may have only a few requests being served at
   once, whatever their stage (TLS handshakes included), so it cannot take every worker thread or
-  every slot.
+  every slot. A connection over that share is answered 503 with ``Retry-After``, over TLS as over
+  plain HTTP, by :mod:`servicekit.refusal` on a thread of its own, never by a worker thread; a
+  client speaking plain HTTP to the TLS port gets a 400 saying so, the same way;
+* behind a trusted reverse proxy (:mod:`servicekit.proxies`) the share is counted per client the
+  proxy names, once the request head is read, not per connection from the proxy.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
@@ -35,7 +40,10 @@ from cheroot import wsgi
 from cheroot.makefile import MakeFile, StreamReader
 
 from servicekit.limiter import address_key
+from servicekit.proxies import TrustedProxies
+from servicekit.refusal import Refusals
 from servicekit.responses import JSON, WSGIApp, json_error_body
+from servicekit.tls import PlainHttpError
 
 DEFAULT_MAX_REQUESTS_PER_CLIENT = 8
 MAX_BODY_BYTES = 4096  # no endpoint of either service takes a bigger body
@@ -43,6 +51,7 @@ MAX_HEAD_BYTES = 64 * 1024  # request line and headers; cheroot has no limit of 
 HEAD_TIMEOUT = 5.0  # seconds for the request line and headers, once the first byte is in
 BODY_TIMEOUT = 5.0  # seconds for the whole body, once the headers are in
 HANDSHAKE_TIMEOUT = 3.0  # seconds for the whole TLS handshake, from the accepted connection
+REFUSAL_TIMEOUT = 5.0  # seconds for a refused connection to take its answer: handshake, head
 
 _DIGITS = re.compile(r"[0-9]+")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
@@ -85,6 +94,7 @@ class RequestLimits:
     """What one request may cost the server: time, bytes and, per client, worker threads."""
 
     clients: ClientSlots
+    proxies: TrustedProxies = field(default_factory=TrustedProxies)
     max_body_bytes: int = MAX_BODY_BYTES
     head_timeout: float = HEAD_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
@@ -197,8 +207,23 @@ class _Gateway(wsgi.Gateway_10):
     """Reads the request body under the limits before the app runs; the app gets it in memory."""
 
     def respond(self) -> None:
+        limits: RequestLimits = self.req.server.limits
+        if not getattr(self.req.conn, "from_trusted_proxy", False):
+            self._respond(limits)
+            return
+        # A proxy's connection took no slot: the client it names takes one now.
+        limits.proxies.apply(self.env)
+        client = client_of(self.env.get("REMOTE_ADDR") or "")
+        if not limits.clients.acquire(client):
+            self._refuse("503 Service Unavailable", _BUSY_MESSAGE, [("Retry-After", "1")])
+            return
+        try:
+            self._respond(limits)
+        finally:
+            limits.clients.release(client)
+
+    def _respond(self, limits: RequestLimits) -> None:
         request = self.req
-        limits: RequestLimits = request.server.limits
         try:
             body = self._read_body(limits)
         except BodyError as error:
@@ -236,17 +261,18 @@ class _Gateway(wsgi.Gateway_10):
             raise BodyError("400 Bad Request", f"body ended at {len(body)} of {length} bytes")
         return body
 
-    def _refuse(self, status: str, message: str) -> None:
+    def _refuse(self, status: str, message: str, extra: Sequence[tuple[str, str]] = ()) -> None:
         self.req.close_connection = True  # the rest of the body is never read
         body = json_error_body(message)
-        headers = [("Content-Type", JSON), ("Content-Length", str(len(body)))]
+        headers = [("Content-Type", JSON), ("Content-Length", str(len(body))), *extra]
         self.start_response(status, headers)
         if self.env.get("REQUEST_METHOD") != "HEAD":
             self.write(body)
         self.req.ensure_headers_sent()
 
 
-_BUSY = json_error_body("too many requests from this address in flight, retry shortly")
+_BUSY_MESSAGE = "too many requests from this address in flight, retry shortly"
+_BUSY = json_error_body(_BUSY_MESSAGE)
 _BUSY_RESPONSE = (
     f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {JSON}\r\n"
     f"Content-Length: {len(_BUSY)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
@@ -265,17 +291,28 @@ class _Connection(cheroot_server.HTTPConnection):
         super().__init__(server, sock, files)
         adapter = server.ssl_adapter
         self._handshake = adapter if isinstance(adapter, DeferredHandshake) else None
+        self._handed_off = False  # the socket now belongs to the server's Refusals
+        self.from_trusted_proxy = False
 
     def communicate(self) -> bool:
         limits: RequestLimits = self.server.limits
-        client = client_of(self.remote_addr or "")
+        peer = self.remote_addr or ""
+        if limits.proxies and limits.proxies.trusts(peer):
+            # Its clients take their slots one by one once their heads are read (_Gateway).
+            self.from_trusted_proxy = True
+            return self._communicate(limits)
+        client = client_of(peer)
         if not limits.clients.acquire(client):
-            # Refused before reading a byte: waiting for its request would hold a thread. Before
-            # its TLS handshake there is no channel to answer on: the connection is just closed.
-            if self._handshake is None:
-                with contextlib.suppress(OSError):
-                    self.wfile.write(_BUSY_RESPONSE)
+            # Refused before reading a byte (waiting for its request would hold a thread), but
+            # answered: the handshake, the head and the 503 are done by the refusals thread.
+            self._hand_off(client, _BUSY_RESPONSE)
             return False
+        try:
+            return self._communicate(limits)
+        finally:
+            limits.clients.release(client)
+
+    def _communicate(self, limits: RequestLimits) -> bool:
         try:
             if self._handshake is not None and not self._finish_handshake(limits):
                 return False
@@ -283,22 +320,44 @@ class _Connection(cheroot_server.HTTPConnection):
             return bool(super().communicate())
         finally:
             self.rfile.set_deadline(None)
-            limits.clients.release(client)
+
+    def _hand_off(self, client: str, answer: bytes) -> None:
+        """Give the socket to the refusals thread; closed at once when it is full."""
+        handshake = self._handshake is not None
+        self._handshake = None
+        self._handed_off = self.server.refusals.take(
+            self.socket, client=client, answer=answer, handshake=handshake
+        )
+        if not self._handed_off and not handshake:  # full: the answer, unread head or not
+            with contextlib.suppress(OSError):
+                self.wfile.write(answer)
+
+    def close(self) -> None:
+        if self._handed_off:
+            self.rfile.close()  # the socket itself is the refusals thread's to close
+            return
+        super().close()
 
     def _finish_handshake(self, limits: RequestLimits) -> bool:
         """The TLS handshake, once per connection; whether the connection may go on."""
-        adapter, self._handshake = self._handshake, None
+        adapter = self._handshake
         assert adapter is not None
         sock: Any = self.socket
         try:
             # The environ needs the handshake done: protocol, cipher, the client's certificate.
             self.ssl_env = adapter.finish_handshake(sock, timeout=limits.handshake_timeout)
+        except PlainHttpError:
+            # Answered "400, this is HTTPS" after its request head: see servicekit.refusal.
+            self._hand_off(client_of(self.remote_addr or ""), b"")
+            return False
         except cheroot_errors.FatalSSLAlert as error:
             self.server.error_log(f"Client {self.remote_addr} lost during TLS handshake: {error}")
             return False
         finally:
-            with contextlib.suppress(OSError):
-                sock.settimeout(self.server.timeout)
+            self._handshake = None
+            if not self._handed_off:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(self.server.timeout)
         return True
 
 
@@ -312,3 +371,8 @@ class Server(wsgi.Server):
         self.gateway = _Gateway
         self.limits = limits
         self.max_request_header_size = MAX_HEAD_BYTES
+        self.refusals = Refusals(timeout=REFUSAL_TIMEOUT)
+
+    def stop(self) -> None:
+        super().stop()
+        self.refusals.stop()

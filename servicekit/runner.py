@@ -17,6 +17,7 @@ from typing import Callable
 
 from servicekit.limits import DEFAULT_MAX_REQUESTS_PER_CLIENT, ClientSlots, RequestLimits, Server
 from servicekit.middleware import wrap_app
+from servicekit.proxies import TrustedProxies
 from servicekit.responses import WSGIApp
 from servicekit.tls import ReloadingSSLAdapter
 from servicekit.webconfig import WebConfig, WebConfigError, WebConfigFile
@@ -38,14 +39,19 @@ def make_server(
     web_config_file: Path | None = None,
     max_requests: int = DEFAULT_MAX_REQUESTS,
     max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT,
+    trusted_proxies: TrustedProxies | None = None,
     threads: int = 16,
 ) -> Server:
     """Build (not start) the server; raises ``WebConfigError`` on a bad web config."""
     config = WebConfigFile(web_config_file) if web_config_file else WebConfig()
+    limits = RequestLimits(
+        clients=ClientSlots(max_requests_per_client),
+        proxies=trusted_proxies or TrustedProxies(),
+    )
     server = Server(
         (_host(listen_address), port),
         wrap_app(app, config, max_requests=max_requests),
-        limits=RequestLimits(clients=ClientSlots(max_requests_per_client)),
+        limits=limits,
         # Threads for every request the limit lets in (excess ones reach it and get their 503),
         # plus those one client may hold while still sending: scrapes from others find a thread.
         numthreads=max(threads, max_requests + max_requests_per_client + 4),
@@ -53,8 +59,11 @@ def make_server(
         timeout=10,
         server_name="gpu-cluster-monitor",
     )
-    if isinstance(config, WebConfigFile) and config.current().config.tls is not None:
-        server.ssl_adapter = ReloadingSSLAdapter(config)
+    if isinstance(config, WebConfigFile):
+        tls = config.current().config.tls
+        if tls is not None:
+            source = config
+            server.ssl_adapter = ReloadingSSLAdapter(tls, lambda: source.current().context)
     return server
 
 
@@ -82,6 +91,7 @@ def run_service(
     web_config_file: Path | None,
     max_requests: int,
     max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT,
+    trusted_proxies: TrustedProxies | None = None,
     on_stop: Callable[[], None],
 ) -> int:
     """Serve ``app`` until SIGINT or SIGTERM, then call ``on_stop``; returns the exit status.
@@ -98,6 +108,7 @@ def run_service(
             web_config_file=web_config_file,
             max_requests=max_requests,
             max_requests_per_client=max_requests_per_client,
+            trusted_proxies=trusted_proxies,
         )
     except WebConfigError as error:
         log.error("%s", error)

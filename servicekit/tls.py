@@ -1,22 +1,23 @@
-"""TLS of both services: the web configuration's names mapped to OpenSSL's, the server-side
-``SSLContext`` built from them, and the cheroot adapter that hands new connections the current one
-and leaves their handshakes to the worker threads.
+"""TLS of both services: the settings (:class:`TlsConfig`, with the web configuration's names
+mapped to OpenSSL's), the server-side ``SSLContext`` built from them, and the cheroot adapter that
+hands new connections the current one and leaves their handshakes to the worker threads.
 
-The mappings are the exporter-toolkit's (Go crypto/tls) names; :mod:`servicekit.webconfig`
-validates a file against them and this module applies it.
+The names are the exporter-toolkit's (Go crypto/tls); :mod:`servicekit.webconfig` reads a file
+into a :class:`TlsConfig` and this module applies it. It imports nothing of the web
+configuration: the adapter is handed a function giving the current context.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 from cheroot import errors
 from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-if TYPE_CHECKING:
-    from servicekit.webconfig import TlsConfig, WebConfigFile
 
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -68,6 +69,47 @@ CURVES = {
     "CurveP521": "secp521r1",
     "X25519": "X25519",
 }
+
+
+# What Go's net/http answers a client speaking plain HTTP to a TLS port.
+PLAIN_HTTP_BODY = b"Client sent an HTTP request to an HTTPS server.\n"
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(PLAIN_HTTP_BODY)
+) + PLAIN_HTTP_BODY
+
+
+def looks_like_http(first: bytes) -> bool:
+    """Whether the first byte of a connection starts an HTTP request rather than a TLS record.
+
+    A TLS record starts with its content type (22 for a handshake); every HTTP method starts with
+    an upper-case letter.
+    """
+    return first[:1].isalpha() and first[:1].isupper()
+
+
+class PlainHttpError(errors.FatalSSLAlert):
+    """A client spoke plain HTTP to the TLS port; it is answered :data:`PLAIN_HTTP_ANSWER`."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The ``tls_server_config`` section, validated, with OpenSSL's names."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    client_auth_type: str = "NoClientCert"
+    min_version: str = "TLS12"
+    max_version: str | None = None
+    ciphers: tuple[str, ...] = ()  # OpenSSL names; empty: the ssl module's defaults
+    curve: str | None = None  # OpenSSL name
+    prefer_server_cipher_suites: bool = True
+
+    def files(self) -> tuple[Path, ...]:
+        """The files this section reads, watched for rotation."""
+        ca = () if self.client_ca_file is None else (self.client_ca_file,)
+        return (self.cert_file, self.key_file, *ca)
 
 
 class TlsSetupError(Exception):
@@ -127,16 +169,16 @@ class ReloadingSSLAdapter(BuiltinSSLAdapter):
     :meth:`finish_handshake` under a deadline of its own (see :mod:`servicekit.limits`).
     """
 
-    def __init__(self, source: WebConfigFile) -> None:
-        tls = source.current().config.tls
-        assert tls is not None
+    def __init__(self, tls: TlsConfig, current: Callable[[], ssl.SSLContext | None]) -> None:
         super().__init__(str(tls.cert_file), str(tls.key_file))
-        self._source = source
-        self.context = source.current().context
+        self._current = current
+        context = current()
+        assert context is not None
+        self.context = context
 
     def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, dict[str, Any]]:
         """The connection wrapped for TLS, handshake not started; its environ entries come later."""
-        context = self._source.current().context
+        context = self._current()
         assert context is not None  # a TLS configuration never drops its TLS section on reload
         if context is not self.context:
             self.context = context  # the setter also installs cheroot's SNI callback
@@ -150,12 +192,18 @@ class ReloadingSSLAdapter(BuiltinSSLAdapter):
         """Complete the handshake within ``timeout`` seconds in all; the connection's environ.
 
         Raises cheroot's ``FatalSSLAlert`` for any failure: a handshake that times out, a reset, a
-        client certificate refused, a client speaking plain HTTP (closed without an answer, as
-        cheroot does).
+        client certificate refused; :class:`PlainHttpError` for a client speaking plain HTTP,
+        which the caller answers with a 400 saying so, as Go's servers do.
         """
         # One deadline for the whole handshake (the ssl module's), however slowly bytes trickle in.
+        deadline = time.monotonic() + timeout
         sock.settimeout(timeout)
         try:
+            # Peeked under TLS, on the TCP stream itself: the handshake reads it again.
+            first = socket.socket.recv(sock, 1, socket.MSG_PEEK)
+            if looks_like_http(first):
+                raise PlainHttpError("plain HTTP sent to the TLS port")
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.do_handshake()
         except OSError as error:  # ssl.SSLError included
             raise errors.FatalSSLAlert(*error.args) from error

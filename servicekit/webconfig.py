@@ -47,6 +47,7 @@ from servicekit.tls import (
     TLS13_SUITES,
     TLS_VERSIONS,
     VERIFY_STRENGTH,
+    TlsConfig,
     TlsSetupError,
     ssl_context,
 )
@@ -69,24 +70,6 @@ _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
 
 class WebConfigError(Exception):
     """The web configuration file is invalid; the message says where."""
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None = None
-    client_auth_type: str = "NoClientCert"
-    min_version: str = "TLS12"
-    max_version: str | None = None
-    ciphers: tuple[str, ...] = ()  # OpenSSL names; empty: the ssl module's defaults
-    curve: str | None = None  # OpenSSL name
-    prefer_server_cipher_suites: bool = True
-
-    def files(self) -> tuple[Path, ...]:
-        """The files this section reads, watched for rotation."""
-        ca = () if self.client_ca_file is None else (self.client_ca_file,)
-        return (self.cert_file, self.key_file, *ca)
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,7 @@ def start_exporter(
     password: str = PASSWORD,
     interval: float = 0.5,
     name: str = "exporter",
+    scheme: str = "http",
 ) -> ExporterProcess:
     """Start ``gpu-exporter`` on the fake library with its files under ``workdir``; wait ready.
 
@@ -121,9 +122,11 @@ def start_exporter(
     process = ManagedProcess(
         command, log_path=workdir / f"{name}.log", env=nvml_env(library_dir, scenario_path)
     )
-    exporter = ExporterProcess(process, port, password, scenario_path)
+    exporter = ExporterProcess(process, port, password, scenario_path, scheme=scheme)
     try:
-        wait_started(process, f"{exporter.url}/-/ready", what="exporter", timeout=30)
+        # Whether it is up, not whom it is: a test's own CA is checked by the test.
+        ready = f"{exporter.url}/-/ready"
+        wait_started(process, ready, what="exporter", timeout=30, verify=scheme == "http")
     except StartError:
         exporter.stop()
         raise
@@ -190,10 +193,10 @@ class ClientAddresses:
         n = next(self._counter) % (254 * 254 * 254)
         return f"127.{n // 64516 % 254 + 1}.{n // 254 % 254 + 1}.{n % 254 + 1}"
 
-    def session(self) -> requests.Session:
-        """A fresh session whose connections come from a new address."""
+    def session(self, source: str | None = None) -> requests.Session:
+        """A fresh session whose connections come from a new address (or from ``source``)."""
         session = requests.Session()
-        adapter = _SourceAdapter(self.address())
+        adapter = _SourceAdapter(source or self.address())
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session

@@ -40,10 +40,11 @@ class LoadResult:
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     bytes_received: int = 0
+    busy: int = 0  # 503 with Retry-After: the server's honest "not now", never an error
 
     @property
     def requests(self) -> int:
-        return len(self.latencies) + self.errors
+        return len(self.latencies) + self.errors + self.busy
 
     def quantile(self, q: float) -> float:
         if len(self.latencies) < 2:
@@ -53,6 +54,7 @@ class LoadResult:
     def merge(self, other: LoadResult) -> None:
         self.latencies += other.latencies
         self.errors += other.errors
+        self.busy += other.busy
         self.error_samples += other.error_samples[: MAX_ERRORS_KEPT - len(self.error_samples)]
         self.bytes_received += other.bytes_received
 
@@ -62,7 +64,7 @@ class LoadResult:
         rate = self.requests / self.seconds if self.seconds > 0 else float("nan")
         text = (
             f"{self.requests} requests in {self.seconds:.1f} s ({rate:.0f} req/s), "
-            f"errors {self.errors}, p50 {self.quantile(0.5) * 1e3:.2f} ms, "
+            f"errors {self.errors}, 503 {self.busy}, p50 {self.quantile(0.5) * 1e3:.2f} ms, "
             f"p99 {self.quantile(0.99) * 1e3:.2f} ms, max {max(self.latencies) * 1e3:.2f} ms"
         )
         if self.bytes_received:
@@ -80,18 +82,41 @@ def _check_scrape(response: requests.Response) -> str | None:
     return None
 
 
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds a 503 asks the client to wait, or None when the answer is no such refusal."""
+    if response.status_code != 503:
+        return None
+    try:
+        return float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How each scraper asks: headers, timeout, TLS verification, basic auth, source address."""
+
+    headers: dict[str, str]
+    timeout: float = 5.0
+    verify: str | bool = True
+    auth: tuple[str, str] | None = None
+    source: str | None = None  # every scraper from this one address; None: each its own
+
+
 def _scrape_thread(
-    session: requests.Session,
-    url: str,
-    deadline: float,
-    headers: dict[str, str],
-    timeout: float,
-    result: LoadResult,
+    session: requests.Session, url: str, deadline: float, options: ClientOptions, result: LoadResult
 ) -> None:
+    ask = {"headers": options.headers, "timeout": options.timeout, "auth": options.auth}
     while time.monotonic() < deadline:
         started = time.perf_counter()
         try:
-            response = session.get(url, headers=headers, timeout=timeout)
+            # verify on each call: REQUESTS_CA_BUNDLE in the environment beats a session's
+            response = session.get(url, verify=options.verify, **ask)  # type: ignore[arg-type]
+            wait = _retry_after(response)
+            if wait is not None:  # refused honestly: wait as asked, as a polite client does
+                result.busy += 1
+                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+                continue
             problem = _check_scrape(response)
         except requests.RequestException as error:
             problem = f"{type(error).__name__}: {error}"
@@ -107,29 +132,25 @@ def _scrape_thread(
 
 
 def _client_process(
-    url: str,
-    threads: int,
-    first_client: int,
-    seconds: float,
-    headers: dict[str, str],
-    timeout: float,
+    url: str, threads: int, first_client: int, seconds: float, options: ClientOptions
 ) -> LoadResult:
     deadline = time.monotonic() + seconds
     results = [LoadResult(seconds) for _ in range(threads)]
     # Each scraper is its own client, from its own loopback address, as separate machines would
-    # be: the server caps the requests one address may have in flight.
+    # be (the server caps the requests one address may have in flight), unless the run is about
+    # many clients behind one address.
     addresses = ClientAddresses(base=first_client)
     workers = [
         threading.Thread(
             target=_scrape_thread,
-            args=(addresses.session(), url, deadline, headers, timeout, result),
+            args=(addresses.session(options.source), url, deadline, options, result),
         )
         for result in results
     ]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(seconds + timeout + 10)
+        worker.join(seconds + options.timeout + 10)
     total = LoadResult(seconds)
     for result in results:
         total.merge(result)
@@ -144,15 +165,29 @@ def scrape_load(
     client_processes: int = 5,
     headers: dict[str, str] | None = None,
     timeout: float = 5.0,
+    verify: str | bool = True,
+    auth: tuple[str, str] | None = None,
+    source: str | None = None,
 ) -> LoadResult:
-    """``clients`` scrapers, each a loop of GET ``url``, for ``seconds``; answers are checked."""
-    headers = headers or {"Accept-Encoding": "identity"}
+    """``clients`` scrapers, each a loop of GET ``url``, for ``seconds``; answers are checked.
+
+    Each scraper comes from its own loopback address, or all from ``source``; a 503 with
+    ``Retry-After`` is counted in ``busy`` and waited out, anything else but a complete scrape
+    is an error.
+    """
+    options = ClientOptions(
+        headers or {"Accept-Encoding": "identity"},
+        timeout=timeout,
+        verify=verify,
+        auth=auth,
+        source=source,
+    )
     processes = max(1, min(client_processes, clients))
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
     firsts = [sum(shares[:i]) for i in range(processes)]
     with ProcessPoolExecutor(processes) as pool:
         futures = [
-            pool.submit(_client_process, url, share, first, seconds, headers, timeout)
+            pool.submit(_client_process, url, share, first, seconds, options)
             for share, first in zip(shares, firsts)
         ]
         total = LoadResult(seconds)

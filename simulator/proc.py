@@ -88,13 +88,14 @@ def wait_started(
     what: str,
     timeout: float = 30.0,
     log_tail: int | None = None,
+    verify: str | bool = True,
 ) -> None:
     """Wait for ``url`` to answer 200; :class:`StartError` with ``process``'s log if it does not.
 
     ``log_tail`` keeps only the last characters of the log (None: all of it).
     """
     try:
-        wait_http(url, timeout=timeout)
+        wait_http(url, timeout=timeout, verify=verify)
     except TimeoutError as error:
         log = process.log()
         if log_tail is not None:

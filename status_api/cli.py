@@ -58,6 +58,7 @@ def _serve(cluster: Cluster, args: argparse.Namespace, *, on_stop: Callable[[], 
         web_config_file=args.web_config_file,
         max_requests=args.max_requests,
         max_requests_per_client=args.max_requests_per_client,
+        trusted_proxies=args.trusted_proxies,
         on_stop=on_stop,
     )
 

@@ -2,6 +2,9 @@
 
 * 50 concurrent clients scrape ``/metrics`` on the 8-GPU, 64-process scenario for 10 s: no error,
   every answer a complete scrape; p50/p99 are printed.
+* The honest overload: the same 50 clients all from one address, over TLS with basic auth, for
+  15 s: every answer a complete scrape or a 503 with ``Retry-After``, never a dropped connection
+  or a TLS error.
 * A 45 s soak with churn: every second eight of the 64 processes are replaced by fresh ones, and
   a ten-step cycle mixes in faults (a GPU lost, fields and the process list failing, the device
   count failing, pids gone before the lookup). A scraper runs throughout. After warm-up, the
@@ -23,11 +26,13 @@ from simulator.exporters import rss_bytes
 from simulator.fakenvml import scenario as fake
 from simulator.load import Churn, Scraper, checkpoint, scrape_load
 from simulator.metrics import label_sets
+from simulator.webconfig import write_web_config
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
 
 CLIENTS = 50
 LOAD_SECONDS = 10.0
+ONE_ADDRESS_SECONDS = 15.0
 SOAK_WARMUP_SECONDS = 15.0
 SOAK_SECONDS = 30.0
 RSS_TOLERANCE_BYTES = 4 * 2**20
@@ -43,9 +48,36 @@ def test_fifty_clients_scraping_8x64(exporter_factory, worker_pids, capsys) -> N
     with capsys.disabled():
         print(f"\nload, {CLIENTS} clients on 8x64: {result.summary()}")
     assert result.errors == 0, result.error_samples
+    assert result.busy == 0  # each from its own address: nobody is over their share
     assert result.requests > CLIENTS  # every client got answers, not just one each
     assert exporter.process.alive()
     assert "Traceback" not in exporter.log()
+
+
+def test_fifty_clients_from_one_address_over_tls_get_only_200_and_503(
+    exporter_factory, worker_pids, tmp_path, capsys
+) -> None:
+    auth = ("prometheus", "load-password")
+    config, ca_file = write_web_config(tmp_path / "web", basic_auth=auth)
+    exporter = exporter_factory(
+        fake.busy(8, worker_pids(64)), "--web.config.file", str(config), scheme="https"
+    )
+
+    result = scrape_load(
+        f"{exporter.url}/metrics",
+        clients=CLIENTS,
+        seconds=ONE_ADDRESS_SECONDS,
+        verify=str(ca_file),
+        auth=auth,
+        source="127.0.0.1",
+    )
+
+    with capsys.disabled():
+        print(f"\nload, {CLIENTS} clients from one address, TLS and basic auth: {result.summary()}")
+    assert result.errors == 0, result.error_samples
+    assert result.busy > 0  # more clients than one address's share: some were told to wait
+    assert len(result.latencies) > CLIENTS
+    assert exporter.process.alive()
 
 
 @pytest.fixture

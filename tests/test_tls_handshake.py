@@ -18,7 +18,8 @@ import requests
 import trustme
 import yaml
 
-from servicekit.limits import DEFAULT_MAX_REQUESTS_PER_CLIENT, HANDSHAKE_TIMEOUT
+from servicekit.limits import DEFAULT_MAX_REQUESTS_PER_CLIENT, HANDSHAKE_TIMEOUT, REFUSAL_TIMEOUT
+from simulator.exporters import ClientAddresses
 from simulator.fakenvml import scenario as fake
 from simulator.proc import wait_http
 from tests.support.attackers import ATTACKER, AttackingClients, connect, scrape_during
@@ -98,20 +99,66 @@ def test_a_handshake_that_never_completes_is_dropped_at_its_deadline(
     assert HANDSHAKE_TIMEOUT - 0.5 < held < HANDSHAKE_TIMEOUT + 4, held
 
 
-def test_connections_in_handshake_count_against_their_client(tls_exporter) -> None:
+def _tls_get(port: int, ca_file: str, *, source: str) -> requests.Response:
+    session = ClientAddresses().session(source)
+    return session.get(f"https://127.0.0.1:{port}/metrics", verify=ca_file, timeout=10)
+
+
+def _silent(port: int, n: int) -> list[socket.socket]:
+    return [connect(port, source=ATTACKER, timeout=30) for _ in range(n)]
+
+
+def test_a_client_over_its_share_is_answered_503_over_tls(tls_exporter) -> None:
     exporter, ca_file = tls_exporter
-    silent = [
-        connect(exporter.port, source=ATTACKER, timeout=30)
-        for _ in range(DEFAULT_MAX_REQUESTS_PER_CLIENT)
-    ]
+    silent = _silent(exporter.port, DEFAULT_MAX_REQUESTS_PER_CLIENT)
     try:
         time.sleep(0.5)  # each one holds a slot, waiting for its ClientHello
-        with connect(exporter.port, source=ATTACKER, timeout=30) as extra:
-            held = _seconds_until_closed(extra)
-        assert held < HANDSHAKE_TIMEOUT / 2, held  # closed at once, not at the deadline
+        # An HTTP answer through a completed handshake, not a connection closed in its face.
+        response = _tls_get(exporter.port, ca_file, source=ATTACKER)
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "1"
+        assert "address" in response.json()["error"]
         # Another client's slots are its own.
-        response = requests.get(f"{exporter.url}/-/healthy", verify=ca_file, timeout=5)
-        assert response.status_code == 200
+        assert _tls_get(exporter.port, ca_file, source="127.0.0.1").status_code == 200
     finally:
         for sock in silent:
             sock.close()
+    assert _tls_get(exporter.port, ca_file, source=ATTACKER).status_code == 200
+
+
+def test_silent_connections_over_the_share_hold_no_worker_thread(tls_exporter) -> None:
+    exporter, ca_file = tls_exporter
+    # More than the server has threads (--web.max-requests 40 + its share + 4): if a refused
+    # connection held a thread until its deadline, the other client would find none.
+    silent = _silent(exporter.port, DEFAULT_MAX_REQUESTS_PER_CLIENT + 80)
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        for _ in range(10):  # a new connection each: the accept loop and a handshake each time
+            assert requests.get(f"{exporter.url}/-/healthy", verify=ca_file, timeout=2).ok
+        assert time.monotonic() - started < 5
+        # The refused ones are dropped at their deadline (handshake and head), not kept for ever.
+        over = silent[-1]
+        held = _seconds_until_closed(over)
+        assert held < REFUSAL_TIMEOUT + 2, held
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+@pytest.mark.parametrize("over_the_share", [False, True], ids=["within", "over-the-share"])
+def test_plain_http_to_the_tls_port_is_400_saying_so(tls_exporter, over_the_share: bool) -> None:
+    exporter, _ = tls_exporter
+    silent = _silent(exporter.port, DEFAULT_MAX_REQUESTS_PER_CLIENT if over_the_share else 0)
+    try:
+        time.sleep(0.3)
+        with connect(exporter.port, source=ATTACKER) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+    finally:
+        for held in silent:
+            held.close()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    assert answer.endswith(b"\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
