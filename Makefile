@@ -8,7 +8,13 @@ demo:  ## three simulated GPU nodes, the status page and Prometheus, no GPU need
 	./scripts/setup.sh demo
 	.venv/bin/python -m simulator.demo $(DEMO_ARGS)
 
-check:  ## seconds, no child processes: lint, type-check, the in-process unit tests
+# What `make check` needs on a fresh clone (.venv with the test extras, the fake NVML), made once
+# and again only when the project's dependencies or the setup change.
+.venv/.ready: pyproject.toml scripts/setup.sh
+	./scripts/setup.sh demo
+	touch $@
+
+check: .venv/.ready  ## seconds, no child processes: lint, type-check, the in-process unit tests
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy

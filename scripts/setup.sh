@@ -2,7 +2,8 @@
 # Prepare a fresh Debian/Ubuntu machine: install the Debian packages, create .venv with the
 # package and its test extras, and build the fake NVML library.
 #   scripts/setup.sh        what the test suite drives: Prometheus with promtool, Alertmanager
-#                           with amtool, VictoriaMetrics, Chromium, systemd-analyze, openssl, gcc
+#                           with amtool, VictoriaMetrics, Chromium, systemd-analyze, openssl, nginx,
+#                           gcc
 #   scripts/setup.sh demo   what the demo cannot do without: gcc (Prometheus stays optional)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,8 @@ if [ "$purpose" = test ]; then
     command -v chromium >/dev/null || missing+=(chromium)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     command -v openssl >/dev/null || missing+=(openssl)
+    # the reverse proxy in front of the status service in the trusted-proxy tests
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"

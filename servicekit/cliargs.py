@@ -164,7 +164,7 @@ def add_web_flags(
     )  # fmt: skip
     parser.add_argument(
         "--web.trusted-proxies", dest="trusted_proxies", type=trusted_proxies,
-        default=TrustedProxies(), metavar="CIDR[,CIDR]",
+        metavar="CIDR[,CIDR]",
         help="reverse proxies whose X-Forwarded-For or Forwarded header names the client: the "
         "per-client limits count that client (default: none, headers ignored)",
     )  # fmt: skip
