@@ -13,10 +13,14 @@ For each it reports:
 * filter latency: typing ``alice0777`` into the user filter, key by key, until the page shows
   just that node and its four GPUs with processes: from the first key, and from the last.
 
-Targets at 2000 nodes: first render under 2 s, no long task over 200 ms after it, the filter
+With ``--changing F``, a share F of the nodes (0 to 1) answers with another utilization on one
+of its GPUs at every poll, so that many nodes change from one refresh to the next, as on a busy
+cluster; by default nothing changes but the nodes' last_seen.
+
+Targets at 2000 nodes: first render under 2 s, no long task over 100 ms after it, the filter
 settled within 300 ms of the last key. Run from the repository root::
 
-    .venv/bin/python -m benchmarks.bench_page [--sizes 1000,2000] [--before main]
+    .venv/bin/python -m benchmarks.bench_page [--sizes 1000,2000] [--before main] [--changing F]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import subprocess
 import sys
 import tempfile
@@ -88,29 +93,38 @@ def node_status(index: int) -> dict[str, Any]:
     return status
 
 
-def serve_nodes(count: int, port: int) -> None:
-    """The simulated nodes, until killed (run as ``--serve-nodes``)."""
+def serve_nodes(count: int, port: int, changing: float) -> None:
+    """The simulated nodes, until killed (run as ``--serve-nodes``); a share ``changing`` of them
+    takes another utilization on GPU 0 twice per polling interval."""
     nodes = FakeNodes(["ok"] * count, addresses=loopback_addresses(count), port=port)
+    statuses = [node_status(index) for index in range(count)]
+    moving = random.Random(0).sample(range(count), round(changing * count))
 
     async def run() -> None:
         await nodes.start()
         for index in range(count):
-            nodes.set_status(index, node_status(index))
+            nodes.set_status(index, statuses[index])
         sys.stdout.write("READY\n")
         sys.stdout.flush()
-        await asyncio.Event().wait()
+        step = 0
+        while True:
+            await asyncio.sleep(INTERVAL_S / 2)
+            step += 1
+            for index in moving:
+                statuses[index]["gpus"][0]["utilize"] = 50 + (index + step) % 50
+                nodes.set_status(index, statuses[index])
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
 
 
 @contextmanager
-def cluster(count: int) -> Iterator[str]:
+def cluster(count: int, changing: float) -> Iterator[str]:
     """Simulated nodes and a gpu-status-api polling them; yields the service's URL."""
     addresses = loopback_addresses(count)
     node_port = free_port_on(addresses)
     command = [sys.executable, "-m", "benchmarks.bench_page", "--serve-nodes", str(count),
-               "--port", str(node_port)]  # fmt: skip
+               "--port", str(node_port), "--changing", str(changing)]  # fmt: skip
     began = time.monotonic()
     nodes = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
     workdir = Path(tempfile.mkdtemp(prefix="bench-page-"))
@@ -230,22 +244,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--before", default="main",
         help="git revision whose page is 'before' (default main); '' to measure only 'after'",
     )  # fmt: skip
+    parser.add_argument(
+        "--changing", type=float, default=0.0,
+        help="share of the nodes whose utilization changes at every poll (default 0)",
+    )  # fmt: skip
     parser.add_argument("--serve-nodes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_nodes:
-        serve_nodes(args.serve_nodes, args.port)
+        serve_nodes(args.serve_nodes, args.port, args.changing)
         return 0
     variants: list[tuple[str, str | None]] = [("after", None)]
     if args.before:
         variants.insert(0, (f"before ({args.before})", args.before))
+    if args.changing:
+        print(f"{args.changing:.0%} of the nodes change at every poll")
     print(f"{'nodes':>6} {'page':<16} {'first render':>13} {'long tasks after it':>30} "
           f"{'filter from 1st key':>20} {'from last key':>14}")  # fmt: skip
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             for count in (int(size) for size in args.sizes.split(",")):
-                with cluster(count) as url:
+                with cluster(count, args.changing) as url:
                     for label, revision in variants:
                         figures = measure(browser, url, revision, count)
                         print(table_row(count, label, figures), flush=True)

@@ -35,7 +35,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 
-# Counts the page's timers and cluster fetches; runs before the page's own script. users.js
+# Counts the page's timers and cluster fetches (asked of its feed worker); runs before the page's
+# own script. users.js
 # keeps its own timer chain, counted apart (in __usersTimers).
 INSTRUMENT = """
 window.__timers = {pending: 0, most: 0, intervals: 0};
@@ -53,10 +54,11 @@ window.setInterval = (...args) => {
   window.__timers.intervals += 1;
   return realSetInterval(...args);
 };
-const realFetch = window.fetch.bind(window);
-window.fetch = (url, ...rest) => {
-  if (String(url).includes('api/v1/cluster')) window.__fetches += 1;
-  return realFetch(url, ...rest);
+// The page's feed worker (static/feed.js) fetches the cluster document when asked.
+const realPost = Worker.prototype.postMessage;
+Worker.prototype.postMessage = function (message, ...rest) {
+  if (message && String(message.url).includes('api/v1/cluster')) window.__fetches += 1;
+  return realPost.call(this, message, ...rest);
 };
 """
 

@@ -1,4 +1,5 @@
-/* The cluster page: fetches api/v1/cluster and draws one card per node.
+/* The cluster page: draws one card per node of api/v1/cluster, which static/feed.js (a worker)
+ * fetches and parses off the main thread, posting only the nodes that changed.
  *
  * Everything shown comes from the nodes and is untrusted (a command line can hold anything), so
  * the DOM is built with createElement and textContent only; no HTML string is ever parsed.
@@ -6,6 +7,9 @@
  * so timers never stack; a fetch already in flight is never started twice.
  *
  * The page stays quick with thousands of nodes:
+ * - the document is parsed, and compared with the last one, in the worker: the main thread gets
+ *   the nodes that changed and, for the others, only their last_seen; a refresh in which no
+ *   node changed redraws nothing but the ages;
  * - each node's card is kept from refresh to refresh (keyed by the node's hosts.txt entry) and
  *   each GPU row within it (keyed by uuid, else index); a refresh touches only what changed;
  * - a card's GPU table is built only when the card comes near the viewport; until then a
@@ -53,7 +57,7 @@
 
   // ---- small helpers -----------------------------------------------------------------------
 
-  const { el, isNumber, mib, fetchIfChanged, nextFetchAt } = window.gpuPage; // static/dom.js
+  const { el, isNumber, mib, nextFetchAt } = window.gpuPage; // static/dom.js
 
   function ago(seconds) {
     if (!isNumber(seconds)) return 'never';
@@ -389,6 +393,18 @@
     drawHead(record);
   }
 
+  // A node unchanged but for last_seen: its age moves, nothing else is redrawn.
+  function touchNode(record, node) {
+    record.node = node;
+    const age = isNumber(node.last_seen) ? Math.max(0, state.data.generated_at - node.last_seen) : null;
+    if ((age === null) !== (record.age === null)) {
+      setNode(record, node);
+      return;
+    }
+    record.age = age;
+    if (record.seen && age !== null) record.seen.dataset.age = String(age);
+  }
+
   function drawSeen(record, sinceUpdate) {
     if (record.seen) {
       record.seen.textContent = 'seen ' + ago(record.age === null ? null : record.age + sinceUpdate);
@@ -504,15 +520,22 @@
 
   // ---- the list -----------------------------------------------------------------------------
 
-  // New data: bring every node's record up to date (cheap for nodes off-screen).
-  function absorb(data) {
+  // New data: bring every node's record up to date (cheap for nodes off-screen, and for nodes
+  // that did not change: only their age). Whether any card came, went or changed.
+  function absorb(data, changed) {
     const present = new Set();
+    let moved = false;
     for (const node of data.nodes) {
       const key = String(node.node);
       present.add(key);
-      const record = cards.get(key) || newCard(key);
-      cards.set(key, record);
-      setNode(record, node);
+      let record = cards.get(key);
+      if (!record) {
+        record = newCard(key);
+        cards.set(key, record);
+        moved = true;
+      }
+      if (changed.has(node) || !record.node) setNode(record, node);
+      else touchNode(record, node);
     }
     for (const [key, record] of cards) {
       if (present.has(key)) continue;
@@ -520,7 +543,9 @@
       nearby.delete(record);
       record.card.remove();
       cards.delete(key);
+      moved = true;
     }
+    return moved || changed.size > 0;
   }
 
   let shownOrder = [];
@@ -556,9 +581,9 @@
     ui.empty.hidden = order.length > 0;
   }
 
-  function refresh(data) {
+  function refresh(data, changed) {
     drawSummary(data);
-    absorb(data);
+    if (!absorb(data, changed)) return; // only ages moved: drawStatus shows them
     draw();
     collectKnownUsers(data);
     drawSuggestions();
@@ -589,18 +614,39 @@
 
   // ---- fetching -----------------------------------------------------------------------------
 
-  async function load() {
+  const feed = new Worker('static/feed.js');
+  const feedUrl = new URL('api/v1/cluster', location.href).href;
+  const nodesByKey = new Map(); // the latest document's nodes, by key, as the feed posted them
+
+  function load() {
     state.inFlight = true;
+    feed.postMessage({ url: feedUrl });
+  }
+
+  // The whole document again, from the feed's delta: its head, every node in order.
+  function assemble(message) {
+    for (const node of message.changed) nodesByKey.set(String(node.node), node);
+    const nodes = message.keys.map((key, i) => {
+      const node = nodesByKey.get(key);
+      node.last_seen = message.lastSeen[i];
+      return node;
+    });
+    if (nodesByKey.size !== nodes.length) {
+      const present = new Set(message.keys);
+      for (const key of Array.from(nodesByKey.keys())) if (!present.has(key)) nodesByKey.delete(key);
+    }
+    return Object.assign({}, message.head, { nodes });
+  }
+
+  function received(message) {
     try {
-      const changed = await fetchIfChanged('api/v1/cluster', state.etag);
+      if (message.error) throw new Error(message.error);
       state.error = '';
-      if (changed) {
-        const data = changed.data;
-        if (!data || !Array.isArray(data.nodes)) throw new Error('not a cluster document');
+      if (!message.unchanged) {
+        const data = assemble(message);
         if (!state.data || data.generated_at !== state.data.generated_at) state.updatedAt = Date.now();
         state.data = data;
-        state.etag = changed.etag;
-        refresh(data);
+        refresh(data, new Set(message.changed));
       }
       state.failures = 0;
     } catch (error) {
@@ -612,6 +658,12 @@
       drawStatus();
     }
   }
+
+  feed.onmessage = (event) => received(event.data);
+  feed.onerror = (event) => {
+    event.preventDefault();
+    received({ error: 'the page feed failed: ' + (event.message || 'unknown error') });
+  };
 
   function tick() {
     if (!state.paused && !state.inFlight && Date.now() >= state.nextFetchAt) load();

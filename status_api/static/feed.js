@@ -1,0 +1,68 @@
+/* The cluster page's feed, a dedicated worker: fetches api/v1/cluster, parses it here, off the
+ * page's main thread, and posts only what the page needs to redraw.
+ *
+ * At 2,000 nodes the document is several megabytes; parsing it and comparing every node with
+ * the last one would hold the page's main thread for a long task every refresh. Here each node
+ * is compared (as JSON, without last_seen, which moves every round) with what was last posted,
+ * and the page gets the nodes' keys in order, their last_seen, and the whole of only the nodes
+ * that changed. The page asks with {url}; each answer is one of
+ *   {unchanged: true}                      the document is the one posted last (304)
+ *   {head, keys, lastSeen, changed}        head: the document without its nodes
+ *   {error}                                a message to show
+ */
+'use strict';
+
+const FETCH_TIMEOUT_MS = 15000;
+
+let etag = null;
+let signatures = new Map(); // node key -> the node's JSON without last_seen, as last posted
+
+async function fetchDocument(url) {
+  const headers = etag ? { 'If-None-Match': etag } : {};
+  const signal = AbortSignal.timeout ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : undefined;
+  const response = await fetch(url, { headers, cache: 'no-store', signal });
+  if (response.status === 304) return null;
+  if (!response.ok) throw new Error('HTTP ' + response.status);
+  const data = await response.json();
+  if (!data || typeof data !== 'object' || !Array.isArray(data.nodes)) {
+    throw new Error('not a cluster document');
+  }
+  return { data, etag: response.headers.get('ETag') };
+}
+
+// The message for the page, and the signatures to keep once it is posted.
+function delta(data) {
+  const keys = [];
+  const lastSeen = [];
+  const changed = [];
+  const next = new Map();
+  for (const node of data.nodes) {
+    if (!node || typeof node !== 'object') throw new Error('not a cluster document');
+    const key = String(node.node);
+    keys.push(key);
+    lastSeen.push(node.last_seen);
+    const { last_seen: _seen, ...rest } = node;
+    const signature = JSON.stringify(rest);
+    next.set(key, signature);
+    if (signatures.get(key) !== signature) changed.push(node);
+  }
+  const { nodes: _nodes, ...head } = data;
+  return { message: { head, keys, lastSeen, changed }, next };
+}
+
+self.onmessage = async (event) => {
+  try {
+    const fetched = await fetchDocument(event.data.url);
+    if (!fetched) {
+      self.postMessage({ unchanged: true });
+      return;
+    }
+    const { message, next } = delta(fetched.data);
+    self.postMessage(message);
+    signatures = next; // only once the page has been given this document
+    etag = fetched.etag;
+  } catch (error) {
+    // What was posted before stays the page's: the next answer is a delta against it.
+    self.postMessage({ error: error && error.message ? error.message : String(error) });
+  }
+};
