@@ -110,13 +110,17 @@ class ManagedProcess:
     ) -> None:
         self.command = list(command)
         self.log_path = log_path
+        self._env = env
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             self.command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=self._env,
             start_new_session=True,
         )
 
@@ -131,6 +135,21 @@ class ManagedProcess:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash or the OOM killer would; the log stays
+        open for :meth:`restart`."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start the same command with the same environment again (after :meth:`kill`); its
+        output goes on in the same log."""
+        if self.process.poll() is None:
+            raise RuntimeError(f"{self.command[0]} is still running")
+        self.process = self._spawn()
 
     def stop(self, *, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL the whole process group; returns the exit code."""
