@@ -136,13 +136,14 @@ class ManagedProcess:
             self._log.flush()
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def kill(self) -> None:
-        """SIGKILL the whole process group, as a crash or the OOM killer would; the log stays
-        open for :meth:`restart`."""
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Send ``signum`` to the whole process group and wait for its end: SIGKILL as a crash
+        or the OOM killer would, SIGTERM as systemd stops a service. The log stays open for
+        :meth:`restart`."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+                os.killpg(self.process.pid, signum)
+            self.process.wait(timeout=30)
 
     def restart(self) -> None:
         """Start the same command with the same environment again (after :meth:`kill`); its

@@ -23,36 +23,23 @@ import requests
 
 from simulator.fakenvml import scenario as fake
 from simulator.metrics import value, values
-from tests.support.faults import ScrapeLoad, restart_until_ready, seconds_until
+from tests.support.faults import (
+    ScrapeLoad,
+    gpus_of,
+    restart_until_ready,
+    scenario,
+    seconds_until,
+)
 from tests.support.status_service import node
 
 pytestmark = pytest.mark.faults
 
-GIB = 1024**3
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 IDLE_HELD_AFTER = 4.0
 FLAGS = (
     "--stale-after", "1.5", "--offline-after", "3", "--idle-held-after", str(IDLE_HELD_AFTER),
     "--power-interval", "0",
 )  # fmt: skip
-
-
-def scenario(worker: int, *, busy: bool = False, energy: int = 5_000_000_000) -> fake.FakeScenario:
-    """GPU 0 held by ``worker`` (2 GiB), computing when ``busy``, else idle but held; GPU 1 free."""
-    held = fake.make_gpu(
-        0,
-        processes=[fake.FakeProcess(worker, 2 * GIB)],
-        memory_used=2 * GIB + 300 * 1024**2,
-        utilization_gpu=80 if busy else 0,
-        energy=energy,
-    )
-    free = fake.make_gpu(1, memory_used=0, utilization_gpu=0, energy=energy)
-    return fake.FakeScenario(gpus=[held, free])
-
-
-def gpus_of(document: dict[str, Any], text: str) -> list[tuple[int, str, int]]:
-    """What identifies a node's GPUs on the page: index, name, total memory."""
-    return [(g["index"], g["name"], g["tot_mem"]) for g in node(document, text)["gpus"]]
 
 
 def state_of(service: Any, text: str) -> str:

@@ -18,13 +18,49 @@ from typing import Any, Callable
 import pytest
 import requests
 
+from simulator.fakenvml import scenario as fake
 from simulator.proc import ManagedProcess
+from tests.support.status_service import node
 
 # The outage of the query engine the suite runs, in seconds. The issue asks for a minute; the
 # suite runs a shorter one to keep CI short (the code path is the same: every round fails until
 # the engine answers). FAULTS_ENGINE_OUTAGE=60 runs the full minute.
 ENGINE_OUTAGE_ENV = "FAULTS_ENGINE_OUTAGE"
 DEFAULT_ENGINE_OUTAGE = 6.0
+
+GIB = 1024**3
+HOT_CELSIUS = 93
+XID = 13  # graphics engine exception: an application fault, no alert
+
+
+def scenario(
+    worker: int,
+    *,
+    busy: bool = False,
+    hot: bool = False,
+    energy: int = 5_000_000_000,
+    xids: int = 0,
+) -> fake.FakeScenario:
+    """A node of two GPUs: GPU 0 held by ``worker`` (2 GiB), computing when ``busy``, else idle
+    but held, with ``xids`` XID 13 events; GPU 1 free, at 93 °C when ``hot``. ``energy`` is
+    each GPU's counter in millijoules (a driver reload starts it over)."""
+    held = fake.make_gpu(
+        0,
+        processes=[fake.FakeProcess(worker, 2 * GIB)],
+        memory_used=2 * GIB + 300 * 1024**2,
+        utilization_gpu=80 if busy else 0,
+        energy=energy,
+        xids=[fake.FakeXid(XID, id=n) for n in range(xids)],
+    )
+    free = fake.make_gpu(
+        1, memory_used=0, utilization_gpu=0, temperature=HOT_CELSIUS if hot else 40, energy=energy
+    )
+    return fake.FakeScenario(gpus=[held, free])
+
+
+def gpus_of(document: dict[str, Any], text: str) -> list[tuple[int, str, int]]:
+    """What identifies a node's GPUs on the page: index, name, total memory."""
+    return [(g["index"], g["name"], g["tot_mem"]) for g in node(document, text)["gpus"]]
 
 
 class Timings:
