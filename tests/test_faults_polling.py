@@ -135,63 +135,91 @@ def _idle_held_gpus(service: Any) -> int:
     return sum(user["idle_held_gpus"] for user in users)
 
 
+class Unwritable:
+    """A directory whose writes can be made to fail and succeed again: a full 256 KiB tmpfs
+    where mounting is allowed (root), else a directory without write permission."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.full_disk = False
+        self._filler: Path | None = None
+
+    def mount(self) -> bool:
+        if os.geteuid() != 0:
+            return False
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(self.directory)],
+            capture_output=True,
+            check=False,
+        )
+        self.full_disk = mounted.returncode == 0
+        return self.full_disk
+
+    def unmount(self) -> None:
+        if self.full_disk:
+            subprocess.run(["umount", "-l", str(self.directory)], check=False)
+
+    @property
+    def error(self) -> str:
+        return "No space left on device" if self.full_disk else "Permission denied"
+
+    def break_writes(self) -> None:
+        if not self.full_disk:
+            self.directory.chmod(0o500)
+            return
+        self._filler = self.directory / "filler"
+        handle = os.open(self._filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(handle, b"\0" * 4096):
+                pass
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+        finally:
+            os.close(handle)
+
+    def repair(self) -> None:
+        if self._filler is not None:
+            self._filler.unlink()
+            self._filler = None
+        self.directory.chmod(0o700)
+
+
 @pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs, so a test can fill it; skipped where mounting is not allowed."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+def unwritable(tmp_path: Path) -> Iterator[Unwritable]:
+    directory = tmp_path / "state"
+    directory.mkdir()
+    place = Unwritable(directory)
+    if not place.mount() and os.geteuid() == 0:
+        pytest.skip("root ignores permissions and cannot mount a tmpfs here")
     try:
-        yield mountpoint
+        yield place
     finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    """Write a file until the file system is full; return it."""
-    filler = directory / "filler"
-    handle = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while os.write(handle, b"\0" * 4096):
-            pass
-    except OSError as error:
-        assert error.errno == errno.ENOSPC, error
-    finally:
-        os.close(handle)
-    return filler
+        place.repair()
+        place.unmount()
 
 
 def test_full_disk_under_the_state_file(
-    exporter_factory, status_service_factory, worker, small_filesystem, fault_timings
+    exporter_factory, status_service_factory, worker, unwritable, fault_timings
 ):
     case = "full disk under the state file"
     exporter = exporter_factory(scenario(worker, busy=True))
     entry = f"127.0.0.1:{exporter.port}"
-    state_path = small_filesystem / "state.json"
+    state_path = unwritable.directory / "state.json"
     service = status_service_factory([entry], *FLAGS, "--state-file", str(state_path))
     seconds_until(state_path.exists, timeout=5, what="first state file")
-    filler = _fill(small_filesystem)
+    unwritable.break_writes()
 
     exporter.set_scenario(scenario(worker))  # GPU 0 becomes idle but held: the state changes
     seconds_until(lambda: _write_failures(service) >= 4, timeout=10, what="failed writes")
     assert service.log().count("cannot write the state file") == 1, service.log()[-2000:]
-    assert "No space left on device" in service.log()
+    assert unwritable.error in service.log()
     # Serving as before, rounds going on, the state only in memory.
     assert service.get("/-/ready").status_code == 200
     assert node(service.cluster(), entry)["state"] == "online"
     assert json.loads(state_path.read_text())["nodes"] == []
-    assert not [p for p in small_filesystem.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in unwritable.directory.iterdir() if p.name.endswith(".tmp")]
 
-    filler.unlink()
+    unwritable.repair()
     written = seconds_until(
         lambda: json.loads(state_path.read_text())["nodes"], timeout=5, what="state written"
     )
