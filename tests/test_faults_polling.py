@@ -194,8 +194,10 @@ def unwritable(tmp_path: Path) -> Iterator[Unwritable]:
     try:
         yield place
     finally:
-        place.repair()
-        place.unmount()
+        try:
+            place.repair()
+        finally:
+            place.unmount()
 
 
 def test_full_disk_under_the_state_file(
