@@ -111,13 +111,17 @@ class ManagedProcess:
     ) -> None:
         self.command = list(command)
         self.log_path = log_path
+        self._env = env
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             self.command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=self._env,
             start_new_session=True,
         )
 
@@ -132,6 +136,22 @@ class ManagedProcess:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Send ``signum`` to the whole process group and wait for its end: SIGKILL as a crash
+        or the OOM killer would, SIGTERM as systemd stops a service. The log stays open for
+        :meth:`restart`."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+            self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        """Start the same command with the same environment again (after :meth:`kill`); its
+        output goes on in the same log."""
+        if self.process.poll() is None:
+            raise RuntimeError(f"{self.command[0]} is still running")
+        self.process = self._spawn()
 
     def stop(self, *, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL the whole process group; returns the exit code."""

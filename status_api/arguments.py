@@ -100,6 +100,12 @@ def _state_options(parser: argparse.ArgumentParser) -> None:
         "--xid-recent", type=positive(float), default=3600.0,
         help="seconds an XID error keeps its GPU sick or warning (default 3600)",
     )  # fmt: skip
+    group.add_argument(
+        "--state-file", type=Path,
+        help="file keeping idle-held periods across restarts, written atomically after a round "
+        "that changed them (default: none; the systemd unit passes "
+        "/var/lib/gpu-status-api/state.json)",
+    )  # fmt: skip
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:

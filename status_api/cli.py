@@ -29,6 +29,7 @@ __all__ = ["build_parser", "build_targets_parser", "main", "serve_main", "target
 
 if TYPE_CHECKING:  # the service's modules pull in aiohttp and Flask, which "targets" does not need
     from status_api.cluster import Cluster, Thresholds
+    from status_api.statefile import StateFile
 
 log = logging.getLogger("status_api")
 
@@ -44,6 +45,12 @@ def _thresholds(args: argparse.Namespace) -> Thresholds:
         idle_held_after=args.idle_held_after,
         xid_recent=args.xid_recent,
     )
+
+
+def _state_file(args: argparse.Namespace) -> StateFile | None:
+    from status_api.statefile import StateFile
+
+    return None if args.state_file is None else StateFile(args.state_file)
 
 
 def _serve(cluster: Cluster, args: argparse.Namespace, *, on_stop: Callable[[], None]) -> int:
@@ -89,7 +96,7 @@ def serve_main(args: argparse.Namespace) -> int:
         )
     tune_process()
     thresholds = _thresholds(args)
-    cluster = Cluster(thresholds=thresholds, interval=args.interval)
+    cluster = Cluster(thresholds=thresholds, interval=args.interval, state_file=_state_file(args))
     cluster.set_hosts(watcher.hosts)
 
     def hosts() -> list[Host]:
@@ -123,7 +130,12 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
     thresholds = _thresholds(args)
     # GPU-hours per user, job and namespace come from the same engine, with the same client.
     history = UsageHistory(settings=lambda: settings)
-    cluster = Cluster(thresholds=thresholds, interval=args.interval, usage_history=history)
+    cluster = Cluster(
+        thresholds=thresholds,
+        interval=args.interval,
+        usage_history=history,
+        state_file=_state_file(args),
+    )
     source = EngineSource(
         settings=settings,
         job=args.prometheus_job,

@@ -23,7 +23,9 @@ reports SM utilization for any process of the GPU (a process with SM utilization
 computes; one without a sample did not run), else by the GPU's utilization above
 ``free_utilization`` percent (unknown utilization is not taken as idleness). The service tracks
 this between polls per node and GPU (by uuid where ``/metrics`` names it, else by index); a node
-that leaves hosts.txt is forgotten with everything else about it.
+that leaves hosts.txt is forgotten with everything else about it. With a state file
+(status_api/statefile.py) these periods survive a restart: read at start, handed to the nodes
+listed at the first round, written after every round that changed them.
 
 Each GPU lists its MIG devices (``mig``: empty outside MIG mode or when the node does not say)
 and each process the MIG device it runs in (``mig_uuid``), from the node's ``/metrics``.
@@ -49,6 +51,7 @@ from status_api.hosts import Host
 from status_api.nodedata import USER_MEMORY
 from status_api.nodemetrics import ATTRIBUTION_LABELS, GpuHealth, MigDevice, ProcessMetrics
 from status_api.poller import PollResult
+from status_api.statefile import IdleState, StateFile
 from status_api.usage import NO_ENGINE, History, users_document
 
 ONLINE, STALE, OFFLINE = "online", "stale", "offline"
@@ -351,8 +354,12 @@ class Cluster:
         thresholds: Thresholds | None = None,
         interval: float = 3.0,
         usage_history: Callable[[], History] | None = None,
+        state_file: StateFile | None = None,
     ) -> None:
         self.thresholds = thresholds or Thresholds()
+        self._state_file = state_file
+        # Idle-held periods from the state file, until the first round says which nodes exist.
+        self._restored: IdleState = state_file.load() if state_file is not None else {}
         self.interval = interval
         # The latest GPU-hours from the query engine, read at every render; none without one.
         self._usage_history = usage_history or (lambda: NO_ENGINE)
@@ -373,7 +380,7 @@ class Cluster:
         for host in hosts:
             state = self._nodes.get(host.key)
             if state is None:
-                state = NodeState(host)
+                state = NodeState(host, idle_since=self._restored.pop(host.key, {}))
             else:
                 state.host = host  # the line number or spelling may have changed
             nodes[host.key] = state
@@ -399,6 +406,17 @@ class Cluster:
             self.last_round_seconds = round_seconds
             self.error = ""
             self.views = self._render(time.time())
+            self._restored = {}  # saved periods of nodes no longer listed are dropped
+            if self._state_file is not None:
+                self._state_file.save(self.idle_state())
+
+    def idle_state(self) -> IdleState:
+        """Since when each node's idle-held GPUs have been so: what the state file keeps."""
+        return {key: dict(node.idle_since) for key, node in self._nodes.items() if node.idle_since}
+
+    @property
+    def state_file(self) -> StateFile | None:
+        return self._state_file
 
     def fail_round(self, error: str, round_seconds: float | None = None) -> None:
         """A round that got nothing (the query engine is down): keep every node as it was,

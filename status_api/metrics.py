@@ -4,8 +4,9 @@ A node is *read* by polling its exporter or, with ``--prometheus-url``, from its
 of queries; the metric names say "poll" for both. Per node (label ``node``: the entry as written
 in hosts.txt, or the target's ``node`` label) the latest read's success and duration, the time of
 the last good read, read and failure counters and the node's state; for the service, the rounds
-and their duration. Families are built fresh on every scrape from the views of
-the latest round, in a registry of its own (plus the standard process metrics).
+and their duration, and the writes and failed writes of the state file when there is one.
+Families are built fresh on every scrape from the views of the latest round, in a registry of
+its own (plus the standard process metrics).
 """
 
 from __future__ import annotations
@@ -103,11 +104,27 @@ class ClusterCollector(Collector):
                 "When the latest round finished.",
                 value=self._cluster.views.generated_at,
             )
+        yield from self._state_file()
         info = GaugeMetricFamily(
             "gpu_status_api_build_info", "Version of gpu-status-api.", labels=["version"]
         )
         info.add_metric([__version__], 1.0)
         yield info
+
+    def _state_file(self) -> Iterator[Metric]:
+        state_file = self._cluster.state_file
+        if state_file is None:
+            return
+        yield CounterMetricFamily(
+            "gpu_status_api_state_file_writes_total",
+            "Times the state file (--state-file) was written.",
+            value=state_file.writes,
+        )
+        yield CounterMetricFamily(
+            "gpu_status_api_state_file_write_failures_total",
+            "Failed writes of the state file (full disk, read-only directory).",
+            value=state_file.failures,
+        )
 
 
 def make_registry(cluster: Cluster) -> CollectorRegistry:

@@ -17,7 +17,7 @@ from simulator.fakenvml import scenario as fake
 from simulator.proc import ManagedProcess, free_port, wait_http
 
 # Fixtures other test modules share, loaded here instead of imported into each module.
-pytest_plugins = ["tests.support.status_service", "tests.support.cgroups"]
+pytest_plugins = ["tests.support.status_service", "tests.support.cgroups", "tests.support.faults"]
 
 ARTIFACTS = REPO / "build" / "artifacts"
 

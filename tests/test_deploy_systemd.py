@@ -147,6 +147,11 @@ def test_status_api_unit_sandbox() -> None:
     assert one["EnvironmentFile"].endswith("/gpu-status-api.env")
     assert one["DynamicUser"] == "yes" and one["CapabilityBoundingSet"] == ""
     assert one["PrivateDevices"] == "yes" and one["ProtectProc"] == "invisible"
+    # The state file lives in the one directory the sandbox lets the service write.
+    words = exec_arguments(one["ExecStart"], {})
+    state_file = Path(words[words.index("--state-file") + 1])
+    assert state_file.parent == Path("/var/lib") / one["StateDirectory"]
+    assert one["ProtectSystem"] == "strict"
 
 
 @pytest.mark.parametrize(
