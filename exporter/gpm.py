@@ -127,6 +127,10 @@ class GpmCollector:
             return self._read(state, sample)
         finally:
             state.seconds = time.perf_counter() - started
+            with self._gpus_lock:
+                forgotten = self._gpus.get(sample.index) is not state
+            if forgotten:  # the GPU went away while this read ran: nobody else will free them
+                self._free(state)
             state.lock.release()
 
     def status(self, indices: list[int]) -> CollectorStatus:

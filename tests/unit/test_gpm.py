@@ -286,6 +286,19 @@ def test_buffers_are_freed_on_release_forget_and_a_new_session(gpm, nvml, clock)
     assert len(nvml.live) == 1  # generation 2's two freed; the new base alone so far
 
 
+def test_a_gpu_forgotten_while_its_read_runs_is_freed_when_the_read_ends(gpm, nvml, clock):
+    passes(gpm, clock, sample(0), count=1)
+    sample_get = nvml.nvmlGpmSampleGet
+
+    def forgotten_meanwhile(handle: int, buffer: Buffer) -> None:
+        gpm.forget(0)  # the sampler thread, while this read is in NVML
+        sample_get(handle, buffer)
+
+    nvml.nvmlGpmSampleGet = forgotten_meanwhile  # type: ignore[method-assign]
+    gpm.read(sample(0), generation=1)
+    assert nvml.live == set()
+
+
 def test_another_gpu_in_the_same_slot_starts_over(gpm, nvml, clock):
     passes(gpm, clock, sample(0))
     swapped = dataclasses.replace(sample(0), uuid="GPU-other")
