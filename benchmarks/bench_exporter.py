@@ -3,8 +3,10 @@
 For each scenario (GPUs x processes: 1x0, 8x64, 16x512), both exporters sample every second;
 with ``--readings all`` (the default) every GPU also reports what a current data-centre GPU does
 (PCIe link and replays, 12 NVLinks, row remapping, aggregate ECC, a utilization sample per
-process), so the exporter's per-sample work is the real one; ``--readings basic`` leaves those
-out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0 did.
+process, GPM figures), so the exporter's per-sample work is the real one; ``--readings basic``
+leaves those out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0 did. ``--no-gpm`` runs
+gpu-exporter with ``--no-collector.gpm``, to see what GPM costs; ``--scenario 8x64`` (repeatable)
+runs only the scenarios named.
 the script measures, per exporter: scrape latency p50/p99 over N sequential scrapes, bytes per
 scrape, CPU seconds per minute while scraped once a second, and resident memory. Run from the
 repository root after ``make test`` has built the environment::
@@ -37,6 +39,12 @@ from simulator.fakenvml.build import build
 from simulator.proc import ManagedProcess, free_port, wait_http
 
 SCENARIOS = ((1, 0), (8, 64), (16, 512))
+# What GPM reports on a GPU training a model: every figure the exporter publishes.
+GPM_FIGURES = fake.FakeGpmMetrics(
+    graphics_active=97, sm_active=71.5, sm_occupancy=38.25, tensor_active=44, dram_active=52.5,
+    fp64_active=0, fp32_active=12.5, fp16_active=3, pcie_tx=2 * fake.GIB,
+    pcie_rx=6 * fake.GIB, nvlink_tx=120 * fake.GIB, nvlink_rx=118 * fake.GIB,
+)  # fmt: skip
 
 
 @dataclass
@@ -50,10 +58,11 @@ class Result:
     rss_mib: float
 
 
-def _command(name: str, port: int) -> list[str]:
+def _command(name: str, port: int, *, gpm: bool = True) -> list[str]:
     if name == "gpu-exporter":
         return [sys.executable, "-m", "exporter", "--port", str(port),
-                "--listen-address", "127.0.0.1", "--interval", "1"]  # fmt: skip
+                "--listen-address", "127.0.0.1", "--interval", "1",
+                *(() if gpm else ("--no-collector.gpm",))]  # fmt: skip
     return [_nvitop_exporter() or "nvitop-exporter", "--bind-address", "127.0.0.1",
             "--port", str(port), "--interval", "1"]  # fmt: skip
 
@@ -78,6 +87,8 @@ def with_every_reading(scenario: fake.FakeScenario) -> fake.FakeScenario:
             process_utilization=[
                 fake.FakeProcessUtilization(process.pid, 50, 20) for process in gpu.processes
             ],
+            gpm="supported",
+            gpm_metrics=GPM_FIGURES,
         )
         for gpu in scenario.gpus
     ]
@@ -93,7 +104,8 @@ def measure(
     name: str, label: str, env: dict[str, str], workdir: Path, args: argparse.Namespace
 ) -> Result:
     port = free_port()
-    process = ManagedProcess(_command(name, port), log_path=workdir / f"{name}.log", env=env)
+    command = _command(name, port, gpm=not args.no_gpm)
+    process = ManagedProcess(command, log_path=workdir / f"{name}.log", env=env)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         wait_http(url, timeout=60)
@@ -139,6 +151,13 @@ def main() -> int:
         "--readings", choices=["all", "basic"], default="all",
         help="all: health readings and per-process utilization on every GPU (default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-gpm", action="store_true", help="run gpu-exporter with --no-collector.gpm"
+    )
+    parser.add_argument(
+        "--scenario", action="append", choices=[f"{g}x{p}" for g, p in SCENARIOS],
+        help="only this scenario (repeatable; default: all)",
+    )  # fmt: skip
     args = parser.parse_args()
     library = build(REPO / "build" / "fakenvml").parent
     exporters = ["gpu-exporter", "nvitop-exporter"]
@@ -151,6 +170,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for gpus, processes in SCENARIOS:
+            if args.scenario and f"{gpus}x{processes}" not in args.scenario:
+                continue
             workers = [subprocess.Popen(["sleep", "3600"]) for _ in range(processes)]
             try:
                 scenario_path = workdir / f"{gpus}x{processes}.scn"

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exporter import __version__
+from exporter.gpm import GpmCollector
 from exporter.kubelet import DEFAULT_SOCKET, PodResourcesClient
 from exporter.legacy import legacy_status_json
 from exporter.processes import DEFAULT_MAX_COMMAND_LENGTH, ProcessResolver
@@ -26,6 +27,8 @@ from servicekit.memory import limit_malloc_arenas
 from servicekit.password import ENV_VAR, PasswordError, PasswordSource, warn_if_exposed
 
 log = logging.getLogger("exporter")
+
+GPM_BASE_INTERVALS = 3  # GPM figures are never computed from a sample older than this many
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="export PCIe TX/RX throughput (NVML samples the link for 20 ms per GPU and pass)",
     )
+    parser.add_argument(
+        "--collector.gpm",
+        dest="gpm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="GPU Performance Monitoring figures (SM, tensor and FP pipe activity, DRAM, PCIe "
+        "and NVLink traffic) on the GPUs that have it, Hopper and newer (default on; "
+        "--no-collector.gpm turns it off)",
+    )
     parser.add_argument("--hostname", help="host name to report (default: this machine's)")
     add_log_flags(parser)
     parser.add_argument(
@@ -101,6 +113,13 @@ def _pod_resources(args: argparse.Namespace) -> PodResourcesClient | None:
     if args.no_processes or not args.pod_resources_socket:
         return None
     return PodResourcesClient(socket_path=args.pod_resources_socket)
+
+
+def _gpm(args: argparse.Namespace) -> GpmCollector | None:
+    if not args.gpm:
+        return None
+    # A base sample older than a few passes would average over a time nobody asked about.
+    return GpmCollector(max_base_age=GPM_BASE_INTERVALS * args.interval)
 
 
 def _command_lines_on_metrics(args: argparse.Namespace) -> bool:
@@ -140,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolver=ProcessResolver(max_command_length=args.max_command_length),
         pcie_throughput=args.pcie_throughput,
         pod_resources=_pod_resources(args),
+        gpm=_gpm(args),
     )
     if args.debug:
         sys.stdout.write(legacy_status_json(sampler.sample_once()).decode() + "\n")

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from exporter import __version__
-from exporter.snapshot import THROTTLE_REASONS, GpuSample, Snapshot
+from exporter.snapshot import GPM_STATUSES, THROTTLE_REASONS, GpmFigures, GpuSample, Snapshot
 from servicekit.exposition import Family, Kind, escape, label_text, openmetrics_format, text_format
 
 # (metric name, help, ProcessSample attribute) for the per-process utilization gauges.
@@ -81,6 +81,38 @@ _LABELLED: tuple[tuple[Kind, str, str, str, tuple[tuple[str, str], ...]], ...] =
     ("gauge", "gpu_pcie_throughput_bytes_per_second",
      "PCIe throughput over a 20 ms sample (only with --collector.pcie-throughput).",
      "direction", (("tx", "pcie_tx_bytes_per_second"), ("rx", "pcie_rx_bytes_per_second"))),
+)  # fmt: skip
+
+# (name after gpu_ or gpu_mig_, help, GpmFigures attribute) for the GPM activity gauges: per
+# GPU, and per MIG device (its GPU instance's figures). The DCGM field each matches is named.
+_GPM_RATIOS: tuple[tuple[str, str, str], ...] = (
+    ("sm_active_ratio", "Share of the time between two GPM samples an SM had a warp resident, "
+     "averaged over the SMs (0-1; DCGM_FI_PROF_SM_ACTIVE).", "sm_active_ratio"),
+    ("sm_occupancy_ratio", "Warps resident on the SMs as a share of the most they can hold, "
+     "averaged over the time between two GPM samples (0-1; DCGM_FI_PROF_SM_OCCUPANCY).",
+     "sm_occupancy_ratio"),
+    ("tensor_active_ratio", "Share of the time between two GPM samples any tensor pipe was "
+     "active (0-1; DCGM_FI_PROF_PIPE_TENSOR_ACTIVE).", "tensor_active_ratio"),
+    ("dram_active_ratio", "Device memory bandwidth used as a share of the peak, between two GPM "
+     "samples (0-1; DCGM_FI_PROF_DRAM_ACTIVE).", "dram_active_ratio"),
+    ("fp64_active_ratio", "Share of the time between two GPM samples the FP64 pipe (not tensor) "
+     "was active (0-1; DCGM_FI_PROF_PIPE_FP64_ACTIVE).", "fp64_active_ratio"),
+    ("fp32_active_ratio", "Share of the time between two GPM samples the FP32 pipe (not tensor) "
+     "was active (0-1; DCGM_FI_PROF_PIPE_FP32_ACTIVE).", "fp32_active_ratio"),
+    ("fp16_active_ratio", "Share of the time between two GPM samples the FP16 pipe (not tensor) "
+     "was active (0-1; DCGM_FI_PROF_PIPE_FP16_ACTIVE).", "fp16_active_ratio"),
+    ("graphics_active_ratio", "Share of the time between two GPM samples the graphics or compute "
+     "engine was active (0-1; DCGM_FI_PROF_GR_ENGINE_ACTIVE).", "graphics_active_ratio"),
+)  # fmt: skip
+
+# (metric name, help, ((direction, GpmFigures attribute), ...)) for GPM's link traffic.
+_GPM_TRAFFIC: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("gpu_pcie_traffic_bytes_per_second", "PCIe traffic, mean over the time between two GPM "
+     "samples (DCGM_FI_PROF_PCIE_TX_BYTES / _RX_BYTES).",
+     (("tx", "pcie_tx_bytes_per_second"), ("rx", "pcie_rx_bytes_per_second"))),
+    ("gpu_nvlink_traffic_bytes_per_second", "NVLink traffic over all links, mean over the time "
+     "between two GPM samples (DCGM_FI_PROF_NVLINK_TX_BYTES / _RX_BYTES).",
+     (("tx", "nvlink_tx_bytes_per_second"), ("rx", "nvlink_rx_bytes_per_second"))),
 )  # fmt: skip
 
 _NVLINK_COUNTERS = (
@@ -155,6 +187,7 @@ def _gpu_families(gpus: tuple[_Gpu, ...]) -> Iterator[Family]:
     yield from _nvlink(gpus)
     yield from _mig(gpus)
     yield from _xid(gpus)
+    yield from _gpm(gpus)
 
 
 def _labelled(gpus: tuple[_Gpu, ...]) -> Iterator[Family]:
@@ -212,6 +245,52 @@ def _mig(gpus: tuple[_Gpu, ...]) -> Iterator[Family]:
     yield info
     yield used
     yield total
+
+
+def _gpm(gpus: tuple[_Gpu, ...]) -> Iterator[Family]:
+    """GPM figures per GPU and per MIG device; a GPU without them has none of these series."""
+    migs = [
+        (f'{gpu.labels},mig_uuid="{escape(mig.uuid)}",'
+         f'gi="{_id(mig.gpu_instance)}",ci="{_id(mig.compute_instance)}"', mig.gpm)
+        for gpu in gpus
+        for mig in gpu.sample.migs
+        if mig.gpm is not None
+    ]  # fmt: skip
+    whole = [(gpu.labels, gpu.sample.gpm) for gpu in gpus if gpu.sample.gpm is not None]
+    for prefix, scopes in (("gpu_", whole), ("gpu_mig_", migs)):
+        for suffix, documentation, attribute in _GPM_RATIOS:
+            yield _gpm_family(prefix + suffix, documentation, attribute, scopes)
+    for name, documentation, directions in _GPM_TRAFFIC:
+        family = Family(name, "gauge", documentation)
+        for labels, figures in whole:
+            for direction, attribute in directions:
+                value = getattr(figures, attribute)
+                if value is not None:
+                    family.add(f'{labels},direction="{direction}"', value)
+        yield family
+    status = Family(
+        "gpu_exporter_gpm_status",
+        "gauge",
+        "1 for the state of the GPU's GPM figures: ok, not_supported (no GPM: before Hopper, or "
+        "the driver), refused (the counters are held, e.g. by DCGM profiling) or error.",
+    )
+    for gpu in gpus:
+        if gpu.sample.gpm_status is not None:
+            for state in GPM_STATUSES:
+                value = 1.0 if gpu.sample.gpm_status == state else 0.0
+                status.add(f'{gpu.labels},status="{state}"', value)
+    yield status
+
+
+def _gpm_family(
+    name: str, documentation: str, attribute: str, scopes: list[tuple[str, GpmFigures]]
+) -> Family:
+    family = Family(name, "gauge", documentation)
+    for labels, figures in scopes:
+        value = getattr(figures, attribute)
+        if value is not None:
+            family.add(labels, value)
+    return family
 
 
 def _id(value: int | None) -> str:

@@ -500,6 +500,21 @@ class NvmlSession:
         # Increases by one per successful init: handles and event sets of an earlier
         # generation are invalid, so their holders rebuild them when it changes.
         self.generation = 0
+        self._before_shutdown: list[Callable[[], None]] = []
+
+    def on_shutdown(self, release: Callable[[], None]) -> None:
+        """Call ``release`` before every nvmlShutdown (reset or close), to free what NVML
+        allocated for this session (GPM sample buffers) while the library still answers."""
+        self._before_shutdown.append(release)
+
+    def _shutdown(self) -> None:
+        for release in self._before_shutdown:
+            try:
+                release()
+            except Exception:  # a release that fails must not keep the session alive
+                log.exception("releasing NVML resources before shutdown failed")
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
 
     @property
     def initialized(self) -> bool:
@@ -556,15 +571,13 @@ class NvmlSession:
         if not self._initialized:
             return
         self._initialized = False
-        with contextlib.suppress(pynvml.NVMLError):
-            pynvml.nvmlShutdown()
+        self._shutdown()
         self._fail(reason, time.monotonic())
 
     def close(self) -> None:
         if self._initialized:
             self._initialized = False
-            with contextlib.suppress(pynvml.NVMLError):
-                pynvml.nvmlShutdown()
+            self._shutdown()
 
 
 def is_session_error(error: BaseException) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from exporter.events import XidWatcher
+from exporter.gpm import GpmCollector
 from exporter.host import read_host
 from exporter.kubelet import PodResourcesClient
 from exporter.nvml_reader import (
@@ -82,6 +83,7 @@ class Sampler:
         xid_events: bool = True,
         read: Callable[..., GpuReading] = read_gpu,
         pod_resources: PodResourcesClient | None = None,
+        gpm: GpmCollector | None = None,
     ) -> None:
         self.interval = interval
         self._gpu_timeout = gpu_timeout
@@ -93,6 +95,9 @@ class Sampler:
         self._read = read  # one GPU by index; the unit tests read GPUs without NVML
         self._xids = XidWatcher(self._session) if xid_events else None
         self._pod_resources = pod_resources if include_processes else None
+        self._gpm = gpm
+        if gpm is not None:
+            self._session.on_shutdown(gpm.release)  # free its buffers while NVML still answers
         self._utilization_seen: dict[int, int] = {}  # GPU index -> newest stamp NVML gave
         self._pool = ThreadPoolExecutor(_MAX_READER_THREADS, thread_name_prefix="nvml-read")
         self._pending: dict[int, _Read] = {}
@@ -152,12 +157,15 @@ class Sampler:
         host, host_status = self._timed_host()
         readings, nvml_status = self._timed_gpus()
         gpus, process_status = self._with_processes(readings)
+        collectors: tuple[CollectorStatus, ...] = (nvml_status, process_status, host_status)
+        if self._gpm is not None:
+            collectors += (self._gpm.status([gpu.index for gpu in gpus]),)
         snapshot = Snapshot(
             timestamp=time.time(),
             host=host,
             driver=self._session.driver,
             gpus=self._with_xids(gpus),
-            collectors=(nvml_status, process_status, host_status),
+            collectors=collectors,
             sequence=self._latest.sequence + 1,
         )
         self._latest = snapshot
@@ -218,7 +226,7 @@ class Sampler:
         health = known[1] if known is not None and now - known[0] < HEALTH_SECONDS else None
         read = _Read(
             self._pool.submit(
-                self._read,
+                self._read_one,
                 index,
                 pcie_throughput=self._pcie_throughput,
                 utilization_since=since,
@@ -230,6 +238,15 @@ class Sampler:
         )
         self._pending[index] = read
         return read
+
+    def _read_one(self, index: int, **options: Any) -> GpuReading:
+        """One GPU's fields, then its GPM figures in the same thread (so a GPM call that hangs
+        counts as that GPU's hang, never another's)."""
+        reading = self._read(index, **options)
+        if self._gpm is None or not reading.sample.up:
+            return reading
+        sample = self._gpm.read(reading.sample, generation=self._session.generation)
+        return dataclasses.replace(reading, sample=sample)
 
     def _end_hang(self, index: int, read: _Read) -> None:
         if index in self._hung:
@@ -244,6 +261,8 @@ class Sampler:
         self._hung.discard(index)
         self._utilization_seen.pop(index, None)
         self._health.pop(index, None)
+        if self._gpm is not None:
+            self._gpm.forget(index)
 
     def _result(self, index: int, read: _Read) -> tuple[GpuReading, bool]:
         down = GpuReading(GpuSample(index=index, up=False))

@@ -54,6 +54,32 @@ class ProcessSample:
 
 
 @dataclass(frozen=True)
+class GpmFigures:
+    """GPU Performance Monitoring between two samples of one GPU or MIG GPU instance.
+
+    Activities are shares of the period from 0 to 1 (NVML gives percentages); traffic is in
+    bytes per second. ``None``: NVML did not give that figure for this GPU or instance.
+    """
+
+    sm_active_ratio: float | None = None
+    sm_occupancy_ratio: float | None = None
+    tensor_active_ratio: float | None = None
+    dram_active_ratio: float | None = None
+    fp64_active_ratio: float | None = None
+    fp32_active_ratio: float | None = None
+    fp16_active_ratio: float | None = None
+    graphics_active_ratio: float | None = None
+    pcie_tx_bytes_per_second: float | None = None
+    pcie_rx_bytes_per_second: float | None = None
+    nvlink_tx_bytes_per_second: float | None = None
+    nvlink_rx_bytes_per_second: float | None = None
+
+
+# Why a GPU has no GPM figures, as gpu_exporter_gpm_status publishes it.
+GPM_STATUSES = ("ok", "not_supported", "refused", "error")
+
+
+@dataclass(frozen=True)
 class MigSample:
     """One MIG device (a compute instance inside a GPU instance) of a GPU in MIG mode."""
 
@@ -63,6 +89,7 @@ class MigSample:
     profile: str = ""  # what follows "MIG " in the device name, e.g. "3g.40gb"
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
+    gpm: GpmFigures | None = None  # its GPU instance's; shared by the instance's MIG devices
 
 
 @dataclass(frozen=True)
@@ -137,6 +164,10 @@ class GpuSample:
     migs: tuple[MigSample, ...] = ()
     xid: XidSample | None = None  # None until the event watcher has registered this GPU
     processes: tuple[ProcessSample, ...] = ()
+    # GPU Performance Monitoring: one of GPM_STATUSES (None: GPM is turned off), and the figures
+    # between this pass's sample and the last (None until two samples exist).
+    gpm_status: str | None = None
+    gpm: GpmFigures | None = None
 
 
 @dataclass(frozen=True)

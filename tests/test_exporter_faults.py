@@ -12,6 +12,7 @@ import requests
 
 from simulator.fakenvml import scenario as fake
 from simulator.metrics import label_sets, value, values
+from tests.nvml_probes.scenarios import gpm_scenario
 
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_DRIVER_NOT_LOADED = 9
@@ -270,3 +271,53 @@ def test_a_hung_gpu_does_not_age_the_snapshot_and_is_logged_once(exporter_factor
     assert log.count("GPU 1: NVML hang started") == 1, log
     assert log.count("GPU 1: NVML hang ended") == 1, log
     assert "GPU 0: NVML hang" not in log
+
+
+# ---------------------------------------------------------------- GPM
+
+
+def _gpm_ok(text: str) -> bool:
+    return values(text, "gpu_sm_active_ratio", gpu="0") == [0.455] and bool(
+        values(text, "gpu_mig_sm_active_ratio", gpu="3")
+    )
+
+
+def test_one_gpus_gpm_failure_costs_only_its_gpm_figures(exporter_factory):
+    healthy = gpm_scenario()
+    exporter = exporter_factory(healthy)
+    exporter.wait_for_metrics(_gpm_ok)
+    exporter.set_scenario(gpm_scenario(fail={"nvmlGpmSampleGet": NVML_ERROR_UNKNOWN}))
+    text = exporter.wait_for_metrics(
+        lambda t: values(t, "gpu_exporter_gpm_status", gpu="0", status="error") == [1]
+    )
+    assert values(text, "gpu_sm_active_ratio") == []  # absent, not 0 nor a stale figure
+    assert value(text, "gpu_exporter_collector_success", collector="gpm") == 0
+    assert value(text, "gpu_exporter_collector_success", collector="nvml") == 1
+    assert value(text, "gpu_temperature_celsius", gpu="0") == healthy.gpus[0].temperature
+    assert values(text, "gpu_mig_sm_active_ratio", gpu="3") == [0.2]  # another GPU: unaffected
+    exporter.set_scenario(healthy)
+    text = exporter.wait_for_metrics(_gpm_ok)
+    assert value(text, "gpu_exporter_collector_success", collector="gpm") == 1
+    log = exporter.log()
+    assert log.count("GPU 0: no GPM figures: GPM failed") == 1, log
+    assert log.count("GPU 0: GPM figures available again") == 1, log
+    assert log.count("GPU 1: no GPM figures: the GPU has no GPM") == 1, log
+
+
+def test_gpm_starts_over_after_nvml_reinit_and_frees_every_buffer(exporter_factory):
+    healthy = gpm_scenario()
+    exporter = exporter_factory(healthy)
+    exporter.wait_for_metrics(_gpm_ok)
+    failing = dataclasses.replace(healthy, fail={"nvmlDeviceGetCount_v2": NVML_ERROR_UNKNOWN})
+    exporter.set_scenario(failing)
+    exporter.wait_for_metrics(
+        lambda t: values(t, "gpu_exporter_collector_success", collector="nvml") == [0]
+    )
+    exporter.set_scenario(healthy)
+    exporter.wait_for_metrics(_gpm_ok, timeout=20)
+    exporter.stop()
+    log = exporter.log()
+    # The fake library reports buffers still allocated at its last nvmlShutdown: the re-init's
+    # shutdown and the one at exit both found none.
+    assert "NVML session lost" in log or "device count failed" in log, log
+    assert "never freed" not in log, log

@@ -14,6 +14,7 @@ import pytest
 from simulator.exporters import ClientAddresses
 from simulator.fakenvml import scenario as fake
 from simulator.metrics import label_sets, parse_samples, value, values
+from tests.nvml_probes.scenarios import gpm_scenario
 from tests.support.encoding import GZIP_NEGOTIATION, check_negotiated, encoding_header
 
 MIB = 1024 * 1024
@@ -230,3 +231,79 @@ def test_promtool_check_metrics_is_clean_on_8x64(exporter_factory, busy_8x64):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
     assert len(text.splitlines()) > 8 * 20 + 64 * 2
+
+
+# ---------------------------------------------------------------- GPM
+
+GPM_RATIOS = {
+    # From GPM_FIGURES, percent / 100.
+    "gpu_sm_active_ratio": 0.455, "gpu_sm_occupancy_ratio": 0.3025,
+    "gpu_tensor_active_ratio": 0.62125, "gpu_dram_active_ratio": 0.125,
+    "gpu_fp64_active_ratio": 0.015, "gpu_fp32_active_ratio": 0.2, "gpu_fp16_active_ratio": 0.0,
+    "gpu_graphics_active_ratio": 0.915,
+}  # fmt: skip
+
+
+def _has_gpm_figures(text: str) -> bool:
+    return bool(values(text, "gpu_sm_active_ratio") and values(text, "gpu_mig_sm_active_ratio"))
+
+
+def test_gpm_figures_per_gpu_and_gpu_instance(exporter_factory):
+    scenario = gpm_scenario()
+    exporter = exporter_factory(scenario)
+    text = exporter.wait_for_metrics(_has_gpm_figures)
+    g0 = {"gpu": "0", "uuid": scenario.gpus[0].uuid}
+    for name, expected in GPM_RATIOS.items():
+        assert value(text, name, **g0) == expected, name
+    # Bytes per second as the scenario gives them: 3 MiB/s, 1.5 MiB/s, 50 GiB/s, 2.5 GiB/s.
+    traffic = {
+        ("gpu_pcie_traffic_bytes_per_second", "tx"): 3_145_728,
+        ("gpu_pcie_traffic_bytes_per_second", "rx"): 1_572_864,
+        ("gpu_nvlink_traffic_bytes_per_second", "tx"): 53_687_091_200,
+        ("gpu_nvlink_traffic_bytes_per_second", "rx"): 2_684_354_560,
+    }
+    for (name, direction), expected in traffic.items():
+        assert value(text, name, direction=direction, **g0) == expected
+    # No GPM (GPU 1), refused (GPU 2), MIG without whole-GPU figures (GPU 3): no series at all.
+    for name in [*GPM_RATIOS, "gpu_pcie_traffic_bytes_per_second"]:
+        assert {s["gpu"] for s in label_sets(text, name)} == {"0"}, name
+    statuses = {
+        (s["gpu"], s["status"]): value(text, "gpu_exporter_gpm_status", **s)
+        for s in label_sets(text, "gpu_exporter_gpm_status")
+    }
+    assert {key for key, on in statuses.items() if on == 1} == {
+        ("0", "ok"), ("1", "not_supported"), ("2", "refused"), ("3", "ok")
+    }  # fmt: skip
+    assert len(statuses) == 16
+    # GPU 3's GPU instance 1 (its MIG device 0): 20 % SM, 37.5 % DRAM; instance 2 has none.
+    mig = {"gpu": "3", "mig_uuid": fake.mig_uuid(3, 0), "gi": "1", "ci": "0"}
+    assert value(text, "gpu_mig_sm_active_ratio", **mig) == 0.2
+    assert value(text, "gpu_mig_dram_active_ratio", **mig) == 0.375
+    assert label_sets(text, "gpu_mig_sm_active_ratio") == [
+        {"gpu": "3", "uuid": scenario.gpus[3].uuid, **{k: mig[k] for k in ("mig_uuid", "gi", "ci")}}
+    ]
+    assert values(text, "gpu_mig_tensor_active_ratio") == []
+    assert value(text, "gpu_exporter_collector_success", collector="gpm") == 1
+    # A new figure in the file is the figure two passes later.
+    exporter.set_scenario(gpm_scenario(gpm_metrics=fake.FakeGpmMetrics(sm_active=80)))
+    text = exporter.wait_for_metrics(
+        lambda t: (
+            values(t, "gpu_sm_active_ratio", gpu="0") == [0.8]
+            and values(t, "gpu_tensor_active_ratio") == []
+        )
+    )
+
+
+def test_no_collector_gpm_turns_gpm_off(exporter_factory):
+    scenario = gpm_scenario()
+    # GPM calls would fail: had one been made, a GPU would show a status saying so.
+    scenario.fail = {"nvmlGpmQueryDeviceSupport": 999, "nvmlGpmSampleAlloc": 999}
+    exporter = exporter_factory(scenario, "--no-collector.gpm")
+    text = exporter.wait_for_metrics(lambda t: values(t, "gpu_up") == [1, 1, 1, 1])
+    time.sleep(1.5)  # three more passes
+    text = exporter.metrics()
+    for name in [*GPM_RATIOS, "gpu_exporter_gpm_status", "gpu_mig_sm_active_ratio"]:
+        assert values(text, name) == [], name
+    assert {s["collector"] for s in label_sets(text, "gpu_exporter_collector_success")} == {
+        "nvml", "processes", "host"
+    }  # fmt: skip

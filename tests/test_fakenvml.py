@@ -27,6 +27,7 @@ from tests.nvml_probes.scenarios import (
     HEALTH_ENTRY_POINTS,
     NEW_ENTRY_POINTS,
     fault_scenario,
+    gpm_scenario,
     mig_scenario,
 )
 
@@ -117,7 +118,8 @@ def test_build_writes_the_library_and_skips_an_up_to_date_rebuild(tmp_path):
     symbols = subprocess.run(
         ["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
     ).stdout
-    for name in ("nvmlInitWithFlags", "nvmlDeviceGetMemoryInfo_v2", "nvmlDeviceGetCount_v2"):
+    for name in ("nvmlInitWithFlags", "nvmlDeviceGetMemoryInfo_v2", "nvmlDeviceGetCount_v2",
+                 "nvmlGpmSampleGet", "nvmlGpmMetricsGet"):  # fmt: skip
         assert f" T {name}\n" in symbols
 
 
@@ -818,6 +820,88 @@ def test_fail_and_block_on_every_health_entry_point(probe):
     assert result.out["unblocked"][1] < 0.5
 
 
+# ---------------------------------------------------------------- GPU Performance Monitoring
+
+MIB = float(fake.MIB)
+
+
+def test_gpm_support_samples_and_metrics_through_pynvml(probe):
+    out = probe("gpm_support_and_metrics", gpm_scenario()).out
+    # GPU 0 has GPM; GPU 1 (an A100) not; GPU 2 has it though another client holds it; GPU 3
+    # in MIG mode and its MIG device have it.
+    assert out["support"] == [1, 0, 1, 1, 1]
+    assert out["support_raw"] == [[ARGUMENT_VERSION_MISMATCH, 0], [INVALID_ARGUMENT, 0]]
+    # Percentages as NVML gives them (0-100), traffic in MiB/s: 3 MiB/s, 1.5 MiB/s, 50 GiB/s
+    # = 51200 MiB/s, 2.5 GiB/s = 2560 MiB/s.
+    percent, mib = ["%"], ["MiB/sec"]
+    assert out["metrics"] == [
+        [91.5, SUCCESS, "gr_util", *percent], [45.5, SUCCESS, "sm_util", *percent],
+        [30.25, SUCCESS, "sm_occupancy", *percent], [7.0, SUCCESS, "int_util", *percent],
+        [62.125, SUCCESS, "any_tensor_util", *percent],
+        [12.5, SUCCESS, "dram_bw_util", *percent], [1.5, SUCCESS, "fp64_util", *percent],
+        [20.0, SUCCESS, "fp32_util", *percent], [0.0, SUCCESS, "fp16_util", *percent],
+        [3.0, SUCCESS, "pcie_tx", *mib], [1.5, SUCCESS, "pcie_rx", *mib],
+        [51200.0, SUCCESS, "nvlink_total_tx", *mib], [2560.0, SUCCESS, "nvlink_total_rx", *mib],
+        [0.0, NOT_SUPPORTED, None, None],  # NVDEC 0: GPM has it, the file does not give it
+        [0.0, INVALID_ARGUMENT, None, None],  # 0 and NVML_GPM_METRIC_MAX: no such metric
+        [0.0, INVALID_ARGUMENT, None, None],
+    ]  # fmt: skip
+    invalid = {"error": INVALID_ARGUMENT}
+    assert out["swapped"] == out["unfilled"] == out["two_scopes"] == invalid
+    assert out["no_metrics"] == []
+    assert (out["bad_version"], out["too_many"]) == (ARGUMENT_VERSION_MISMATCH, INVALID_ARGUMENT)
+    assert out["refused"] == [NOT_SUPPORTED, NOT_SUPPORTED]
+    unsupported = [0.0, NOT_SUPPORTED, None, None]
+    instance_one = [
+        unsupported, [20.0, SUCCESS, "sm_util", "%"], unsupported, unsupported, unsupported,
+        [37.5, SUCCESS, "dram_bw_util", "%"],
+    ]  # fmt: skip
+    assert out["mig"] == [instance_one, instance_one, [unsupported] * 6, [unsupported] * 6]
+    assert out["mig_errors"] == [NOT_FOUND, NOT_SUPPORTED, NOT_SUPPORTED]
+    assert out["freed"] == [INVALID_ARGUMENT, invalid] + [INVALID_ARGUMENT] * 3
+    assert out["after_shutdown"] == [UNINITIALIZED, UNINITIALIZED]
+
+
+def test_gpm_figures_follow_the_file_and_faults(probe):
+    out = probe("gpm_figures_follow_the_file", gpm_scenario()).out
+    assert out["steady"] == 45.5 and out["changed"] == 80.0
+    # 0.1 s at 45.5 and then 0.1 s at 80 (each at least, and the sleeps are alike): a mean
+    # strictly between, near the middle.
+    assert 45.5 < out["across"] < 80 and abs(out["across"] - 62.75) < 8
+    assert out["refused"] == NOT_SUPPORTED
+    assert out["lost"] == [GPU_IS_LOST, {"error": GPU_IS_LOST}]
+    assert out["failing"] == [UNKNOWN, NOT_SUPPORTED, NOT_SUPPORTED, SUCCESS]
+    assert out["global_fail"] == 17
+    assert 0.4 <= out["blocked_seconds"] < 2.0
+
+
+@pytest.mark.parametrize("leaked", [0, 2])
+def test_gpm_samples_left_at_the_last_shutdown_are_reported(probe, leaked):
+    result = probe("gpm_leak_reported_at_shutdown", gpm_scenario(), args=[leaked])
+    before, _, after = result.stderr.partition("between the two shutdowns")
+    assert "never freed" not in before
+    message = f"nvmlShutdown: {leaked} GPM samples were never freed"
+    assert (message in after) == bool(leaked), result.stderr
+
+
+def test_gpm_builder_renders_fixed_point_percentages():
+    gpu = fake.make_mig_gpu(
+        0,
+        profiles=("3g.40gb",),
+        gpm="supported",
+        gpm_metrics=fake.FakeGpmMetrics(sm_active=45.5, fp16_active=12.125, pcie_tx=3 * fake.MIB),
+        gpm_mig_metrics={1: fake.FakeGpmMetrics(tensor_active=20)},
+    )
+    lines = fake.render(fake.FakeScenario(gpus=[gpu])).decode().splitlines()
+    assert lines[-5:] == [
+        "gpm supported",
+        "gpm_metric sm_active 45.500",
+        "gpm_metric fp16_active 12.125",
+        "gpm_metric pcie_tx 3145728",
+        "gpm_mig_metric 1 tensor_active 20",
+    ]
+
+
 # ---------------------------------------------------------------- file format
 
 
@@ -908,6 +992,32 @@ BAD_FILES = [
     ("[gpu]\nevent_types 0x10000\n", 2, "event_types: 0x10000 holds bits outside nvmlEventTypeAll"),
     ("[gpu]\nevent_types 8\nevent_types 8\n", 3, "duplicate key 'event_types'"),
     ("[gpu]\npcie_replay 1\npcie_replay 2\n", 3, "duplicate key 'pcie_replay'"),
+    ("gpm supported\n", 1, "'gpm' belongs in a [gpu] section"),
+    ("[gpu]\ngpm yes\n", 2, "gpm must be supported, unsupported or refused, got 'yes'"),
+    ("[gpu]\ngpm supported\ngpm refused\n", 3, "duplicate key 'gpm'"),
+    ("[gpu]\ngpm_metric sm_active 5\n", 2, "gpm_metric needs a 'gpm' line above it"),
+    ("[gpu]\ngpm supported\ngpm_metric warp 5\n", 3, "gpm_metric: unknown metric 'warp'"),
+    ("[gpu]\ngpm supported\ngpm_metric sm_active 100.5\n", 3, "percentage from 0 to 100"),
+    ("[gpu]\ngpm supported\ngpm_metric sm_active 1.2345\n", 3, "at most three decimals"),
+    ("[gpu]\ngpm supported\ngpm_metric sm_active 5.\n", 3, "percentage from 0 to 100"),
+    ("[gpu]\ngpm supported\ngpm_metric pcie_tx 1.5\n", 3, "pcie_tx needs bytes per second"),
+    (
+        "[gpu]\ngpm supported\ngpm_metric nvlink_rx 281474976710657\n",
+        3,
+        "nvlink_rx needs bytes per second, at most 2^48",
+    ),
+    (
+        "[gpu]\ngpm supported\ngpm_metric fp16_active 1\ngpm_metric fp16_active 2\n",
+        4,
+        "a second gpm_metric fp16_active for this GPU",
+    ),
+    (
+        "[gpu]\nmig_mode 1 1\nmig 1 0 1g.10gb MIG-a 10 0\ngpm supported\n"
+        "gpm_mig_metric 2 sm_active 5\n",
+        5,
+        "no mig line above declares GPU instance 2",
+    ),
+    ("[gpu]\ngpm supported\ngpm_metric dram_active 5 6\n", 3, "unexpected text after"),
 ]
 
 
@@ -1079,6 +1189,11 @@ def test_busy_is_deterministic_and_consistent():
         ({"xids": [fake.FakeXid(-1)]}, "xid must be a non-negative integer"),
         ({"nvlinks": [fake.FakeNvLink(replay=-3)]}, "nvlink must be a non-negative integer"),
         ({"pcie_throughput": (1.5, 2)}, "pcie_throughput must be a non-negative integer"),
+        ({"gpm": "maybe"}, "gpm must be one of supported, unsupported, refused"),
+        ({"gpm_metrics": fake.FakeGpmMetrics(sm_active=5)}, "need gpm set"),
+        ({"gpm": "supported", "gpm_metrics": fake.FakeGpmMetrics(sm_active=5.0001)}, "three"),
+        ({"gpm": "supported", "gpm_metrics": fake.FakeGpmMetrics(fp32_active=101)}, "0 to 100"),
+        ({"gpm": "supported", "gpm_metrics": fake.FakeGpmMetrics(pcie_tx=2**49)}, "2\\*\\*48"),
     ],
 )
 def test_render_rejects_what_the_format_cannot_carry(change, message):

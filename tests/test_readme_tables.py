@@ -93,6 +93,8 @@ def rendered_default(action: argparse.Action) -> str | None:
     default = action.default
     if isinstance(action, argparse._StoreTrueAction):
         return "off"
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return "on" if default else "off"
     if isinstance(action, argparse._VersionAction) or default in (None, argparse.SUPPRESS):
         return None
     if isinstance(default, float) and default.is_integer():
@@ -237,7 +239,23 @@ def every_family_scenario(pids: list[int]) -> fake.FakeScenario:
     older = dataclasses.replace(
         busy.gpus[1], retired_pages={"sbe": 1, "dbe": 0}, xids=[fake.FakeXid(13)]
     )
-    return dataclasses.replace(busy, gpus=[first, older, fake.make_mig_gpu(2)])
+    return dataclasses.replace(busy, gpus=[with_gpm(first), older, with_gpm(fake.make_mig_gpu(2))])
+
+
+def with_gpm(gpu: fake.FakeGpu) -> fake.FakeGpu:
+    """``gpu`` with every GPM figure, for the GPU and for its first GPU instance if in MIG."""
+    ratios = {name: 10 for name in ("graphics_active", "sm_active", "sm_occupancy",
+                                    "tensor_active", "dram_active", "fp64_active", "fp32_active",
+                                    "fp16_active")}  # fmt: skip
+    traffic = dict.fromkeys(("pcie_tx", "pcie_rx", "nvlink_tx", "nvlink_rx"), fake.MIB)
+    return dataclasses.replace(
+        gpu,
+        gpm="supported",
+        gpm_metrics=fake.FakeGpmMetrics(**ratios, **traffic),
+        gpm_mig_metrics={gpu.migs[0].gpu_instance: fake.FakeGpmMetrics(**ratios)}
+        if gpu.migs
+        else {},
+    )
 
 
 @pytest.fixture
@@ -248,7 +266,9 @@ def busy_metrics(exporter_factory, worker_pids) -> str:
         "--collector.pcie-throughput",
         "--metrics.command-line",
     )
-    exporter.wait_for_metrics(lambda text: "gpu_xid_errors_total{" in text)
+    exporter.wait_for_metrics(
+        lambda text: "gpu_xid_errors_total{" in text and "gpu_mig_sm_active_ratio{" in text
+    )
     response = requests.get(f"{exporter.url}/metrics", headers={"Accept": OPENMETRICS}, timeout=5)
     response.raise_for_status()
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")

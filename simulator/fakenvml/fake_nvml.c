@@ -7,7 +7,8 @@
  * check, `block` (sleep, with no lock held), then `fail` and `lost`. The file format is in
  * README.md, its parser in scenario_parse.c; MIG and utilization sampling are in
  * fake_nvml_mig.c and fake_nvml_utilization.c, the GPU-health entry points (events, memory
- * repair, PCIe, NVLink, field values) in fake_nvml_health.c.
+ * repair, PCIe, NVLink, field values) in fake_nvml_health.c, GPU Performance Monitoring in
+ * fake_nvml_gpm.c.
  *
  * Locking: `source_lock` guards the init refcount and the file signature (held briefly,
  * never while sleeping); `state_lock` guards the parsed state, read-locked while an entry
@@ -431,8 +432,13 @@ nvmlReturn_t nvmlShutdown(void)
     pthread_mutex_lock(&source_lock);
     if (refcount == 0)
         rc = NVML_ERROR_UNINITIALIZED;
-    else if (--refcount == 0)
+    else if (--refcount == 0) {
         drop_state_locked();
+        /* A real library leaks them; here a program that forgot to free is told so. */
+        unsigned int leaked = gpm_release_samples();
+        if (leaked > 0)
+            log_line("nvmlShutdown: %u GPM samples were never freed (nvmlGpmSampleFree)", leaked);
+    }
     pthread_mutex_unlock(&source_lock);
     return rc;
 }

@@ -56,7 +56,9 @@
     X(nvmlDeviceGetPcieReplayCounter)                                                      \
     X(nvmlDeviceGetCurrPcieLinkGeneration) X(nvmlDeviceGetMaxPcieLinkGeneration)           \
     X(nvmlDeviceGetCurrPcieLinkWidth) X(nvmlDeviceGetMaxPcieLinkWidth)                     \
-    X(nvmlDeviceGetNvLinkState)
+    X(nvmlDeviceGetNvLinkState)                                                            \
+    X(nvmlGpmQueryDeviceSupport) X(nvmlGpmSampleAlloc) X(nvmlGpmSampleFree)                \
+    X(nvmlGpmSampleGet) X(nvmlGpmMigSampleGet) X(nvmlGpmMetricsGet)
 
 #define AS_ENUM(name) EP_##name,
 enum entry_point { ENTRY_POINTS(AS_ENUM) EP_COUNT };
@@ -143,6 +145,35 @@ typedef struct {
     unsigned int n_xids;
 } health_t;
 
+/* GPM (gpm_parse.c, fake_nvml_gpm.c): whether the GPU has it, and the figures a pair of samples
+ * yields per scope (the whole GPU, or one GPU instance of a GPU in MIG mode). */
+enum gpm_mode { GPM_ABSENT, GPM_SUPPORTED, GPM_UNSUPPORTED, GPM_REFUSED };
+#define GPM_METRICS 13                 /* the metrics the scenario can give (gpm_parse.c) */
+#define MAX_GPM_SCOPES (1 + MAX_MIG_DEVICES)
+#define GPM_WHOLE_GPU NO_INSTANCE      /* the scope of the GPU itself */
+
+typedef struct {
+    unsigned int gpu_instance;         /* GPM_WHOLE_GPU, or a GPU instance id of a mig line */
+    unsigned int given;                /* bit per metric (index into GPM_METRIC_TABLE) */
+    unsigned long long rate[GPM_METRICS]; /* milli-percent, or bytes per second */
+} gpm_scope_t;
+
+typedef struct {
+    enum gpm_mode mode;
+    unsigned int n_scopes;
+    gpm_scope_t scopes[MAX_GPM_SCOPES];
+} gpm_t;
+
+/* One metric the scenario can give: its scenario name, NVML id, and whether it is a percentage
+ * (milli-percent in the file's fixed point) or bytes per second. */
+typedef struct {
+    const char *key;
+    unsigned int id;
+    int is_percent;
+    const char *short_name, *long_name, *unit;
+} gpm_metric_t;
+INTERNAL extern const gpm_metric_t GPM_METRIC_TABLE[GPM_METRICS];
+
 typedef struct {
     unsigned long long present; /* FIELD_BIT per enum field */
     char text[TEXT_FIELDS][TEXT_SIZE];
@@ -165,6 +196,8 @@ typedef struct {
     size_t n_samples, cap_samples;
     /* GPU health (health_parse.c, fake_nvml_health.c). */
     health_t health;
+    /* GPU Performance Monitoring (gpm_parse.c, fake_nvml_gpm.c). */
+    gpm_t gpm;
 } gpu_t;
 
 enum global_field { G_DRIVER_VERSION, G_NVML_VERSION, G_CUDA_DRIVER_VERSION, G_COUNT };
@@ -267,6 +300,11 @@ INTERNAL int parse_utilization_line(const char *key, size_t key_length, const ch
 INTERNAL int parse_health_line(const char *key, size_t key_length, const char *value,
                                const char *end, gpu_t *gpu, parse_error_t *error);
 INTERNAL int is_health_key(const char *key, size_t key_length); /* a parse_health_line key */
+INTERNAL int parse_gpm_line(const char *key, size_t key_length, const char *value,
+                            const char *end, gpu_t *gpu, parse_error_t *error);
+INTERNAL int is_gpm_key(const char *key, size_t key_length); /* a parse_gpm_line key */
+/* GPM samples still allocated when the last nvmlShutdown comes: freed, and their number. */
+INTERNAL unsigned int gpm_release_samples(void);
 /* Checks once a [gpu] section is complete; 0, or -1 with `error` filled in. */
 INTERNAL int check_mig(const gpu_t *gpu, unsigned int index, parse_error_t *error);
 

@@ -4,8 +4,9 @@ A :class:`FakeScenario` renders to the line format described in ``README.md``; `
 field leaves it out of the file, which the library answers with NVML_ERROR_NOT_SUPPORTED.
 
 MIG devices (:class:`FakeMig`, :func:`make_mig_gpu`), per-process utilization samples
-(:class:`FakeProcessUtilization`) and GPU health (:class:`FakePcieLink`, :class:`FakeNvLink`,
-:class:`FakeRemappedRows`, :class:`FakeXid`) are described in ``README.md`` too.
+(:class:`FakeProcessUtilization`), GPU health (:class:`FakePcieLink`, :class:`FakeNvLink`,
+:class:`FakeRemappedRows`, :class:`FakeXid`) and GPU Performance Monitoring
+(:class:`FakeGpmMetrics`) are described in ``README.md`` too.
 
 Command line, for demos and benchmarks::
 
@@ -51,6 +52,8 @@ _MIG_PROFILE = re.compile(r"(?:[1-8]c\.)?[1-8]g\.[^\s]+")
 _MIG_PROFILE_LIMIT = 31
 RETIREMENT_CAUSES = ("sbe", "dbe")  # multiple single-bit, double-bit ECC errors
 _ENTRY_POINT = re.compile(r"nvml[A-Za-z0-9_]+")
+GPM_MODES = ("supported", "unsupported", "refused")
+_GPM_MAX_BYTES_PER_SECOND = 1 << 48
 THROTTLE_GPU_IDLE = 0x1
 PSTATE_UNKNOWN = 32  # NVML_PSTATE_UNKNOWN: what a driver answers when it cannot tell
 
@@ -146,6 +149,32 @@ class FakeXid:
 
 
 @dataclass
+class FakeGpmMetrics:
+    """What GPM reports between two samples (``gpm_metric`` lines); ``None``: NOT_SUPPORTED.
+
+    Activities are percentages from 0 to 100 (at most three decimals), as NVML reports them;
+    traffic is in bytes per second (NVML reports MiB/s: the library divides by 2**20).
+    """
+
+    graphics_active: float | None = None
+    sm_active: float | None = None
+    sm_occupancy: float | None = None
+    integer_active: float | None = None
+    tensor_active: float | None = None
+    dram_active: float | None = None
+    fp64_active: float | None = None
+    fp32_active: float | None = None
+    fp16_active: float | None = None
+    pcie_tx: int | None = None
+    pcie_rx: int | None = None
+    nvlink_tx: int | None = None
+    nvlink_rx: int | None = None
+
+
+_GPM_TRAFFIC = ("pcie_tx", "pcie_rx", "nvlink_tx", "nvlink_rx")
+
+
+@dataclass
 class FakeGpu:
     """One GPU; ``None`` means the field is absent (NOT_SUPPORTED). Units follow NVML."""
 
@@ -190,6 +219,11 @@ class FakeGpu:
     retired_pages: dict[str, int] | None = None  # ... or before: cause (sbe|dbe) -> pages
     retired_pages_pending: bool | None = None
     xids: list[FakeXid] = field(default_factory=list)
+    # GPU Performance Monitoring: None is a GPU without it (before Hopper); "refused": the GPU
+    # has it but another client (DCGM profiling) holds the counters.
+    gpm: str | None = None  # "supported", "unsupported" or "refused"
+    gpm_metrics: FakeGpmMetrics | None = None  # the whole GPU
+    gpm_mig_metrics: dict[int, FakeGpmMetrics] = field(default_factory=dict)  # by GPU instance
     fail: dict[str, int] = field(default_factory=dict)  # entry point -> nvmlReturn_t
     block: dict[str, float] = field(default_factory=dict)  # entry point -> seconds
     lost: bool = False
@@ -386,6 +420,48 @@ def _health_lines(gpu: FakeGpu) -> list[bytes]:
     return lines
 
 
+def _percent(key: str, value: float) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise ValueError(f"{key} must be a percentage from 0 to 100, got {value!r}")
+    milli = round(value * 1000)
+    if abs(milli - value * 1000) > 1e-6:
+        raise ValueError(f"{key} {value!r} has more than three decimals")
+    whole, fraction = divmod(milli, 1000)
+    return f"{whole}.{fraction:03d}" if fraction else str(whole)
+
+
+def _gpm_metric_lines(prefix: str, metrics: FakeGpmMetrics) -> list[bytes]:
+    lines = []
+    for name, value in vars(metrics).items():
+        if value is None:
+            continue
+        if name in _GPM_TRAFFIC:
+            text = _integer(name, value)
+            if value > _GPM_MAX_BYTES_PER_SECOND:
+                raise ValueError(f"{name} {value} is more than 2**48 bytes per second")
+        else:
+            text = _percent(name, value)
+        lines.append(f"{prefix} {name} {text}".encode())
+    return lines
+
+
+def _gpm_lines(gpu: FakeGpu) -> list[bytes]:
+    """After the mig lines: a GPU instance's figures need its mig line above them."""
+    if gpu.gpm is None:
+        if gpu.gpm_metrics is not None or gpu.gpm_mig_metrics:
+            raise ValueError("gpm_metrics and gpm_mig_metrics need gpm set")
+        return []
+    if gpu.gpm not in GPM_MODES:
+        raise ValueError(f"gpm must be one of {', '.join(GPM_MODES)}, got {gpu.gpm!r}")
+    lines = [f"gpm {gpu.gpm}".encode()]
+    if gpu.gpm_metrics is not None:
+        lines += _gpm_metric_lines("gpm_metric", gpu.gpm_metrics)
+    for gpu_instance, metrics in gpu.gpm_mig_metrics.items():
+        prefix = f"gpm_mig_metric {_integer('gpm_mig_metrics GPU instance', gpu_instance)}"
+        lines += _gpm_metric_lines(prefix, metrics)
+    return lines
+
+
 def _gpu_lines(gpu: FakeGpu) -> list[bytes]:
     lines = [b"[gpu]"]
     for key in ("name", "uuid", "serial", "pci_bus_id"):
@@ -406,6 +482,7 @@ def _gpu_lines(gpu: FakeGpu) -> list[bytes]:
         values = " ".join(_integer("process_utilization", n) for n in numbers)
         lines.append(f"process_utilization {values}".encode())
     lines += _health_lines(gpu)
+    lines += _gpm_lines(gpu)
     lines += _faults(gpu.fail, gpu.block)
     if gpu.lost:
         lines.append(b"lost")
@@ -524,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
+    "FakeGpmMetrics",
     "FakeGpu",
     "FakeMig",
     "FakeNvLink",

@@ -282,6 +282,8 @@ static int parse_gpu_line(const char *key, size_t key_length, const char *value,
         parsed = parse_utilization_line(key, key_length, value, end, gpu, error);
     if (parsed == 0)
         parsed = parse_health_line(key, key_length, value, end, gpu, error);
+    if (parsed == 0)
+        parsed = parse_gpm_line(key, key_length, value, end, gpu, error);
     if (parsed != 0)
         return parsed < 0 ? -1 : 0;
     int field = find_field(key, key_length);
@@ -345,7 +347,8 @@ static int parse_global_line(const char *key, size_t key_length, const char *val
         return 0;
     }
     if (find_field(key, key_length) >= 0 || token_is(key, key_length, "process") ||
-        token_is(key, key_length, "lost") || is_health_key(key, key_length))
+        token_is(key, key_length, "lost") || is_health_key(key, key_length) ||
+        is_gpm_key(key, key_length))
         return fail_parse(error, "'%s' belongs in a [gpu] section", shown(key, key_length));
     return fail_parse(error, "unknown key '%s'", shown(key, key_length));
 }

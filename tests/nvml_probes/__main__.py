@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import sys
 
-from tests.nvml_probes import devices, health, mig
+from tests.nvml_probes import devices, gpm, health, mig
 from tests.nvml_probes.common import PROBES, Out
 
-MODULES = (devices, health, mig)  # imported for the probes they register
+MODULES = (devices, gpm, health, mig)  # imported for the probes they register
 
 
 def main(argv: list[str]) -> int:

@@ -82,3 +82,30 @@ def fault_scenario(kind: str) -> fake.FakeScenario:
         sampled.block = {"nvmlDeviceGetProcessUtilization": 0.5}
         parent.block = {"nvmlDeviceGetGpuInstanceId": 0.5}
     return fake.FakeScenario(gpus=[parent, sampled])
+
+
+# The figures of GPM_SCENARIO: every metric the library serves on GPU 0, some on GPU 3's GPU
+# instance 1, none on its GPU instance 2.
+GPM_FIGURES = fake.FakeGpmMetrics(
+    graphics_active=91.5, sm_active=45.5, sm_occupancy=30.25, integer_active=7,
+    tensor_active=62.125, dram_active=12.5, fp64_active=1.5, fp32_active=20, fp16_active=0,
+    pcie_tx=3 * fake.MIB, pcie_rx=1536 * fake.MIB // 1024, nvlink_tx=50 * fake.GIB,
+    nvlink_rx=5 * fake.GIB // 2,
+)  # fmt: skip
+GPM_MIG_FIGURES = fake.FakeGpmMetrics(sm_active=20, dram_active=37.5)
+
+
+def gpm_scenario(**gpu0: Any) -> fake.FakeScenario:
+    """GPU 0 with GPM and every figure; GPU 1 without GPM (before Hopper); GPU 2 with GPM held
+    by another client; GPU 3 in MIG mode with GPM, figures for GPU instance 1 only."""
+    mig = fake.make_mig_gpu(
+        3, profiles=("3g.40gb", "1g.10gb"), gpm="supported", gpm_mig_metrics={1: GPM_MIG_FIGURES}
+    )
+    return fake.FakeScenario(
+        gpus=[
+            fake.make_gpu(0, **{"gpm": "supported", "gpm_metrics": GPM_FIGURES, **gpu0}),
+            fake.make_gpu(1, name=A100),
+            fake.make_gpu(2, gpm="refused", gpm_metrics=GPM_FIGURES),
+            mig,
+        ]
+    )
