@@ -8,8 +8,9 @@
  *
  * The page stays quick with thousands of nodes:
  * - the document is parsed, and compared with the last one, in the worker: the main thread gets
- *   the nodes that changed and, for the others, only their last_seen; a refresh in which no
- *   node changed redraws nothing but the ages;
+ *   the nodes that changed, in batches it takes in one task each, and for the others only their
+ *   last_seen; a refresh in which no node changed redraws nothing but the ages;
+ * - the cards are sorted again only when a name, a free count or the set of cards changed;
  * - each node's card is kept from refresh to refresh (keyed by the node's hosts.txt entry) and
  *   each GPU row within it (keyed by uuid, else index); a refresh touches only what changed;
  * - a card's GPU table is built only when the card comes near the viewport; until then a
@@ -381,24 +382,31 @@
     return record;
   }
 
-  function setNode(record, node) {
+  // Both times are the service's clock, so the age does not depend on this browser's clock.
+  function ageOf(node, generatedAt) {
+    return isNumber(node.last_seen) && isNumber(generatedAt) ? Math.max(0, generatedAt - node.last_seen) : null;
+  }
+
+  function setNode(record, node, generatedAt) {
+    const before = record.node;
     record.node = node;
     record.nodeText = nodeText(node);
     const gpus = list(node.gpus);
     record.gpuTexts = gpus.map(userText);
-    record.free = gpus.reduce((count, gpu) => count + (gpu.free ? 1 : 0), 0);
-    // Both times are the service's clock, so the age does not depend on this browser's clock.
-    record.age = isNumber(node.last_seen) ? Math.max(0, state.data.generated_at - node.last_seen) : null;
+    const free = gpus.reduce((count, gpu) => count + (gpu.free ? 1 : 0), 0);
+    if (!before || before.hostname !== node.hostname || record.free !== free) orderDirty = true;
+    record.free = free;
+    record.age = ageOf(node, generatedAt);
     record.stale = true;
     drawHead(record);
   }
 
   // A node unchanged but for last_seen: its age moves, nothing else is redrawn.
-  function touchNode(record, node) {
+  function touchNode(record, node, generatedAt) {
     record.node = node;
-    const age = isNumber(node.last_seen) ? Math.max(0, state.data.generated_at - node.last_seen) : null;
+    const age = ageOf(node, generatedAt);
     if ((age === null) !== (record.age === null)) {
-      setNode(record, node);
+      setNode(record, node, generatedAt);
       return;
     }
     record.age = age;
@@ -520,22 +528,29 @@
 
   // ---- the list -----------------------------------------------------------------------------
 
-  // New data: bring every node's record up to date (cheap for nodes off-screen, and for nodes
-  // that did not change: only their age). Whether any card came, went or changed.
-  function absorb(data, changed) {
-    const present = new Set();
-    let moved = false;
-    for (const node of data.nodes) {
+  // The nodes of one batch from the feed: their cards brought up to date (cheap off-screen).
+  function takeNodes(nodes, generatedAt) {
+    for (const node of nodes) {
       const key = String(node.node);
-      present.add(key);
+      nodesByKey.set(key, node);
       let record = cards.get(key);
       if (!record) {
         record = newCard(key);
         cards.set(key, record);
-        moved = true;
       }
-      if (changed.has(node) || !record.node) setNode(record, node);
-      else touchNode(record, node);
+      setNode(record, node, generatedAt);
+    }
+  }
+
+  // Once every changed node is in: the others' ages, and the cards of nodes that left.
+  function absorb(data, changed) {
+    const present = new Set();
+    for (const node of data.nodes) {
+      const key = String(node.node);
+      present.add(key);
+      if (changed.has(node)) continue;
+      const record = cards.get(key);
+      if (record) touchNode(record, node, data.generated_at);
     }
     for (const [key, record] of cards) {
       if (present.has(key)) continue;
@@ -543,9 +558,25 @@
       nearby.delete(record);
       record.card.remove();
       cards.delete(key);
-      moved = true;
+      orderDirty = true;
     }
-    return moved || changed.size > 0;
+  }
+
+  // Every card in the chosen order, sorted again only when a name, a free count, the cards or
+  // the order chosen changed: with thousands of nodes a sort is a good part of a redraw.
+  let orderDirty = true;
+  let sortedBy = null;
+  let sorted = [];
+
+  function sortedCards(sort) {
+    if (orderDirty || sortedBy !== sort) {
+      sorted = Array.from(cards.values()).filter((record) => record.node);
+      sorted.sort((a, b) => (sort === 'free' ? b.free - a.free : 0) ||
+        collator.compare(a.node.hostname, b.node.hostname) || collator.compare(a.key, b.key));
+      orderDirty = false;
+      sortedBy = sort;
+    }
+    return sorted;
   }
 
   let shownOrder = [];
@@ -556,7 +587,7 @@
     const f = filters();
     const filtering = f.user || f.free;
     const order = [];
-    for (const record of cards.values()) {
+    for (const record of sortedCards(f.sort)) {
       const node = record.node;
       if (f.node && !record.nodeText.includes(f.node)) continue;
       const gpus = list(node.gpus);
@@ -570,8 +601,6 @@
       }
       order.push(record);
     }
-    order.sort((a, b) => (f.sort === 'free' ? b.free - a.free : 0) ||
-      collator.compare(a.node.hostname, b.node.hostname) || collator.compare(a.key, b.key));
     const cardsInOrder = order.map((record) => record.card);
     if (!sameItems(cardsInOrder, shownOrder)) {
       ui.nodes.replaceChildren(...cardsInOrder);
@@ -583,7 +612,9 @@
 
   function refresh(data, changed) {
     drawSummary(data);
-    if (!absorb(data, changed)) return; // only ages moved: drawStatus shows them
+    const before = cards.size;
+    absorb(data, changed);
+    if (!changed.size && cards.size === before) return; // only ages moved: drawStatus shows them
     draw();
     collectKnownUsers(data);
     drawSuggestions();
@@ -623,46 +654,73 @@
     feed.postMessage({ url: feedUrl });
   }
 
-  // The whole document again, from the feed's delta: its head, every node in order.
-  function assemble(message) {
-    for (const node of message.changed) nodesByKey.set(String(node.node), node);
-    const nodes = message.keys.map((key, i) => {
+  // A document on its way from the feed: its head, keys and last_seen, and the changed nodes
+  // taken in so far (a batch per message, so per task).
+  let arriving = null;
+
+  function assemble(start) {
+    const nodes = start.keys.map((key, i) => {
       const node = nodesByKey.get(key);
-      node.last_seen = message.lastSeen[i];
+      node.last_seen = start.lastSeen[i];
       return node;
     });
     if (nodesByKey.size !== nodes.length) {
-      const present = new Set(message.keys);
+      const present = new Set(start.keys);
       for (const key of Array.from(nodesByKey.keys())) if (!present.has(key)) nodesByKey.delete(key);
     }
-    return Object.assign({}, message.head, { nodes });
+    return Object.assign({}, start.head, { nodes });
+  }
+
+  function finish(error) {
+    if (error) {
+      state.failures += 1;
+      state.error = error;
+    } else {
+      state.error = '';
+      state.failures = 0;
+    }
+    arriving = null;
+    state.nextFetchAt = nextFetchAt(state.data, state.failures);
+    state.inFlight = false;
+    drawStatus();
+  }
+
+  function complete() {
+    const { start, changed } = arriving;
+    const data = assemble(start);
+    if (!state.data || data.generated_at !== state.data.generated_at) state.updatedAt = Date.now();
+    state.data = data;
+    refresh(data, changed);
   }
 
   function received(message) {
     try {
-      if (message.error) throw new Error(message.error);
-      state.error = '';
-      if (!message.unchanged) {
-        const data = assemble(message);
-        if (!state.data || data.generated_at !== state.data.generated_at) state.updatedAt = Date.now();
-        state.data = data;
-        refresh(data, new Set(message.changed));
+      if (message.kind === 'error') throw new Error(message.error);
+      if (message.kind === 'unchanged') {
+        finish('');
+        return;
       }
-      state.failures = 0;
+      if (message.kind === 'start') {
+        arriving = { start: message, changed: new Set(), left: message.changed };
+      } else if (message.kind === 'nodes' && arriving) {
+        takeNodes(message.nodes, arriving.start.head.generated_at);
+        for (const node of message.nodes) arriving.changed.add(node);
+        arriving.left -= message.nodes.length;
+      } else {
+        return;
+      }
+      if (arriving.left > 0) return; // more batches to come, each in a task of its own
+      complete();
+      finish('');
     } catch (error) {
-      state.failures += 1;
-      state.error = error && error.message ? error.message : String(error);
-    } finally {
-      state.nextFetchAt = nextFetchAt(state.data, state.failures);
-      state.inFlight = false;
-      drawStatus();
+      finish(error && error.message ? error.message : String(error));
     }
   }
 
   feed.onmessage = (event) => received(event.data);
   feed.onerror = (event) => {
     event.preventDefault();
-    received({ error: 'the page feed failed: ' + (event.message || 'unknown error') });
+    received({ kind: 'error', error: 'the page feed failed: ' + (event.message || 'unknown error') });
   };
 
   function tick() {

@@ -5,14 +5,19 @@
  * the last one would hold the page's main thread for a long task every refresh. Here each node
  * is compared (as JSON, without last_seen, which moves every round) with what was last posted,
  * and the page gets the nodes' keys in order, their last_seen, and the whole of only the nodes
- * that changed. The page asks with {url}; each answer is one of
- *   {unchanged: true}                      the document is the one posted last (304)
- *   {head, keys, lastSeen, changed}        head: the document without its nodes
- *   {error}                                a message to show
+ * that changed, in batches of BATCH nodes, each its own message: the page takes in one batch
+ * per task, so even a refresh in which every node changed is many short tasks, not one long.
+ * The page asks with {url}; the answer is one of
+ *   {kind: 'unchanged'}                           the document is the one posted last (304)
+ *   {kind: 'start', head, keys, lastSeen, changed} head: the document without its nodes;
+ *                                                  changed: how many nodes follow, then
+ *   {kind: 'nodes', nodes}                         ... as many such batches as it takes
+ *   {kind: 'error', error}                         a message to show
  */
 'use strict';
 
 const FETCH_TIMEOUT_MS = 15000;
+const BATCH = 100; // nodes per message: about 10 ms of the page's work each
 
 let etag = null;
 let signatures = new Map(); // node key -> the node's JSON without last_seen, as last posted
@@ -47,22 +52,25 @@ function delta(data) {
     if (signatures.get(key) !== signature) changed.push(node);
   }
   const { nodes: _nodes, ...head } = data;
-  return { message: { head, keys, lastSeen, changed }, next };
+  return { start: { kind: 'start', head, keys, lastSeen, changed: changed.length }, changed, next };
 }
 
 self.onmessage = async (event) => {
   try {
     const fetched = await fetchDocument(event.data.url);
     if (!fetched) {
-      self.postMessage({ unchanged: true });
+      self.postMessage({ kind: 'unchanged' });
       return;
     }
-    const { message, next } = delta(fetched.data);
-    self.postMessage(message);
+    const { start, changed, next } = delta(fetched.data);
+    self.postMessage(start);
+    for (let i = 0; i < changed.length; i += BATCH) {
+      self.postMessage({ kind: 'nodes', nodes: changed.slice(i, i + BATCH) });
+    }
     signatures = next; // only once the page has been given this document
     etag = fetched.etag;
   } catch (error) {
     // What was posted before stays the page's: the next answer is a delta against it.
-    self.postMessage({ error: error && error.message ? error.message : String(error) });
+    self.postMessage({ kind: 'error', error: error && error.message ? error.message : String(error) });
   }
 };
