@@ -189,19 +189,16 @@
   // thousands of users it offers only the first names that contain what is typed.
   const MAX_SUGGESTIONS = 50;
   let knownUsers = [];
-  let knownUsersKey = '';
   let suggestionsKey = null;
 
+  // Sorted again only when a name came or went: with thousands of users the sort is the cost.
   function collectKnownUsers(data) {
     const known = new Set();
     for (const n of data.nodes) {
       for (const g of list(n.gpus)) for (const u of list(g.users)) if (u.username) known.add(String(u.username));
     }
-    const names = Array.from(known).sort(collator.compare);
-    const key = names.join('\u0000');
-    if (key === knownUsersKey) return;
-    knownUsersKey = key;
-    knownUsers = names;
+    if (known.size === knownUsers.length && knownUsers.every((name) => known.has(name))) return;
+    knownUsers = Array.from(known).sort(collator.compare);
     suggestionsKey = null;
   }
 
