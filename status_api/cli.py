@@ -3,9 +3,9 @@
 ``gpu-status-api -c hosts.txt --web.listen-address :7070 --node_port 7080`` serves the page and
 the JSON; ``gpu-status-api targets -c hosts.txt -o targets.json [--watch]`` writes Prometheus
 file_sd targets from the same hosts.txt; ``gpu-status-api thresholds [flags] -o thresholds.yml``
-writes the service's thresholds as the rule file the recording rules read them from. The flags are in :mod:`status_api.arguments`. Passwords
-never come from the command line, where ``ps`` would show them: the node password comes from
-``--password-file`` or ``GPU_MONITOR_PASSWORD``.
+writes the service's thresholds as the rule file the recording rules read them from. The flags
+are in :mod:`status_api.arguments`. Passwords never come from the command line, where ``ps``
+would show them: the node password comes from ``--password-file`` or ``GPU_MONITOR_PASSWORD``.
 """
 
 from __future__ import annotations

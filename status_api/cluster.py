@@ -16,9 +16,10 @@ Each GPU has a ``health``: its state (ok, warning, sick, lost) and the reasons, 
 the legacy readings and the node's ``/metrics`` (status_api/health.py). The summary counts the
 warning, sick and lost GPUs.
 
-The service tracks each GPU's idle-but-held period (:func:`~status_api.vocabulary.holds_without_compute`)
-between polls per node and GPU (by uuid where ``/metrics`` names it, else by index); a node that
-leaves hosts.txt is forgotten with everything else about it.
+The service tracks each GPU's idle-but-held period (``idle_since``, judged by
+:func:`~status_api.vocabulary.holds_without_compute`) between polls per node and GPU (by uuid
+where ``/metrics`` names it, else by index); a node that leaves hosts.txt is forgotten with
+everything else about it.
 
 Each GPU lists its MIG devices (``mig``: empty outside MIG mode or when the node does not say)
 and each process the MIG device it runs in (``mig_uuid``), from the node's ``/metrics``.
