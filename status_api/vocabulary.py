@@ -118,16 +118,19 @@ def is_idle_held(since: float | None, *, as_of: float, thresholds: Thresholds) -
     return since is not None and as_of - since >= thresholds.idle_held_after
 
 
-def shares(keys: Iterable[str]) -> dict[str, float]:
-    """Each holder's share of one GPU, from its holders' keys (one per process; repeats count
-    once): even, so a GPU's shares add up to 1."""
-    distinct = set(keys)
-    return {key: 1 / len(distinct) for key in distinct}
+def shares(
+    users: Iterable[Mapping[str, Any]], *, key: str, memory_key: str = USER_MEMORY
+) -> dict[str, float]:
+    """Each holder's share of one GPU from its processes: the holders are the distinct values
+    of their field ``key`` (an empty one is a holder too) among the processes holding memory;
+    even shares, so a held GPU's shares add up to 1."""
+    distinct = {user.get(key) or "" for user in users if (user.get(memory_key) or 0) > 0}
+    return {holder: 1 / len(distinct) for holder in distinct}
 
 
 SICK_XIDS = tuple(sorted(code for code, (state, _) in XIDS.items() if state == SICK))
 
-# The series prometheus/rules/ read the thresholds from: name -> (attribute, unit).
+# The series prometheus/rules/ read the thresholds from: record name -> Thresholds attribute.
 THRESHOLD_SERIES = {
     "cluster:gpu_stale_after_seconds:threshold": "stale_after",
     "cluster:gpu_offline_after_seconds:threshold": "offline_after",
