@@ -212,6 +212,11 @@ def render_table(rows: Sequence[Row], *, by: str) -> str:
         )
         for row in rows
     ]
+    return _aligned(header, lines)
+
+
+def _aligned(header: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the numbers right."""
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     return "".join(
         cells[0].ljust(widths[0])
@@ -240,13 +245,7 @@ def render_csv(rows: Sequence[Row], *, by: str) -> str:
 def render_states_table(rows: Sequence[StateRow]) -> str:
     header = ("STATE", "GPU-HOURS", "MEAN GPUS")
     lines = [(row.state, f"{row.gpu_hours:.2f}", f"{row.mean_gpus:.2f}") for row in rows]
-    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
-    return "".join(
-        cells[0].ljust(widths[0])
-        + "".join("  " + cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))
-        + "\n"
-        for cells in [header, *lines]
-    )
+    return _aligned(header, lines)
 
 
 def render_states_csv(rows: Sequence[StateRow]) -> str:
@@ -329,16 +328,25 @@ def main(argv: Sequence[str]) -> int:
         settings = engine_settings(args)
     except ValueError as error:
         parser.error(str(error))  # exits 2 with the usage
-    if args.by == CLUSTER:
-        return _cluster_main(settings, since=args.since, until=until, output=args.format)
     try:
-        rows = usage(settings, by=args.by, since=args.since, until=until)
         states = cluster_usage(settings, since=args.since, until=until)
+        rows = (
+            [] if args.by == CLUSTER else usage(settings, by=args.by, since=args.since, until=until)
+        )
     except EngineError as error:
         # The engine's words are printed as they came; escaped, so they cannot drive the terminal.
         message = _printable(f"cannot query {settings.url}: {error}")
         print(f"gpu-status-api report: {message}", file=sys.stderr)
         return 1
+    if args.by == CLUSTER:
+        if not states:
+            print(
+                "gpu-status-api report: no cluster:gpu_<state>_seconds:total counters; are the "
+                "recording rules loaded?",
+                file=sys.stderr,
+            )
+        sys.stdout.write(STATE_RENDERERS[args.format](states))
+        return 0
     if not rows:
         print(
             f"gpu-status-api report: no GPU time per {args.by} in the last {args.since}; are the "
@@ -347,21 +355,4 @@ def main(argv: Sequence[str]) -> int:
         )
     sys.stdout.write(RENDERERS[args.format](rows, by=args.by))
     sys.stderr.write(add_up_note(rows, states, by=args.by))
-    return 0
-
-
-def _cluster_main(settings: EngineSettings, *, since: str, until: float, output: str) -> int:
-    try:
-        states = cluster_usage(settings, since=since, until=until)
-    except EngineError as error:
-        message = _printable(f"cannot query {settings.url}: {error}")
-        print(f"gpu-status-api report: {message}", file=sys.stderr)
-        return 1
-    if not states:
-        print(
-            "gpu-status-api report: no cluster:gpu_<state>_seconds:total counters; are the "
-            "recording rules loaded?",
-            file=sys.stderr,
-        )
-    sys.stdout.write(STATE_RENDERERS[output](states))
     return 0
