@@ -4,7 +4,8 @@ One simulated cluster (three real exporters on the fake NVML) holds every kind o
 
 * node ``localhost`` (node_a with health readings, tests/support/cluster.py, plus a sixth GPU):
   GPU 0 shared by two workers and an unknown owner, busy (a pending row remap: a warning, still in
-  use); GPU 1 busy; GPU 2 free; GPU 3 lost; GPU 4 in MIG mode, one worker on one of its two
+  use); GPU 1 held by a worker at 0% SM (held without compute from the start: idle-held too);
+  GPU 2 free; GPU 3 lost; GPU 4 in MIG mode, one worker on one of its two
   slices (in use: GPUs count whole); GPU 5 sick (XID 79, no process);
 * node ``127.0.0.1`` (first port): GPU 0 held at 0% from the start (idle-held once the
   threshold has passed), GPU 1 held and busy until the test stops its compute (held without
@@ -30,7 +31,6 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +38,7 @@ import pytest
 from simulator import REPO
 from simulator.fakenvml import scenario as fake
 from simulator.prometheus import running_prometheus
-from tests.support.cluster import node_a
+from tests.support.cluster import node_a, write_thresholds
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
@@ -49,7 +49,7 @@ THRESHOLDS = ("--stale-after", "8", "--offline-after", "900", "--idle-held-after
 WINDOW = 5  # seconds of the report's window, all after the last change of state
 
 # Worked out from the scenarios in the docstring.
-EXPECTED = {"free": 1, "in_use": 5, "idle_held": 1, "sick": 1, "lost": 1, "stale": 1}
+EXPECTED = {"free": 1, "in_use": 5, "idle_held": 2, "sick": 1, "lost": 1, "stale": 1}
 HELD = 5  # GPUs some process holds memory on: localhost 0, 1, 4 and both of 127.0.0.1's first
 
 
@@ -96,17 +96,6 @@ def run_report(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def write_thresholds(path: Path) -> Path:
-    """The rules' thresholds, by the project's generator, from the services' flags."""
-    subprocess.run(
-        [sys.executable, "-m", "status_api", "thresholds", *THRESHOLDS, "-o", str(path)],
-        check=True,
-        timeout=30,
-        capture_output=True,
-    )
-    return path
-
-
 def test_every_view_counts_alike(exporter_factory, worker_pids, tmp_path, status_service_factory):
     local = node_a(worker_pids(4), health=True)
     scenarios = {"a": with_sick_gpu(local), "b": node_held(worker_pids(2)), "c": fake.idle(1)}
@@ -124,7 +113,8 @@ def test_every_view_counts_alike(exporter_factory, worker_pids, tmp_path, status
         [sys.executable, "-m", "status_api", "targets", "-c", str(hosts), "-o", str(targets)],
         check=True, timeout=30, capture_output=True,
     )  # fmt: skip
-    overrides = {"rules/thresholds.yml": write_thresholds(tmp_path / "thresholds.yml")}
+    # the rules' thresholds from the services' flags, by the project's generator
+    overrides = {"rules/thresholds.yml": write_thresholds(tmp_path / "thresholds.yml", *THRESHOLDS)}
     stopped = exporters["c"].process.pid
     try:
         with running_prometheus(
@@ -141,16 +131,16 @@ def test_every_view_counts_alike(exporter_factory, worker_pids, tmp_path, status
 
 
 def compare(prometheus, polling, engine, exporters, scenarios, stopped: int) -> None:
-    # The GPU held at 0% from the start becomes idle-held on the page and in the rules.
+    # The GPUs held without compute from the start become idle-held on the page and in the rules.
     timeout = IDLE_HELD_AFTER + 60
     for service in (polling, engine):
         service.wait_for(
-            lambda d: d["summary"]["gpus_idle_held"] == 1 and d["summary"]["gpus_sick"] == 1,
+            lambda d: d["summary"]["gpus_idle_held"] == 2 and d["summary"]["gpus_sick"] == 1,
             timeout=timeout,
             what="idle-held and sick GPUs",
         )
     prometheus.wait_for(
-        "cluster:gpu_idle_held:sum == 1 and cluster:gpu_sick:sum == 1", bool, timeout=30
+        "cluster:gpu_idle_held:sum == 2 and cluster:gpu_sick:sum == 1", bool, timeout=30
     )
     # Then a node goes stale and the busy held GPU stops computing.
     os.kill(stopped, signal.SIGSTOP)
@@ -163,7 +153,7 @@ def compare(prometheus, polling, engine, exporters, scenarios, stopped: int) -> 
             what="a stale node and a GPU held without compute",
         )
     prometheus.wait_for(
-        "cluster:gpu_stale:sum == 1 and on () count(node_gpu:gpu_held_without_compute:bool) == 2",
+        "cluster:gpu_stale:sum == 1 and on () count(node_gpu:gpu_held_without_compute:bool) == 3",
         bool,
         timeout=30,
     )
