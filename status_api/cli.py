@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # the service's modules pull in aiohttp and Flask, which "targets" does not need
     from status_api.cluster import Cluster
+    from status_api.engine import EngineSettings
     from status_api.vocabulary import Thresholds
 
 log = logging.getLogger("status_api")
@@ -130,6 +132,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         args.stale_after,
     )
     thresholds = _thresholds(args)
+    _check_rule_thresholds(settings, thresholds)
     # GPU-hours per user, job and namespace come from the same engine, with the same client.
     history = UsageHistory(settings=lambda: settings)
     cluster = Cluster(thresholds=thresholds, interval=args.interval, usage_history=history)
@@ -148,6 +151,28 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         history.stop()
 
     return _serve(cluster, args, on_stop=stop)
+
+
+def _check_rule_thresholds(settings: EngineSettings, thresholds: Thresholds) -> None:
+    """Warn when the engine's rules count with other thresholds than this service: the page and
+    the dashboard would then disagree (README, "Changing a threshold everywhere at once")."""
+    from status_api.engine import EngineError, run_queries
+    from status_api.vocabulary import THRESHOLD_SERIES, THRESHOLDS_QUERY, threshold_mismatches
+
+    try:
+        (samples,) = run_queries(settings, [THRESHOLDS_QUERY], at=time.time())
+    except EngineError as error:
+        log.debug("rules' thresholds not checked: %s", error)
+        return
+    problems = threshold_mismatches(samples, thresholds)
+    if problems and len(problems) < len(THRESHOLD_SERIES):
+        log.warning(
+            "the recording rules count with other thresholds than this service (%s): rewrite "
+            "them with gpu-status-api thresholds and the same flags",
+            "; ".join(problems),
+        )
+    elif problems:
+        log.info("no threshold series in the query engine: the recording rules are not loaded")
 
 
 def targets_main(args: argparse.Namespace) -> int:

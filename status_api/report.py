@@ -189,8 +189,8 @@ def add_up_note(rows: Sequence[Row], states: Sequence[StateRow], *, by: str) -> 
     if "in_use" in hours and not math.isclose(held, hours["in_use"], rel_tol=0.005, abs_tol=0.01):
         note += (
             " Held and in use differ: a GPU busy without a process holding memory on it is in "
-            "use but charged to no one, and a held GPU that is sick or on a stale node is "
-            "charged to its holders but not counted in use."
+            "use but charged to no one, and a held GPU that is sick, or on a node whose NVML "
+            "pass is stale, is charged to its holders but not counted in use."
         )
     return note + "\n"
 

@@ -164,3 +164,24 @@ def threshold_rules(thresholds: Thresholds) -> str:
             f'        labels: {{xid: "{code}"}}',
         ]
     return "\n".join(lines) + "\n"
+
+
+THRESHOLDS_QUERY = '{__name__=~"cluster:gpu_.+:threshold"}'
+
+
+def threshold_mismatches(
+    samples: Iterable[tuple[Mapping[str, str], float]], thresholds: Thresholds
+) -> list[str]:
+    """Where the rules' threshold series (the answer to :data:`THRESHOLDS_QUERY`) differ from
+    ``thresholds``, in words; a series missing is a mismatch too."""
+    found = {labels.get("__name__", ""): value for labels, value in samples}
+    problems = []
+    for record, attribute in THRESHOLD_SERIES.items():
+        wanted = float(getattr(thresholds, attribute))
+        if record not in found:
+            problems.append(f"{record} is missing (load rules/thresholds.yml)")
+        elif found[record] != wanted:
+            problems.append(
+                f"{record} is {found[record]:g}, --{attribute.replace('_', '-')} {wanted:g}"
+            )
+    return problems

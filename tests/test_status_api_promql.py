@@ -110,6 +110,11 @@ def test_promql_mode_matches_polling(
                 assert {node["node"] for node in document["nodes"]} == {"localhost", "127.0.0.1"}
                 assert legacy_projection(service.legacy()) == legacy_projection(polling.legacy())
 
+            # The monitored cluster's rules shorten the idle-held threshold; this service does
+            # not: it says so. VictoriaMetrics evaluates no rules: nothing to compare there.
+            mismatch = "cluster:gpu_idle_held_after_seconds:threshold is 2, --idle-held-after 1800"
+            assert mismatch in from_prometheus.log()
+            assert "other thresholds" not in from_victoria.log()
             check_engine_stopped(cluster.prometheus.process, from_prometheus, expected)
 
 

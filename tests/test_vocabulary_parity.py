@@ -126,6 +126,8 @@ def test_every_view_counts_alike(exporter_factory, worker_pids, tmp_path, status
                 [], "--prometheus-url", prometheus.url, *THRESHOLDS, password=None
             )
             compare(prometheus, polling, engine, exporters, scenarios, stopped)
+            # the same flags for the rules and the service: nothing to warn about
+            assert "other thresholds" not in engine.log()
     finally:
         os.kill(stopped, signal.SIGCONT)  # so that it can be stopped
 

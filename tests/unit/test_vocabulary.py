@@ -94,3 +94,19 @@ def test_report_note_says_when_and_why_the_groups_do_not_add_up() -> None:
     assert "do not add up" in note and "outside any slurm job" in note
     assert "busy without a process" in note
     assert add_up_note(rows, [], by="user") == ""  # no cluster counters: nothing to compare
+
+
+def test_threshold_series_that_differ_from_the_service_are_named() -> None:
+    from status_api.vocabulary import THRESHOLD_SERIES, threshold_mismatches
+
+    same = [({"__name__": name}, float(getattr(THRESHOLDS, attribute)))
+            for name, attribute in THRESHOLD_SERIES.items()]  # fmt: skip
+    assert threshold_mismatches(same, THRESHOLDS) == []
+    other = [
+        (labels, 3600.0 if labels["__name__"].endswith("idle_held_after_seconds:threshold") else v)
+        for labels, v in same
+    ]
+    assert threshold_mismatches(other, THRESHOLDS) == [
+        "cluster:gpu_idle_held_after_seconds:threshold is 3600, --idle-held-after 1800"
+    ]
+    assert len(threshold_mismatches([], THRESHOLDS)) == len(THRESHOLD_SERIES)
