@@ -330,7 +330,9 @@ def cluster_row() -> list[Panel]:
         ),
         stat(
             "GPUs in use",
-            "GPUs on which at least one process holds memory.",
+            "GPUs in use as the status page counts them: neither free, sick nor lost (a process "
+            "holds memory, or memory or utilization above the free thresholds); see the "
+            'README\'s "What the words mean".',
             [target(f"sum(node:gpu_in_use:sum{{{NODE}}})", "in use")],
             "none",
             steps=thresholds((None, "blue")),
@@ -339,7 +341,9 @@ def cluster_row() -> list[Panel]:
         ),
         stat(
             "GPUs free",
-            "GPUs that answer and on which no process holds memory; orange when none is free.",
+            "GPUs free as the status page counts them: no process, memory and utilization under "
+            "the thresholds of rules/thresholds.yml, neither sick nor lost, on an online node; "
+            "orange when none is free.",
             [target(f"sum(node:gpu_free:sum{{{NODE}}})", "free")],
             "none",
             steps=thresholds((None, "orange"), (1, "green")),
@@ -712,10 +716,11 @@ def jobs_row() -> list[Panel]:
         ),
         table(
             "Idle GPUs held by processes",
-            "Processes holding memory on a GPU they do not use: the GpuIdleButHeld alert, "
-            "pending until it has lasted an hour, then firing. Basis process: the process's own "
-            "SM utilization is 0 (per-process utilization reported); basis gpu: the whole GPU "
-            f"is below {IDLE_RATIO:.0%} busy.",
+            "Processes holding memory on an idle-held GPU (no process on it has computed for "
+            "the idle-held threshold, 30 minutes unless changed, as on the status page): the "
+            "GpuIdleButHeld alert. Basis process: judged by the processes' own SM utilization "
+            "(per-process utilization reported); basis gpu: by the whole GPU's utilization, "
+            f"idle below {IDLE_RATIO:.0%}.",
             [
                 target(
                     unknown_user(

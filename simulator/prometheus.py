@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,12 +83,15 @@ def write_config(
     alert_for: str | None = "2s",
     alertmanagers: Sequence[str] = (),
     extra_rule_files: Sequence[Path] = (),
+    rule_overrides: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write a configuration derived from the shipped one into ``directory``.
 
     ``alert_for`` replaces every non-zero ``for:`` of the rules; None keeps the shipped ones.
     ``alertmanagers`` (``host:port``) receive the alerts; ``extra_rule_files`` are loaded after
-    the shipped rules, unchanged.
+    the shipped rules, unchanged. ``rule_overrides`` maps a shipped rule file, as prometheus.yml
+    names it (``rules/thresholds.yml``), to a file loaded in its place (thresholds written by
+    ``gpu-status-api thresholds`` with other flags, say).
     """
     config = load_yaml(CONFIG)
     config["global"].update(
@@ -96,7 +99,7 @@ def write_config(
     )
     rule_files = []
     for relative in config["rule_files"]:
-        rules = load_yaml(CONFIG.parent / relative)
+        rules = load_yaml((rule_overrides or {}).get(relative, CONFIG.parent / relative))
         if alert_for is not None:
             rules = shorten_for(rules, alert_for)
         target = directory / "rules" / Path(relative).name
@@ -205,6 +208,7 @@ def running_prometheus(
     extra_args: Sequence[str] = (),
     alertmanagers: Sequence[str] = (),
     extra_rule_files: Sequence[Path] = (),
+    rule_overrides: Mapping[str, Path] | None = None,
 ) -> Iterator[PrometheusServer]:
     """Start Prometheus on 127.0.0.1 with the bundle's configuration; stop it on exit.
 
@@ -219,6 +223,7 @@ def running_prometheus(
         alert_for=alert_for,
         alertmanagers=alertmanagers,
         extra_rule_files=extra_rule_files,
+        rule_overrides=rule_overrides,
     )
     try:
         promtool("check", "config", str(config))

@@ -1,4 +1,5 @@
-"""The command lines of ``gpu-status-api`` (serve) and ``gpu-status-api targets``: flags only.
+"""The command lines of ``gpu-status-api`` (serve), ``gpu-status-api targets`` and
+``gpu-status-api thresholds``: flags only.
 
 The flags follow node_exporter (``--web.listen-address``, ``--web.config.file``, ``--log.level``);
 the old api.py names (``-c``, ``--port``, ``--node_port``, ``--listen-address``, ``--disable_log``)
@@ -163,4 +164,21 @@ def build_targets_parser() -> argparse.ArgumentParser:
         "--watch-interval", type=positive(float), default=2.0,
         help="seconds between checks of hosts.txt with --watch (default 2)",
     )  # fmt: skip
+    return parser
+
+
+def build_thresholds_parser() -> argparse.ArgumentParser:
+    """The thresholds of the service, with its flags and defaults, written as Prometheus rules."""
+    parser = argparse.ArgumentParser(
+        prog="gpu-status-api thresholds",
+        description="Write the thresholds behind free, idle-held, sick and stale as a Prometheus "
+        "rule file (prometheus/rules/thresholds.yml), from the flags gpu-status-api takes, so "
+        "that the recording rules, alerts and dashboard count as the service does.",
+    )
+    add_log_flags(parser)
+    parser.add_argument(
+        "-o", "--output", type=Path,
+        help="rule file to write (atomically); without it, print to standard output",
+    )  # fmt: skip
+    _state_options(parser)
     return parser

@@ -2,9 +2,10 @@
 
 ``gpu-status-api -c hosts.txt --web.listen-address :7070 --node_port 7080`` serves the page and
 the JSON; ``gpu-status-api targets -c hosts.txt -o targets.json [--watch]`` writes Prometheus
-file_sd targets from the same hosts.txt. The flags are in :mod:`status_api.arguments`. Passwords
-never come from the command line, where ``ps`` would show them: the node password comes from
-``--password-file`` or ``GPU_MONITOR_PASSWORD``.
+file_sd targets from the same hosts.txt; ``gpu-status-api thresholds [flags] -o thresholds.yml``
+writes the service's thresholds as the rule file the recording rules read them from. The flags
+are in :mod:`status_api.arguments`. Passwords never come from the command line, where ``ps``
+would show them: the node password comes from ``--password-file`` or ``GPU_MONITOR_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -14,28 +15,39 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from servicekit.logsetup import configure_logging
 from servicekit.memory import limit_malloc_arenas
 from servicekit.password import PasswordError
-from status_api.arguments import build_parser, build_targets_parser
+from status_api.arguments import build_parser, build_targets_parser, build_thresholds_parser
 from status_api.hosts import Host, HostsFileError, HostsWatcher
 from status_api.nodesettings import poll_settings
 from status_api.tuning import tune_process
 
-__all__ = ["build_parser", "build_targets_parser", "main", "serve_main", "targets_main"]
+__all__ = [
+    "build_parser",
+    "build_targets_parser",
+    "build_thresholds_parser",
+    "main",
+    "serve_main",
+    "targets_main",
+    "thresholds_main",
+]
 
 if TYPE_CHECKING:  # the service's modules pull in aiohttp and Flask, which "targets" does not need
-    from status_api.cluster import Cluster, Thresholds
+    from status_api.cluster import Cluster
+    from status_api.engine import EngineSettings
     from status_api.statefile import StateFile
+    from status_api.vocabulary import Thresholds
 
 log = logging.getLogger("status_api")
 
 
 def _thresholds(args: argparse.Namespace) -> Thresholds:
-    from status_api.cluster import Thresholds
+    from status_api.vocabulary import Thresholds
 
     return Thresholds(
         stale_after=args.stale_after,
@@ -128,6 +140,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         args.stale_after,
     )
     thresholds = _thresholds(args)
+    _check_rule_thresholds(settings, thresholds)
     # GPU-hours per user, job and namespace come from the same engine, with the same client.
     history = UsageHistory(settings=lambda: settings)
     cluster = Cluster(
@@ -151,6 +164,28 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         history.stop()
 
     return _serve(cluster, args, on_stop=stop)
+
+
+def _check_rule_thresholds(settings: EngineSettings, thresholds: Thresholds) -> None:
+    """Warn when the engine's rules count with other thresholds than this service: the page and
+    the dashboard would then disagree (README, "Changing a threshold everywhere at once")."""
+    from status_api.engine import EngineError, run_queries
+    from status_api.vocabulary import THRESHOLD_SERIES, THRESHOLDS_QUERY, threshold_mismatches
+
+    try:
+        (samples,) = run_queries(settings, [THRESHOLDS_QUERY], at=time.time())
+    except EngineError as error:
+        log.debug("rules' thresholds not checked: %s", error)
+        return
+    problems = threshold_mismatches(samples, thresholds)
+    if problems and len(problems) < len(THRESHOLD_SERIES):
+        log.warning(
+            "the recording rules count with other thresholds than this service (%s): rewrite "
+            "them with gpu-status-api thresholds and the same flags",
+            "; ".join(problems),
+        )
+    elif problems:
+        log.info("no threshold series in the query engine: the recording rules are not loaded")
 
 
 def targets_main(args: argparse.Namespace) -> int:
@@ -189,6 +224,26 @@ def targets_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def thresholds_main(args: argparse.Namespace) -> int:
+    from status_api.targets import write_atomically
+    from status_api.vocabulary import threshold_rules
+
+    if args.offline_after < args.stale_after:
+        log.error("--offline-after must not be shorter than --stale-after")
+        return 2
+    rules = threshold_rules(_thresholds(args)).encode("utf-8")
+    if args.output is None:
+        sys.stdout.write(rules.decode("utf-8"))
+        return 0
+    try:
+        if write_atomically(args.output, rules):
+            log.info("wrote the thresholds to %s; reload Prometheus to apply them", args.output)
+    except OSError as error:
+        log.error("cannot write %s: %s", args.output, error)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     limit_malloc_arenas()
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -196,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_targets_parser().parse_args(arguments[1:])
         configure_logging(level=args.log_level)
         return targets_main(args)
+    if arguments[:1] == ["thresholds"]:
+        args = build_thresholds_parser().parse_args(arguments[1:])
+        configure_logging(level=args.log_level)
+        return thresholds_main(args)
     if arguments[:1] == ["report"]:
         from status_api.report import main as report_main
 

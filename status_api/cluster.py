@@ -8,22 +8,18 @@ main node's clock: node clocks may be wrong), and the error of its latest poll. 
   within ``offline_after`` seconds; the last known GPUs are shown, marked as possibly outdated;
 * ``offline``: no good status within ``offline_after`` seconds, or never.
 
-A GPU is *free* when its node is online, no process uses it, at most ``free_memory_mib`` of its
-memory is used, its utilisation is below ``free_utilization`` percent and it is neither sick nor
-lost. The summary counts the nodes with data (online and stale); free GPUs are counted on online
-nodes only, since a stale node may have been taken meanwhile.
+Each GPU of a node with data has one state, free, in use, sick, lost or stale, and may be idle
+but held, as :mod:`status_api.vocabulary` defines them; the summary counts each, on nodes with
+data (online and stale).
 
 Each GPU has a ``health``: its state (ok, warning, sick, lost) and the reasons, in words, from
 the legacy readings and the node's ``/metrics`` (status_api/health.py). The summary counts the
 warning, sick and lost GPUs.
 
-A GPU is *idle but held* when processes hold memory on it and none of them has shown compute
-for ``idle_held_after`` seconds. Compute is judged per process where the node's ``/metrics``
-reports SM utilization for any process of the GPU (a process with SM utilization above 0
-computes; one without a sample did not run), else by the GPU's utilization above
-``free_utilization`` percent (unknown utilization is not taken as idleness). The service tracks
-this between polls per node and GPU (by uuid where ``/metrics`` names it, else by index); a node
-that leaves hosts.txt is forgotten with everything else about it. With a state file
+The service tracks each GPU's idle-but-held period (``idle_since``, judged by
+:func:`~status_api.vocabulary.holds_without_compute`) between polls per node and GPU (by uuid
+where ``/metrics`` names it, else by index); a node that leaves hosts.txt is forgotten with
+everything else about it. With a state file
 (status_api/statefile.py) these periods survive a restart: read at start, handed to the nodes
 listed at the first round, written after every round that changed them.
 
@@ -53,18 +49,19 @@ from status_api.nodemetrics import ATTRIBUTION_LABELS, GpuHealth, MigDevice, Pro
 from status_api.poller import PollResult
 from status_api.statefile import IdleState, StateFile
 from status_api.usage import NO_ENGINE, History, users_document
+from status_api.vocabulary import (
+    FREE,
+    IN_USE,
+    Thresholds,
+    gpu_state,
+    holds_without_compute,
+    is_idle_held,
+)
 
 ONLINE, STALE, OFFLINE = "online", "stale", "offline"
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    stale_after: float = 10.0
-    offline_after: float = 30.0
-    free_memory_mib: int = 512
-    free_utilization: int = 5
-    idle_held_after: float = 1800.0
-    xid_recent: float = 3600.0  # an XID this recent makes its GPU sick or warning
+__all__ = ["OFFLINE", "ONLINE", "STALE", "Cluster", "NodeState", "Thresholds"]
 
 
 @dataclass
@@ -117,16 +114,21 @@ class NodeState:
     def track_idle(self, now: float, thresholds: Thresholds) -> None:
         """After a good poll: start, keep or end each GPU's idle-but-held period."""
         since: dict[str, float] = {}
-        reporting = {
-            index
-            for (index, _), process in self.processes.items()
-            if process.sm_utilization is not None
-        }
         for gpu in (self.status or {}).get("gpus", []):
             key = self.gpu_key(gpu["index"])
-            if _holds_without_compute(gpu, self.processes, reporting, thresholds):
+            if holds_without_compute(gpu, self.sm_utilization(gpu["index"]), thresholds):
                 since[key] = self.idle_since.get(key, now)
         self.idle_since = since  # GPUs held and busy, or gone, are dropped
+
+    def sm_utilization(self, index: int) -> dict[int, float | None] | None:
+        """SM utilization by pid of GPU ``index``'s processes; None where the node reports it
+        for none of them."""
+        found = {
+            pid: process.sm_utilization
+            for (gpu, pid), process in self.processes.items()
+            if gpu == index
+        }
+        return found if any(value is not None for value in found.values()) else None
 
     def state(self, now: float, thresholds: Thresholds) -> str:
         if self.last_seen is None or now - self.last_seen > thresholds.offline_after:
@@ -134,39 +136,6 @@ class NodeState:
         if self.last_ok and now - self.last_seen <= thresholds.stale_after:
             return ONLINE
         return STALE
-
-
-def _is_free(gpu: dict[str, Any], thresholds: Thresholds) -> bool:
-    used = gpu.get("use_mem")
-    busy = gpu.get("utilize")
-    # Unknown memory (a lost GPU reports every value as null) is not evidence of a free GPU.
-    return (
-        not gpu["users"]
-        and used is not None
-        and used <= thresholds.free_memory_mib
-        and (busy is None or busy < thresholds.free_utilization)
-    )
-
-
-def _holds_without_compute(
-    gpu: dict[str, Any],
-    processes: dict[tuple[int, int], ProcessMetrics],
-    reporting: set[int],
-    thresholds: Thresholds,
-) -> bool:
-    """Whether processes hold memory on ``gpu`` and none of them computes now; ``reporting``
-    holds the GPU indices whose processes have SM utilization figures."""
-    index = gpu["index"]
-    holders = [user["pid"] for user in gpu["users"] if (user[USER_MEMORY] or 0) > 0]
-    if not holders:
-        return False
-    if index in reporting:
-        return not any(
-            (getattr(processes.get((index, pid)), "sm_utilization", None) or 0) > 0
-            for pid in holders
-        )
-    busy = gpu.get("utilize")
-    return busy is not None and busy <= thresholds.free_utilization
 
 
 @dataclass
@@ -177,7 +146,9 @@ class Summary:
     nodes_offline: int = 0
     gpus_total: int = 0
     gpus_in_use: int = 0
+    gpus_idle_held: int = 0
     gpus_free: int = 0
+    gpus_stale: int = 0
     gpus_warning: int = 0
     gpus_sick: int = 0
     gpus_lost: int = 0
@@ -259,13 +230,11 @@ _NO_PROCESS = ProcessMetrics()
 def _idle_held(node: NodeState, index: int, thresholds: Thresholds) -> tuple[bool, float | None]:
     """Judged as of the node's last good poll: what happened since is not known yet."""
     since = node.idle_since.get(node.gpu_key(index))
-    if (
-        since is None
-        or node.last_seen is None
-        or node.last_seen - since < thresholds.idle_held_after
+    if node.last_seen is None or not is_idle_held(
+        since, as_of=node.last_seen, thresholds=thresholds
     ):
         return False, None
-    return True, round(since, 3)
+    return True, None if since is None else round(since, 3)
 
 
 def _node_document(node: NodeState, state: str, now: float, thresholds: Thresholds) -> dict:
@@ -281,15 +250,17 @@ def _node_document(node: NodeState, state: str, now: float, thresholds: Threshol
             xid_recent=thresholds.xid_recent,
             busy_above=thresholds.free_utilization,
         )
+        use = gpu_state(gpu, node_online=online, health=health.state, thresholds=thresholds)
         gpus.append(
             {
                 **gpu,
                 "users": _cluster_users(gpu["users"], gpu["index"], node.processes),
                 **_NO_POWER,
                 **node.power.get(gpu["index"], {}),
-                "free": online and health.state not in (SICK, LOST) and _is_free(gpu, thresholds),
-                "idle_held": idle_held,
-                "idle_held_since": idle_held_since,
+                "state": use,
+                "free": use == FREE,
+                "idle_held": idle_held and use == IN_USE,
+                "idle_held_since": idle_held_since if use == IN_USE else None,
                 "health": health.document(),
                 "mig": [device.document() for device in node.migs.get(gpu["index"], [])],
             }
@@ -321,12 +292,14 @@ def _summarise(documents: list[dict[str, Any]]) -> Summary:
             summary.nodes_stale += 1
         for gpu in node["gpus"]:
             summary.gpus_total += 1
-            summary.gpus_free += gpu["free"]
-            summary.gpus_in_use += bool(gpu["users"])
-            health = gpu["health"]["state"]
-            summary.gpus_warning += health == WARNING
-            summary.gpus_sick += health == SICK
-            summary.gpus_lost += health == LOST
+            use = gpu["state"]
+            summary.gpus_free += use == FREE
+            summary.gpus_in_use += use == IN_USE
+            summary.gpus_idle_held += gpu["idle_held"]
+            summary.gpus_sick += use == SICK
+            summary.gpus_lost += use == LOST
+            summary.gpus_stale += state == STALE
+            summary.gpus_warning += gpu["health"]["state"] == WARNING
             summary.memory_used_mib += gpu["use_mem"] or 0
             summary.memory_total_mib += gpu["tot_mem"] or 0
     return summary

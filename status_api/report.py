@@ -13,6 +13,15 @@ time each GPU was held), idle-held hours the third over 3600. ``sum by`` merges 
 group from several Prometheus servers in a global view. A grouping whose utilization or idle
 counters are not recorded gets no value for them (``null``, an empty cell, ``-``).
 
+A GPU shared by several holders is charged in even shares (status_api/vocabulary.py), so the
+groups' GPU-hours add up to the hours the cluster's GPUs were held
+(``cluster:gpu_held_seconds:total``). After the rows, a note on standard error compares the two,
+and the hours GPUs were in use, and says why they differ where they do.
+
+``--by cluster`` reports the cluster instead: the GPU-hours spent in each state of
+status_api/vocabulary.py (``cluster:gpu_<state>_seconds:total``: in use, of which idle-held,
+free, sick, lost, stale; and held) and the mean number of GPUs in that state over the window.
+
 Exit status: 0 with a report, 2 for bad arguments, 1 when the engine cannot be reached or
 answers with an error.
 """
@@ -44,6 +53,9 @@ from status_api.engine import (
 __all__ = ["EngineError", "EngineSettings", "Row", "increase_query", "usage"]
 
 GROUPINGS = ("user", "slurm_job", "namespace")
+CLUSTER = "cluster"
+# The cluster's counters, cluster:gpu_<name>_seconds:total, in the order they are reported.
+CLUSTER_STATES = ("in_use", "idle_held", "free", "sick", "lost", "stale", "held")
 FORMATS = ("table", "csv", "json")
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 16 * MIB
@@ -63,6 +75,15 @@ class Row:
     gpu_hours: float
     mean_utilization: float | None
     idle_held_hours: float | None
+
+
+@dataclass(frozen=True)
+class StateRow:
+    """GPU-hours the cluster spent in one state over the window, and its mean GPU count."""
+
+    state: str
+    gpu_hours: float
+    mean_gpus: float
 
 
 def parse_duration(text: str) -> float:
@@ -128,6 +149,52 @@ def usage(settings: EngineSettings, *, by: str, since: str, until: float) -> lis
     return sorted(rows, key=lambda row: (-row.gpu_hours, row.key))
 
 
+def cluster_usage(settings: EngineSettings, *, since: str, until: float) -> list[StateRow]:
+    """The cluster's GPU-hours per state; states whose counter is not recorded are left out."""
+    window = parse_duration(since)
+    answers = run_queries(
+        settings,
+        [f"sum(increase(cluster:gpu_{state}_seconds:total[{since}]))" for state in CLUSTER_STATES],
+        at=until,
+    )
+    rows = []
+    for state, samples in zip(CLUSTER_STATES, answers):
+        values = [value for _, value in samples if math.isfinite(value)]
+        if values:
+            rows.append(StateRow(state, values[0] / 3600, values[0] / window))
+    return rows
+
+
+def add_up_note(rows: Sequence[Row], states: Sequence[StateRow], *, by: str) -> str:
+    """Whether the groups' GPU-hours add up to the cluster's held GPU-hours, and why not."""
+    hours = {row.state: row.gpu_hours for row in states}
+    if "held" not in hours:
+        return ""
+    charged, held = sum(row.gpu_hours for row in rows), hours["held"]
+    note = (
+        f"per {by}: {charged:.2f} GPU-hours charged; the cluster's GPUs were held "
+        f"{held:.2f} GPU-hours"
+    )
+    if "in_use" in hours:
+        note += f" and in use {hours['in_use']:.2f}"
+    note += " (a shared GPU is charged in even shares to its holders)."
+    if not math.isclose(charged, held, rel_tol=0.005, abs_tol=0.01):
+        note += f" The {by} figures do not add up to the held hours: " + (
+            "a user's counter restarted in the window (Prometheus down for more than 5 "
+            "minutes), and its GPU time before the restart is not counted."
+            if by == "user"
+            else f"processes outside any {by.replace('_', ' ')} hold a share of their GPUs "
+            "that no group is charged."
+        )
+    if "in_use" in hours and not math.isclose(held, hours["in_use"], rel_tol=0.005, abs_tol=0.01):
+        note += (
+            " Held and in use differ: a GPU busy without a process holding memory on it is in "
+            "use but charged to no one, and a held GPU that is sick, or on a node whose NVML "
+            "pass is stale, is charged to its holders but not counted in use."
+        )
+    return note + "\n"
+
+
 def _printable(text: str) -> str:
     """A label value for a terminal: control characters escaped, so no value rewrites the
     screen or breaks the table's lines."""
@@ -145,6 +212,11 @@ def render_table(rows: Sequence[Row], *, by: str) -> str:
         )
         for row in rows
     ]
+    return _aligned(header, lines)
+
+
+def _aligned(header: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the numbers right."""
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     return "".join(
         cells[0].ljust(widths[0])
@@ -170,6 +242,28 @@ def render_csv(rows: Sequence[Row], *, by: str) -> str:
     return out.getvalue()
 
 
+def render_states_table(rows: Sequence[StateRow]) -> str:
+    header = ("STATE", "GPU-HOURS", "MEAN GPUS")
+    lines = [(row.state, f"{row.gpu_hours:.2f}", f"{row.mean_gpus:.2f}") for row in rows]
+    return _aligned(header, lines)
+
+
+def render_states_csv(rows: Sequence[StateRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["state", "gpu_hours", "mean_gpus"])
+    for row in rows:
+        writer.writerow([row.state, repr(row.gpu_hours), repr(row.mean_gpus)])
+    return out.getvalue()
+
+
+def render_states_json(rows: Sequence[StateRow]) -> str:
+    document = [
+        {"state": row.state, "gpu_hours": row.gpu_hours, "mean_gpus": row.mean_gpus} for row in rows
+    ]
+    return json.dumps(document, indent=2) + "\n"
+
+
 def render_json(rows: Sequence[Row], *, by: str) -> str:
     document = [
         {
@@ -184,6 +278,11 @@ def render_json(rows: Sequence[Row], *, by: str) -> str:
 
 
 RENDERERS = {"table": render_table, "csv": render_csv, "json": render_json}
+STATE_RENDERERS = {
+    "table": render_states_table,
+    "csv": render_states_csv,
+    "json": render_states_json,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,8 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="window end: Unix seconds or RFC 3339 such as 2024-06-01T00:00:00Z (default now)",
     )
     parser.add_argument(
-        "--by", choices=GROUPINGS, default="user",
-        help="grouping; reads <by>:gpu_seconds:total and its siblings (default user)",
+        "--by", choices=(*GROUPINGS, CLUSTER), default="user",
+        help="grouping; reads <by>:gpu_seconds:total and its siblings (default user); cluster: "
+        "the cluster's GPU-hours in each state (in use, idle-held, free, sick, lost, stale, "
+        "held) and the mean number of GPUs in it",
     )  # fmt: skip
     parser.add_argument("--format", choices=FORMATS, default="table", help="(default table)")
     add_engine_flags(
@@ -228,12 +329,24 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as error:
         parser.error(str(error))  # exits 2 with the usage
     try:
-        rows = usage(settings, by=args.by, since=args.since, until=until)
+        states = cluster_usage(settings, since=args.since, until=until)
+        rows = (
+            [] if args.by == CLUSTER else usage(settings, by=args.by, since=args.since, until=until)
+        )
     except EngineError as error:
         # The engine's words are printed as they came; escaped, so they cannot drive the terminal.
         message = _printable(f"cannot query {settings.url}: {error}")
         print(f"gpu-status-api report: {message}", file=sys.stderr)
         return 1
+    if args.by == CLUSTER:
+        if not states:
+            print(
+                "gpu-status-api report: no cluster:gpu_<state>_seconds:total counters; are the "
+                "recording rules loaded?",
+                file=sys.stderr,
+            )
+        sys.stdout.write(STATE_RENDERERS[args.format](states))
+        return 0
     if not rows:
         print(
             f"gpu-status-api report: no GPU time per {args.by} in the last {args.since}; are the "
@@ -241,4 +354,5 @@ def main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
     sys.stdout.write(RENDERERS[args.format](rows, by=args.by))
+    sys.stderr.write(add_up_note(rows, states, by=args.by))
     return 0

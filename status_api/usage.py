@@ -2,7 +2,9 @@
 
 What is held now comes from the cluster view of the round (:mod:`status_api.cluster`): per group,
 the GPUs its processes hold (a GPU counts once per group, however many of the group's processes
-share it), the memory those processes hold (MiB) and how many of those GPUs are idle but held.
+share it), the memory those processes hold (MiB), how many of those GPUs are idle but held, and
+the GPUs charged to it now (``gpu_share``): a GPU held by several groups is split evenly among
+them, as the recording rules charge GPU-hours (status_api/vocabulary.py).
 Nodes without data (offline) are left out, as in the summary. A process whose owner is unknown
 is counted under the user ``""``; a process outside any Slurm job (or namespace) is in no job (or
 namespace) group.
@@ -26,6 +28,7 @@ from typing import Any, Callable
 
 from status_api.engine import EngineError, EngineSettings, run_queries
 from status_api.report import increase_query
+from status_api.vocabulary import shares
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class Held:
     gpus: int = 0
     memory_mib: int = 0
     idle_held_gpus: int = 0
+    gpu_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ def held_now(nodes: Iterable[dict[str, Any]]) -> dict[str, dict[str, Held]]:
                     held.gpus += 1
                     held.memory_mib += mib
                     held.idle_held_gpus += bool(gpu.get("idle_held"))
+                for key, share in shares(gpu["users"], key=process_field, memory_key="mem").items():
+                    if key or name == "users":
+                        groups[name].setdefault(key, Held()).gpu_share += share
     return groups
 
 
@@ -128,6 +135,7 @@ def users_document(
                     "gpus": now.gpus,
                     "memory_mib": now.memory_mib,
                     "idle_held_gpus": now.idle_held_gpus,
+                    "gpu_share": round(now.gpu_share, 4),
                     "gpu_hours": _hours(history, label, key),
                 }
             )

@@ -56,13 +56,14 @@ NEEDS = {
 }
 # A GPU in MIG mode has no device-level utilization, and the kubelet names a pod for GPU 1
 # only, so no one GPU has data for every panel: the MIG panels are checked with the MIG GPU
-# selected, the pod panels with GPU 1.
+# selected, the pod panels and the idle-held one with GPU 1.
 POD_GPU = "1"
 ONE_GPU = {
     "MIG devices": str(MIG_GPU),
     "Processes on MIG devices": str(MIG_GPU),
     "GPUs per namespace": POD_GPU,
     "GPU memory per pod": POD_GPU,
+    "Idle GPUs held by processes": "1",  # the idle-held GPU (its worker at 0% SM)
 }
 
 
@@ -78,6 +79,11 @@ def test_every_panel_query_and_variable_returns_data(exporter_factory, worker_pi
             # Two evaluations of the namespace counter, as for the users' before: a rate.
             cluster.prometheus.wait_for(
                 "namespace:gpu_seconds:total > 0", lambda result: len(result) == 1
+            )
+        if PROCESS_SM not in missing:
+            # GPU 1's worker holds it without computing: idle-held after the shortened threshold
+            cluster.prometheus.wait_for(
+                'ALERTS{alertname="GpuIdleButHeld", alertstate="firing"}', bool, timeout=30
             )
         check_variable_queries(cluster)
         range_ = f"{math.ceil(time.time() - started)}s"
@@ -299,7 +305,8 @@ def check_attribution(
             for s in everything[("Per-process SM utilization", "A")]
         }
         # a process without a sample of its own reads 0, like the unreadable one here
-        idle = {str(local[1]): 0, str(UNKNOWN_PID): 0}
+        idle = {str(local[1]): 0, str(UNKNOWN_PID): 0, str(local[2]): 0}
         assert sm == {str(local[0]): pytest.approx(0.75), **idle}
+        # GPU 0 computes (one of its processes does): only GPU 1's worker holds an idle GPU
         held = {s["metric"]["pid"] for s in everything[("Idle GPUs held by processes", "A")]}
-        assert held == set(idle)
+        assert held == {str(local[2])}

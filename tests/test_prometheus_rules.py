@@ -52,7 +52,7 @@ def unit_tests() -> list[dict[str, Any]]:
 
 @pytest.mark.unit
 def test_bundle_has_rules_and_unit_tests():
-    assert [p.name for p in RULE_FILES] == ["alerts.yml", "recording.yml"]
+    assert [p.name for p in RULE_FILES] == ["alerts.yml", "recording.yml", "thresholds.yml"]
     assert TEST_FILES, "no promtool unit tests under prometheus/tests"
 
 
@@ -66,7 +66,7 @@ def test_promtool_check_config_with_generated_targets(tmp_path):
     ]
     (bundle / "targets" / "gpu-nodes.json").write_text(json.dumps(targets))
     output = promtool("check", "config", str(bundle / "prometheus.yml"))
-    assert "SUCCESS: 2 rule files found" in output
+    assert "SUCCESS: 3 rule files found" in output
     assert "WARNING" not in output, output
 
 
@@ -103,7 +103,11 @@ def test_scrape_settings_and_alertmanager_section():
     assert job["scrape_interval"] == "15s"
     assert job["scrape_timeout"] == "10s"
     assert job["file_sd_configs"][0]["files"] == ["targets/gpu-nodes.json"]
-    assert config["rule_files"] == ["rules/recording.yml", "rules/alerts.yml"]
+    assert config["rule_files"] == [
+        "rules/thresholds.yml",
+        "rules/recording.yml",
+        "rules/alerts.yml",
+    ]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == []
 
 
@@ -213,3 +217,34 @@ def test_shorten_for_leaves_the_shipped_rules_alone(tmp_path):
     durations = {rule.get("for") for g in shortened["groups"] for rule in g["rules"]}
     assert durations == {"2s", None}
     assert path.read_bytes() == before
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("path", "flags"),
+    [
+        (PROMETHEUS_DIR / "rules" / "thresholds.yml", []),
+        (
+            PROMETHEUS_DIR / "tests" / "rules" / "short-thresholds.yml",
+            ["--stale-after", "20", "--offline-after", "60", "--idle-held-after", "120",
+             "--xid-recent", "600"],
+        ),
+    ],
+    ids=["shipped", "unit-tests"],
+)  # fmt: skip
+def test_threshold_rules_are_what_the_generator_writes(path, flags):
+    """The thresholds the rules read are the service's (its defaults, or the flags given), and
+    the XIDs that make a GPU sick are those of status_api/health.py."""
+    from status_api.arguments import build_thresholds_parser
+    from status_api.cli import _thresholds
+    from status_api.health import SICK, XIDS
+    from status_api.vocabulary import threshold_rules
+
+    args = build_thresholds_parser().parse_args(flags)
+    assert path.read_text(encoding="utf-8") == threshold_rules(_thresholds(args))
+    sick = {
+        rule["labels"]["xid"]
+        for rule in load_yaml(path)["groups"][0]["rules"]
+        if rule["record"] == "cluster:gpu_sick_xid:info"
+    }
+    assert sick == {str(code) for code, (state, _) in XIDS.items() if state == SICK}

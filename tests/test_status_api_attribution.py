@@ -74,7 +74,9 @@ def test_property_parsing_never_raises(text: bytes) -> None:
 
 # ---- the cluster view ------------------------------------------------------------------------
 
-THRESHOLDS = Thresholds(stale_after=1e9, offline_after=1e9, idle_held_after=100)
+# Online whatever the clock: the rounds below are dated from 1000 s after the epoch, and only
+# the GPUs of online nodes are idle-held.
+THRESHOLDS = Thresholds(stale_after=1e10, offline_after=1e10, idle_held_after=100)
 HOSTS = parse_hosts("gpu-a")
 
 
@@ -170,7 +172,8 @@ def test_idle_held_falls_back_to_gpu_utilization() -> None:
     no_sm = _metrics(None)
     _round(cluster, 1000.0, _status(utilize=87), no_sm)
     assert _gpu0(_round(cluster, 1200.0, _status(utilize=87), no_sm))["idle_held"] is False
-    _round(cluster, 1300.0, _status(utilize=5), no_sm)  # at the free threshold: not computing
+    _round(cluster, 1250.0, _status(utilize=5), no_sm)  # at the free threshold: computing
+    _round(cluster, 1300.0, _status(utilize=4), no_sm)  # below it: not computing
     gpu = _gpu0(_round(cluster, 1400.0, _status(utilize=0), no_sm))
     assert (gpu["idle_held"], gpu["idle_held_since"]) == (True, 1300.0)
     unknown = _status()

@@ -39,7 +39,8 @@ def projection(document: dict[str, Any]) -> dict[str, Any]:
         gpus = [
             {
                 **{key: gpu[key] for key in ("index", "name", "use_mem", "tot_mem", "utilize",
-                                              "temp", "power", "power_limit", "free")},
+                                              "temp", "power", "power_limit", "state", "free",
+                                              "idle_held")},
                 "users": sorted(tuple(u[key] for key in USER_FIELDS) for u in gpu["users"]),
                 "health": gpu["health"],
                 "mig": gpu["mig"],
@@ -48,7 +49,8 @@ def projection(document: dict[str, Any]) -> dict[str, Any]:
         ]  # fmt: skip
         nodes[node["address"]] = {"state": node["state"], "hostname": node["hostname"],
                                   "gpus": gpus}  # fmt: skip
-    counted = ("nodes_total", "nodes_online", "gpus_total", "gpus_in_use", "gpus_free")
+    counted = ("nodes_total", "nodes_online", "gpus_total", "gpus_in_use", "gpus_free",
+               "gpus_idle_held", "gpus_sick", "gpus_lost", "gpus_stale")  # fmt: skip
     summary = {key: document["summary"][key] for key in counted}
     return {"nodes": nodes, "summary": summary}
 
@@ -96,8 +98,11 @@ def test_promql_mode_matches_polling(
 
             expected = projection(polling.wait_for(all_in, timeout=30, what="polling"))
             check_health_shown(expected)
+            # the vocabulary's states: localhost's GPU 3 is lost, GPU 2 free, the others in use
             assert expected["summary"] == {"nodes_total": 2, "nodes_online": 2, "gpus_total": 7,
-                                           "gpus_in_use": 5, "gpus_free": 1}  # fmt: skip
+                                           "gpus_in_use": 5, "gpus_free": 1, "gpus_idle_held": 0,
+                                           "gpus_sick": 0, "gpus_lost": 1,
+                                           "gpus_stale": 0}  # fmt: skip
             for service in (from_prometheus, from_victoria):
                 document = service.wait_for(all_in, timeout=30, what="engine mode")
                 assert document["error"] == ""
@@ -105,6 +110,11 @@ def test_promql_mode_matches_polling(
                 assert {node["node"] for node in document["nodes"]} == {"localhost", "127.0.0.1"}
                 assert legacy_projection(service.legacy()) == legacy_projection(polling.legacy())
 
+            # The monitored cluster's rules shorten the idle-held threshold; this service does
+            # not: it says so. VictoriaMetrics evaluates no rules: nothing to compare there.
+            mismatch = "cluster:gpu_idle_held_after_seconds:threshold is 2, --idle-held-after 1800"
+            assert mismatch in from_prometheus.log()
+            assert "other thresholds" not in from_victoria.log()
             check_engine_stopped(cluster.prometheus.process, from_prometheus, expected)
 
 

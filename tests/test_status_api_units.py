@@ -326,8 +326,9 @@ def test_views_summary_free_gpus_and_legacy_shape() -> None:
     assert list(document) == ["generated_at", "interval", "thresholds", "summary", "error", "nodes"]
     assert document["summary"] == {
         "nodes_total": 3, "nodes_online": 2, "nodes_stale": 0, "nodes_offline": 1,
-        "gpus_total": 4, "gpus_in_use": 1, "gpus_free": 2,
-        "gpus_warning": 0, "gpus_sick": 0, "gpus_lost": 0,
+        # busy's GPU 1 holds 600 MiB without a process: in use all the same
+        "gpus_total": 4, "gpus_in_use": 2, "gpus_idle_held": 0, "gpus_free": 2,
+        "gpus_stale": 0, "gpus_warning": 0, "gpus_sick": 0, "gpus_lost": 0,
         "memory_used_mib": 2400 + 600 + 3 + 3, "memory_total_mib": 4 * 81920,
     }  # fmt: skip
     busy_node, idle_node, down = document["nodes"]

@@ -44,6 +44,9 @@ def _node_status(hostname: str, users: list[list[tuple[int, str, int]]]) -> dict
             for pid, name, mib in processes
         ]
         gpu["use_mem"] = sum(mib for _, _, mib in processes)
+        if not processes:
+            gpu["utilize"] = 0  # unused and idle: free, not in use
+
     return status
 
 
@@ -96,8 +99,22 @@ def test_users_jobs_and_namespaces_over_simulated_nodes(
     }  # fmt: skip
     none = {"1d": None, "7d": None, "30d": None}
     assert document["users"] == [
-        {"user": "alice", "gpus": 2, "memory_mib": 6000, "idle_held_gpus": 0, "gpu_hours": none},
-        {"user": "bob", "gpus": 1, "memory_mib": 500, "idle_held_gpus": 0, "gpu_hours": none},
+        {
+            "user": "alice",
+            "gpus": 2,
+            "memory_mib": 6000,
+            "idle_held_gpus": 0,
+            "gpu_share": 2,
+            "gpu_hours": none,
+        },
+        {
+            "user": "bob",
+            "gpus": 1,
+            "memory_mib": 500,
+            "idle_held_gpus": 0,
+            "gpu_share": 1,
+            "gpu_hours": none,
+        },
     ]
     assert [(j["slurm_job"], j["gpus"], j["memory_mib"]) for j in document["slurm_jobs"]] == [
         ("9001", 2, 6000)

@@ -444,7 +444,9 @@ def test_gpu_use_per_user_and_a_click_filters_the_cluster_view(
     expect(alice.locator(".usage-gpus")).to_have_text("1")
     gpus = [int(text) for text in rows.locator(".usage-gpus").all_inner_texts()]
     assert gpus == sorted(gpus, reverse=True), gpus  # most GPUs first
-    expect(page.locator("#usage th")).to_have_text(["User", "GPUs", "Memory", "Idle-held"])
+    expect(page.locator("#usage th")).to_have_text(
+        ["User", "GPUs", "Charged", "Memory", "Idle-held"]
+    )
 
     bob.locator(".usage-pick").click()
     expect(page.locator("#filter-user")).to_have_value("bob")

@@ -173,7 +173,10 @@
       summaryItem('nodes online', s.nodes_online + ' / ' + s.nodes_total, nodesDetail,
         s.nodes_offline ? 'has-offline' : ''),
       summaryItem('GPUs free', String(s.gpus_free), 'of ' + s.gpus_total, 'is-free'),
-      summaryItem('GPUs in use', String(s.gpus_in_use), 'of ' + s.gpus_total),
+      summaryItem('GPUs in use', String(s.gpus_in_use),
+        [s.gpus_idle_held ? s.gpus_idle_held + ' idle-held' : '',
+          s.gpus_stale ? s.gpus_stale + ' stale' : ''].filter(Boolean).join(', ') ||
+          'of ' + s.gpus_total),
     ];
     const sick = (s.gpus_sick || 0) + (s.gpus_lost || 0);
     const sickDetail = [s.gpus_lost ? s.gpus_lost + ' lost' : '',

@@ -69,7 +69,7 @@
   function table(tab, rows, windows) {
     const tableEl = el('table', 'usage-table');
     const head = el('tr');
-    const titles = [tab.title.replace(/s$/, ''), 'GPUs', 'Memory', 'Idle-held'];
+    const titles = [tab.title.replace(/s$/, ''), 'GPUs', 'Charged', 'Memory', 'Idle-held'];
     for (const span of windows) titles.push('GPU-h ' + span);
     for (const title of titles) head.append(el('th', null, title));
     tableEl.append(el('thead'));
@@ -88,7 +88,10 @@
       } else {
         cell.append(el('span', 'usage-unknown', '(unknown)'));
       }
-      tr.append(cell, el('td', 'usage-gpus', row.gpus), el('td', 'usage-memory', mib(row.memory_mib)));
+      // a GPU shared with other groups is charged in part: see the README's "What the words mean"
+      const charged = el('td', 'usage-charged', String(Math.round((row.gpu_share || 0) * 100) / 100));
+      tr.append(cell, el('td', 'usage-gpus', row.gpus), charged,
+        el('td', 'usage-memory', mib(row.memory_mib)));
       const idle = el('td', 'usage-idle', row.idle_held_gpus || '–');
       if (row.idle_held_gpus) idle.classList.add('has-idle');
       tr.append(idle);

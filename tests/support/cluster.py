@@ -5,15 +5,19 @@ cannot be read (a pid that does not exist), with ECC errors and active throttlin
 asked); GPU 1 running one worker; GPU 2 idle and free; GPU 3 lost. With ``health``, GPU 0 also has
 health readings (a PCIe link below its maximum with replays, an NVLink down with errors, a row
 remap pending, an XID, MIG mode pending) and per-process utilization (one of its workers busy, one
-idle), and a fifth GPU in MIG mode runs a fourth worker in a MIG device; where cgroups can be made
-(root, writable v1 freezer hierarchy) the workers are placed in Slurm-shaped job cgroups first, so
-that an exporter that reads cgroups attributes them to two jobs, and where grpcio is installed a
-stand-in kubelet (a real gRPC server on a unix socket) tells node ``localhost``'s exporter that pod
-``ml/train-0`` holds GPU 1, so its worker belongs to that pod. Node ``127.0.0.1`` has two busy GPUs
-running two workers. Workers are real ``sleep`` processes of the user running the tests, so the
-exporter resolves their user and command; ``localhost`` publishes command lines on /metrics
-(``--metrics.command-line``), ``127.0.0.1`` does not. Targets are written by the project's own
-generator (``gpu-status-api targets``) from a hosts.txt naming both exporters.
+idle), GPU 1's worker reports 0% SM (so GPU 1 is idle-held once the idle-held threshold, shortened
+to ``IDLE_HELD_AFTER`` in the rules, has passed), and a fifth GPU in MIG mode runs a fourth worker
+in a MIG device; where cgroups can be made (root, writable v1 freezer hierarchy) the workers are
+placed in Slurm-shaped job cgroups first, so that an exporter that reads cgroups attributes them to
+two jobs, and where grpcio is installed a stand-in kubelet (a real gRPC server on a unix socket)
+tells node ``localhost``'s exporter that pod ``ml/train-0`` holds GPU 1, so its worker belongs to
+that pod. Node ``127.0.0.1`` has two busy GPUs running two workers. Workers are real ``sleep``
+processes of the user running the tests, so the exporter resolves their user and command;
+``localhost`` publishes command lines on /metrics (``--metrics.command-line``), ``127.0.0.1`` does
+not. Targets are written by the project's own generator (``gpu-status-api targets``) from a
+hosts.txt naming both exporters; the rules' thresholds by the project's other generator
+(``gpu-status-api thresholds``), with the idle-held threshold shortened as the alerts' ``for:``
+are.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ THROTTLE_SW_POWER_CAP = 0x4
 THROTTLE_HW_THERMAL = 0x40
 HEALTH_XID = 13  # graphics engine exception: an application fault, no GpuXid* alert
 MIG_GPU = 4
+IDLE_HELD_AFTER = 2  # seconds, in the rules' thresholds (1800 shipped)
 # The pod the kubelet of node localhost names for GPU 1 (one worker, 4 GiB) with ``health``.
 KUBELET_POD = PodDevices("ml", "train-0", "worker", [fake.gpu_uuid(1)])
 
@@ -84,6 +89,11 @@ def node_a(workers: list[int], *, hot: bool = False, health: bool = False) -> fa
     ]
     if health:
         gpus[0] = with_health(gpus[0], busy=workers[0], idle=workers[1])
+        gpus[1] = replace(
+            gpus[1],
+            process_utilization=[fake.FakeProcessUtilization(workers[2], sm=0, memory=0)],
+            process_utilization_period=100_000,
+        )
         gpus.append(mig_gpu(workers[3]))
     return fake.FakeScenario(gpus=gpus)
 
@@ -171,6 +181,17 @@ class Cluster:
         self.exporters["localhost"].set_scenario(scenario)
 
 
+def write_thresholds(path: Path, *flags: str) -> Path:
+    """The rules' thresholds, by the project's generator (``gpu-status-api thresholds``)."""
+    subprocess.run(
+        [sys.executable, "-m", "status_api", "thresholds", *flags, "-o", str(path)],
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
+    return path
+
+
 def write_targets(tmp_path: Path, ports: dict[str, int]) -> Path:
     """Targets from a hosts.txt, by the project's generator (``gpu-status-api targets``)."""
     hosts = tmp_path / "hosts.txt"
@@ -256,12 +277,16 @@ def _running(
         node: exporter_factory(scenario, *flags[node]) for node, scenario in scenarios.items()
     }
     targets = write_targets(tmp_path, {node: e.port for node, e in exporters.items()})
+    thresholds = write_thresholds(
+        tmp_path / "thresholds.yml", "--idle-held-after", str(IDLE_HELD_AFTER)
+    )
     with running_prometheus(
         tmp_path / "prometheus",
         targets_file=targets,
         alert_for=alert_for,
         alertmanagers=alertmanagers,
         extra_rule_files=extra_rule_files,
+        rule_overrides={"rules/thresholds.yml": thresholds},
     ) as prometheus:
         prometheus.wait_for('up{job="gpu"} == 1', lambda result: len(result) == 2)
         # Two evaluations of the GPU-seconds counter: it has a rate by then.

@@ -66,8 +66,8 @@ def test_cluster_json_has_the_nodes_states_and_summary(
     assert document["interval"] == 2.0
     assert document["summary"] == {
         "nodes_total": 2, "nodes_online": 1, "nodes_stale": 0, "nodes_offline": 1,
-        "gpus_total": 2, "gpus_in_use": 1, "gpus_free": 1,
-        "gpus_warning": 0, "gpus_sick": 0, "gpus_lost": 0,
+        "gpus_total": 2, "gpus_in_use": 1, "gpus_idle_held": 0, "gpus_free": 1,
+        "gpus_stale": 0, "gpus_warning": 0, "gpus_sick": 0, "gpus_lost": 0,
         "memory_used_mib": 1200, "memory_total_mib": 2 * 81920,
     }  # fmt: skip
     online, offline = document["nodes"]

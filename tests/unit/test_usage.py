@@ -148,7 +148,7 @@ def test_a_group_with_past_gpu_time_only_is_listed_with_nothing_held() -> None:
     history = History(configured=True, hours={"namespace": {"30d": {"nlp": 7.0}}})
     rows = _users(_cluster(history))["namespaces"]
     assert rows[-1] == {
-        "namespace": "nlp", "gpus": 0, "memory_mib": 0, "idle_held_gpus": 0,
+        "namespace": "nlp", "gpus": 0, "memory_mib": 0, "idle_held_gpus": 0, "gpu_share": 0,
         "gpu_hours": {"1d": None, "7d": None, "30d": 7.0},
     }  # fmt: skip
 
@@ -165,7 +165,10 @@ def test_held_now_skips_offline_nodes_and_unknown_memory() -> None:
         ]},
     ]  # fmt: skip
     groups = held_now(nodes)
-    assert vars(groups["users"]["x"]) == {"gpus": 1, "memory_mib": 0, "idle_held_gpus": 0}
+    # unknown memory holds nothing: listed, but charged no share
+    assert vars(groups["users"]["x"]) == {
+        "gpus": 1, "memory_mib": 0, "idle_held_gpus": 0, "gpu_share": 0,
+    }  # fmt: skip
     assert groups["slurm_jobs"] == {}
 
 
