@@ -19,12 +19,13 @@ TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 SEVERITIES = {"critical", "warning"}
 # Alerts about a whole node's exporter: their descriptions speak of all its GPUs.
 NODE_ALERTS = {"GpuExporterDown", "GpuCollectionFailing", "GpuCollectionStale"}
-# Levels of recording rules, as listed at the top of rules/recording.yml.
+# Levels of recording rules, as listed at the top of rules/recording.yml and rules/efficiency.yml.
 LEVELS = {
     "node_gpu_process",
     "node_gpu_user",
     "node_gpu_slurm_job",
     "node_gpu_pod",
+    "node_gpu_namespace",
     "node_gpu",
     "node_user",
     "node",
@@ -52,7 +53,7 @@ def unit_tests() -> list[dict[str, Any]]:
 
 @pytest.mark.unit
 def test_bundle_has_rules_and_unit_tests():
-    assert [p.name for p in RULE_FILES] == ["alerts.yml", "recording.yml"]
+    assert [p.name for p in RULE_FILES] == ["alerts.yml", "efficiency.yml", "recording.yml"]
     assert TEST_FILES, "no promtool unit tests under prometheus/tests"
 
 
@@ -66,7 +67,7 @@ def test_promtool_check_config_with_generated_targets(tmp_path):
     ]
     (bundle / "targets" / "gpu-nodes.json").write_text(json.dumps(targets))
     output = promtool("check", "config", str(bundle / "prometheus.yml"))
-    assert "SUCCESS: 2 rule files found" in output
+    assert "SUCCESS: 3 rule files found" in output
     assert "WARNING" not in output, output
 
 
@@ -103,7 +104,11 @@ def test_scrape_settings_and_alertmanager_section():
     assert job["scrape_interval"] == "15s"
     assert job["scrape_timeout"] == "10s"
     assert job["file_sd_configs"][0]["files"] == ["targets/gpu-nodes.json"]
-    assert config["rule_files"] == ["rules/recording.yml", "rules/alerts.yml"]
+    assert config["rule_files"] == [
+        "rules/recording.yml",
+        "rules/alerts.yml",
+        "rules/efficiency.yml",
+    ]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == []
 
 
@@ -143,6 +148,26 @@ def test_every_recording_rule_is_tested():
     }
     records = {rule["record"] for rule in rules_of("record")}
     assert records - tested == set(), "recording rules without a promql_expr_test with samples"
+
+
+@pytest.mark.unit
+def test_every_rule_file_is_loaded_by_a_unit_test_file():
+    loaded = {
+        (path.parent / relative).resolve()
+        for path in TEST_FILES
+        for relative in load_yaml(path)["rule_files"]
+    }
+    assert {path.resolve() for path in RULE_FILES} <= loaded
+
+
+@pytest.mark.unit
+def test_efficiency_rules_read_only_the_exporter_and_their_own_series():
+    """Rule groups are evaluated independently: efficiency.yml must not wait on recording.yml."""
+    path = PROMETHEUS_DIR / "rules" / "efficiency.yml"
+    rules = [rule for group in load_yaml(path)["groups"] for rule in group["rules"]]
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    read = {name for rule in rules for name in re.findall(r"\w+:\w+:\w+", rule["expr"])}
+    assert read <= recorded, read - recorded
 
 
 @pytest.mark.unit
