@@ -16,7 +16,7 @@ from simulator.prometheus import CONFIG, PROMETHEUS_DIR, load_yaml, promtool
 
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
-SEVERITIES = {"critical", "warning"}
+SEVERITIES = {"critical", "warning", "info"}
 # Alerts about a whole node's exporter: their descriptions speak of all its GPUs.
 NODE_ALERTS = {"GpuExporterDown", "GpuCollectionFailing", "GpuCollectionStale"}
 # Levels of recording rules, as listed at the top of rules/recording.yml and rules/efficiency.yml.
