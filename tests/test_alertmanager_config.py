@@ -28,6 +28,7 @@ def test_amtool_check_config():
     [
         (["alertname=GpuLost", "severity=critical"], "gpu-critical"),
         (["alertname=GpuHot", "severity=warning"], "gpu-warning"),
+        (["alertname=GpuLowSmActivity", "severity=info"], "gpu-warning"),
         (["alertname=Other"], "gpu-warning"),
     ],
 )

@@ -16,15 +16,16 @@ from simulator.prometheus import CONFIG, PROMETHEUS_DIR, load_yaml, promtool
 
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
-SEVERITIES = {"critical", "warning"}
+SEVERITIES = {"critical", "warning", "info"}
 # Alerts about a whole node's exporter: their descriptions speak of all its GPUs.
 NODE_ALERTS = {"GpuExporterDown", "GpuCollectionFailing", "GpuCollectionStale"}
-# Levels of recording rules, as listed at the top of rules/recording.yml.
+# Levels of recording rules, as listed at the top of rules/recording.yml and rules/efficiency.yml.
 LEVELS = {
     "node_gpu_process",
     "node_gpu_user",
     "node_gpu_slurm_job",
     "node_gpu_pod",
+    "node_gpu_namespace",
     "node_gpu",
     "node_user",
     "node",
@@ -52,7 +53,12 @@ def unit_tests() -> list[dict[str, Any]]:
 
 @pytest.mark.unit
 def test_bundle_has_rules_and_unit_tests():
-    assert [p.name for p in RULE_FILES] == ["alerts.yml", "recording.yml", "thresholds.yml"]
+    assert [p.name for p in RULE_FILES] == [
+        "alerts.yml",
+        "efficiency.yml",
+        "recording.yml",
+        "thresholds.yml",
+    ]
     assert TEST_FILES, "no promtool unit tests under prometheus/tests"
 
 
@@ -107,6 +113,7 @@ def test_scrape_settings_and_alertmanager_section():
         "rules/thresholds.yml",
         "rules/recording.yml",
         "rules/alerts.yml",
+        "rules/efficiency.yml",
     ]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == []
 
@@ -147,6 +154,26 @@ def test_every_recording_rule_is_tested():
     }
     records = {rule["record"] for rule in rules_of("record")}
     assert records - tested == set(), "recording rules without a promql_expr_test with samples"
+
+
+@pytest.mark.unit
+def test_every_rule_file_is_loaded_by_a_unit_test_file():
+    loaded = {
+        (path.parent / relative).resolve()
+        for path in TEST_FILES
+        for relative in load_yaml(path)["rule_files"]
+    }
+    assert {path.resolve() for path in RULE_FILES} <= loaded
+
+
+@pytest.mark.unit
+def test_efficiency_rules_read_only_the_exporter_and_their_own_series():
+    """Rule groups are evaluated independently: efficiency.yml must not wait on recording.yml."""
+    path = PROMETHEUS_DIR / "rules" / "efficiency.yml"
+    rules = [rule for group in load_yaml(path)["groups"] for rule in group["rules"]]
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    read = {name for rule in rules for name in re.findall(r"\w+:\w+:\w+", rule["expr"])}
+    assert read <= recorded, read - recorded
 
 
 @pytest.mark.unit
