@@ -2,8 +2,11 @@
 
 ``running_alertmanager(workdir, webhook_url=...)`` starts Debian's ``prometheus-alertmanager``
 (or an upstream ``alertmanager``) with ``prometheus/alertmanager.yml``, every webhook url
-replaced by ``webhook_url`` and the grouping delays shortened (the shipped file is never
-changed), storage in ``workdir`` and clustering off. It yields an ``AlertmanagerServer``::
+replaced by ``webhook_url``, mail sent to ``smtp_smarthost`` without TLS (by default a loopback
+port nobody listens on, so no mail leaves the machine), the templates copied beside it (the site
+settings replaced when ``site_template`` is given) and the grouping delays shortened (the
+shipped files are never changed), storage in ``workdir`` and clustering off. It yields an
+``AlertmanagerServer``::
 
     with running_alertmanager(tmp_path, webhook_url="http://127.0.0.1:5001/") as alertmanager:
         prometheus_targets = [alertmanager.address]
@@ -26,6 +29,12 @@ from simulator.proc import ManagedProcess, free_port, run_tool, wait_http
 from simulator.prometheus import PROMETHEUS_DIR, load_yaml
 
 ALERTMANAGER_CONFIG = PROMETHEUS_DIR / "alertmanager.yml"
+TEMPLATES = PROMETHEUS_DIR / "templates"
+SITE_TEMPLATE = "site.tmpl"
+OWNER_MAIL_HOURS = "owner-mail-hours"
+# Where mail goes unless a test gives its own server: the discard port on loopback, where
+# nothing listens, so that a run never reaches a real relay.
+NO_SMTP = "127.0.0.1:9"
 # Debian installs the server as prometheus-alertmanager; upstream archives name it alertmanager.
 SERVER_NAMES = ("prometheus-alertmanager", "alertmanager")
 
@@ -53,16 +62,43 @@ def amtool(*args: str, timeout: float = 60) -> str:
     return run_tool([_require(shutil.which("amtool"), "amtool"), *args], timeout=timeout)
 
 
+def write_templates(directory: Path, site_template: str | None = None) -> None:
+    """Copy the shipped templates into ``directory/templates``, ``site.tmpl`` replaced if given."""
+    target = directory / "templates"
+    target.mkdir(parents=True, exist_ok=True)
+    for template in TEMPLATES.glob("*.tmpl"):
+        text = template.read_text(encoding="utf-8")
+        if template.name == SITE_TEMPLATE and site_template is not None:
+            text = site_template
+        (target / template.name).write_text(text, encoding="utf-8")
+
+
+def set_owner_mail_hours(config: dict[str, Any], intervals: list[dict[str, Any]]) -> None:
+    """Replace the hours owners are mailed in (the site's working hours) by ``intervals``."""
+    (named,) = [t for t in config["time_intervals"] if t["name"] == OWNER_MAIL_HOURS]
+    named["time_intervals"] = intervals
+
+
 def write_config(
     directory: Path,
     *,
     webhook_url: str,
+    smtp_smarthost: str = NO_SMTP,
+    site_template: str | None = None,
+    owner_mail_hours: list[dict[str, Any]] | None = None,
     group_wait: str = "1s",
     group_interval: str = "1s",
     repeat_interval: str = "1h",
 ) -> Path:
-    """Write the shipped configuration with ``webhook_url`` and short delays into ``directory``."""
+    """Write the shipped configuration with ``webhook_url``, ``smtp_smarthost`` and short
+    delays into ``directory``, its templates beside it; ``owner_mail_hours`` replaces the
+    working hours of owner mail."""
     config = load_yaml(ALERTMANAGER_CONFIG)
+    # A test's SMTP server offers no STARTTLS; the shipped default (required) would refuse it.
+    config["global"].update(smtp_smarthost=smtp_smarthost, smtp_require_tls=False)
+    if owner_mail_hours is not None:
+        set_owner_mail_hours(config, owner_mail_hours)
+    write_templates(directory, site_template)
     routes = [config["route"], *config["route"].get("routes", [])]
     for route in routes:
         for key, value in (
@@ -104,10 +140,13 @@ class AlertmanagerServer:
 
 @contextmanager
 def running_alertmanager(
-    workdir: Path, *, webhook_url: str, port: int | None = None
+    workdir: Path, *, webhook_url: str, port: int | None = None, **settings: Any
 ) -> Iterator[AlertmanagerServer]:
-    """Start Alertmanager on 127.0.0.1 with the shipped configuration; stop it on exit."""
-    config = write_config(workdir, webhook_url=webhook_url)
+    """Start Alertmanager on 127.0.0.1 with the shipped configuration; stop it on exit.
+
+    ``settings`` go to :func:`write_config` (``smtp_smarthost``, ``site_template``, ...).
+    """
+    config = write_config(workdir, webhook_url=webhook_url, **settings)
     amtool("check-config", str(config))
     port = port or free_port()
     command = [
