@@ -3,7 +3,7 @@
 A real exporter on the fake NVML lists four GPUs of node ``localhost``: GPUs 0 and 3 held by two
 idle processes of the user running the tests (the owner), GPU 1 busy under another user, GPU 2
 idle under a process whose owner cannot be read. Prometheus runs the shipped rules (``for:``
-shortened) and sends to two Alertmanagers with the shipped configuration, each mailing to its own
+and the idle-held threshold shortened) and sends to two Alertmanagers with the shipped configuration, each mailing to its own
 SMTP server on loopback (aiosmtpd) with a site's own settings (tests' ``SITE``): one as shipped
 (mail at any hour), one whose owner-mail hours exclude the present hour. Checked: the owner gets
 exactly one mail, for both GPUs, the admins in copy, naming node, GPU, process, job, since when
@@ -34,7 +34,13 @@ from simulator.alertmanager import AlertmanagerServer, running_alertmanager
 from simulator.fakenvml import scenario as fake
 from simulator.prometheus import running_prometheus
 from tests.support.cgroups import Placement
-from tests.support.cluster import UNKNOWN_PID, job_ids, place_in_slurm_jobs, write_targets
+from tests.support.cluster import (
+    UNKNOWN_PID,
+    job_ids,
+    place_in_slurm_jobs,
+    write_targets,
+    write_thresholds,
+)
 from tests.support.smtp import Mail, Mailbox
 from tests.support.webhook import Webhook, firing
 
@@ -156,12 +162,15 @@ def setup(exporter_factory, worker_pids, stranger_pid, tmp_path: Path) -> Iterat
         ]
         exporter = exporter_factory(node(workers))
         targets = write_targets(tmp_path, {"localhost": exporter.port})
+        # Idle-held after 3 s rather than 30 minutes, by the project's threshold generator.
+        thresholds = write_thresholds(tmp_path / "thresholds.yml", "--idle-held-after", "3")
         stack.enter_context(
             running_prometheus(
                 tmp_path / "prometheus",
                 targets_file=targets,
                 alert_for="3s",
                 alertmanagers=[am.address for am in alertmanagers],
+                rule_overrides={"rules/thresholds.yml": thresholds},
             )
         )
         yield Setup(
