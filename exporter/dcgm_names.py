@@ -24,12 +24,12 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Protocol
+from typing import Protocol, Union
 
 from exporter.snapshot import GpmFigures, GpuSample, MigSample, PodContainer, Snapshot
 from servicekit.exposition import Family, Kind, label_text
 
-Reading = float | int | bool | None
+Reading = Union[float, int, bool, None]  # a snapshot field: a number, a flag, or absent
 
 _MIB = 2**20
 # "1c.3g.40gb" is a compute instance of a "3g.40gb" GPU instance; GPU_I_PROFILE names the latter.
