@@ -5,8 +5,9 @@ with ``--readings all`` (the default) every GPU also reports what a current data
 (PCIe link and replays, 12 NVLinks, row remapping, aggregate ECC, a utilization sample per
 process, GPM figures), so the exporter's per-sample work is the real one; ``--readings basic``
 leaves those out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0 did. ``--no-gpm`` runs
-gpu-exporter with ``--no-collector.gpm``, to see what GPM costs; ``--scenario 8x64`` (repeatable)
-runs only the scenarios named.
+gpu-exporter with ``--no-collector.gpm``, to see what GPM costs; ``--dcgm-names`` runs it with
+``--metrics.dcgm-names``, to see what dcgm-exporter's names cost beside the project's;
+``--scenario 8x64`` (repeatable) runs only the scenarios named.
 the script measures, per exporter: scrape latency p50/p99 over N sequential scrapes, bytes per
 scrape, CPU seconds per minute while scraped once a second, and resident memory. Run from the
 repository root after ``make test`` has built the environment::
@@ -58,11 +59,12 @@ class Result:
     rss_mib: float
 
 
-def _command(name: str, port: int, *, gpm: bool = True) -> list[str]:
+def _command(name: str, port: int, *, gpm: bool = True, dcgm_names: bool = False) -> list[str]:
     if name == "gpu-exporter":
         return [sys.executable, "-m", "exporter", "--port", str(port),
                 "--listen-address", "127.0.0.1", "--interval", "1",
-                *(() if gpm else ("--no-collector.gpm",))]  # fmt: skip
+                *(() if gpm else ("--no-collector.gpm",)),
+                *(("--metrics.dcgm-names",) if dcgm_names else ())]  # fmt: skip
     return [_nvitop_exporter() or "nvitop-exporter", "--bind-address", "127.0.0.1",
             "--port", str(port), "--interval", "1"]  # fmt: skip
 
@@ -104,7 +106,7 @@ def measure(
     name: str, label: str, env: dict[str, str], workdir: Path, args: argparse.Namespace
 ) -> Result:
     port = free_port()
-    command = _command(name, port, gpm=not args.no_gpm)
+    command = _command(name, port, gpm=not args.no_gpm, dcgm_names=args.dcgm_names)
     process = ManagedProcess(command, log_path=workdir / f"{name}.log", env=env)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
@@ -153,6 +155,9 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument(
         "--no-gpm", action="store_true", help="run gpu-exporter with --no-collector.gpm"
+    )
+    parser.add_argument(
+        "--dcgm-names", action="store_true", help="run gpu-exporter with --metrics.dcgm-names"
     )
     parser.add_argument(
         "--scenario", action="append", choices=[f"{g}x{p}" for g, p in SCENARIOS],

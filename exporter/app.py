@@ -87,15 +87,22 @@ class MetricsRenderer:
 
     There are four such bodies at most per snapshot: text or OpenMetrics, plain or gzip.
     ``include_commands`` puts processes' command lines on ``gpu_process_info``; callers decide
-    it explicitly, because a command line can hold secrets.
+    it explicitly, because a command line can hold secrets. ``dcgm_names`` adds dcgm-exporter's
+    families (``--metrics.dcgm-names``).
     """
 
     def __init__(
-        self, latest: Callable[[], Snapshot], *, include_processes: bool, include_commands: bool
+        self,
+        latest: Callable[[], Snapshot],
+        *,
+        include_processes: bool,
+        include_commands: bool,
+        dcgm_names: bool = False,
     ) -> None:
         self._latest = latest
         self._include_processes = include_processes
         self._include_commands = include_commands
+        self._dcgm_names = dcgm_names
         self._lock = threading.Lock()
         self._sequence = -1
         self._cache: dict[MetricsFormat, bytes] = {}
@@ -117,6 +124,7 @@ class MetricsRenderer:
                 openmetrics=metrics_format.openmetrics,
                 include_processes=self._include_processes,
                 include_commands=self._include_commands,
+                dcgm_names=self._dcgm_names,
             )
             cached = metrics_format.compress(body)
             with self._lock:
@@ -173,6 +181,7 @@ class ExporterApp:
         passwords: PasswordSource,
         include_processes: bool = True,
         include_commands: bool = False,
+        dcgm_names: bool = False,
         throttle: FailureThrottle | None = None,
     ) -> None:
         self._latest = latest
@@ -180,7 +189,10 @@ class ExporterApp:
         self._passwords = passwords
         self._throttle = throttle or FailureThrottle()
         self._renderer = MetricsRenderer(
-            latest, include_processes=include_processes, include_commands=include_commands
+            latest,
+            include_processes=include_processes,
+            include_commands=include_commands,
+            dcgm_names=dcgm_names,
         )
         self._routes: dict[str, tuple[str, Callable[[dict[str, Any]], Reply]]] = {
             "/metrics": ("GET", self.metrics),

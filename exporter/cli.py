@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         "command line can hold secrets. /get-status always has them.",
     )
     parser.add_argument(
+        "--metrics.dcgm-names",
+        dest="dcgm_names",
+        action="store_true",
+        help="also publish dcgm-exporter's metric names, units and labels (DCGM_FI_DEV_GPU_UTIL "
+        "in %%, DCGM_FI_DEV_FB_USED in MiB, ...), so dashboards and alerts written for "
+        "dcgm-exporter work unchanged",
+    )
+    parser.add_argument(
         "--collector.kubelet.pod-resources-socket",
         dest="pod_resources_socket",
         default="",
@@ -160,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pcie_throughput=args.pcie_throughput,
         pod_resources=_pod_resources(args),
         gpm=_gpm(args),
+        # dcgm-exporter names the pod holding a GPU on its series, processes or not
+        pods_of_idle_gpus=args.dcgm_names,
     )
     if args.debug:
         sys.stdout.write(legacy_status_json(sampler.sample_once()).decode() + "\n")
@@ -194,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         passwords=passwords,
         include_processes=not args.no_processes,
         include_commands=commands,
+        dcgm_names=args.dcgm_names,
     )
     sampler.start()
     return run_service(

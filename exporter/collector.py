@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from exporter import __version__
+from exporter.dcgm_names import dcgm_families
 from exporter.snapshot import GPM_STATUSES, THROTTLE_REASONS, GpmFigures, GpuSample, Snapshot
 from servicekit.exposition import Family, Kind, escape, label_text, openmetrics_format, text_format
 
@@ -431,15 +432,22 @@ def _self_families(snapshot: Snapshot) -> Iterator[Family]:
 
 
 def snapshot_families(
-    snapshot: Snapshot, *, include_processes: bool = True, include_commands: bool = False
+    snapshot: Snapshot,
+    *,
+    include_processes: bool = True,
+    include_commands: bool = False,
+    dcgm_names: bool = False,
 ) -> Iterator[Family]:
-    """Every metric family of one snapshot, built fresh; command lines only when asked for."""
+    """Every metric family of one snapshot, built fresh; command lines only when asked for,
+    dcgm-exporter's names beside the project's only when asked for."""
     gpus = tuple(_Gpu.of(gpu) for gpu in snapshot.gpus)
     yield from _identity_families(snapshot, gpus)
     yield from _gpu_families(gpus)
     if include_processes:
         yield from _process_families(gpus, include_commands=include_commands)
     yield from _self_families(snapshot)
+    if dcgm_names:
+        yield from dcgm_families(snapshot)
 
 
 def render(
@@ -448,9 +456,13 @@ def render(
     openmetrics: bool = False,
     include_processes: bool = True,
     include_commands: bool = False,
+    dcgm_names: bool = False,
 ) -> bytes:
     """``snapshot`` in the Prometheus text format, or in OpenMetrics."""
     families = snapshot_families(
-        snapshot, include_processes=include_processes, include_commands=include_commands
+        snapshot,
+        include_processes=include_processes,
+        include_commands=include_commands,
+        dcgm_names=dcgm_names,
     )
     return openmetrics_format(families) if openmetrics else text_format(families)

@@ -84,6 +84,7 @@ class Sampler:
         read: Callable[..., GpuReading] = read_gpu,
         pod_resources: PodResourcesClient | None = None,
         gpm: GpmCollector | None = None,
+        pods_of_idle_gpus: bool = False,
     ) -> None:
         self.interval = interval
         self._gpu_timeout = gpu_timeout
@@ -95,6 +96,9 @@ class Sampler:
         self._read = read  # one GPU by index; the unit tests read GPUs without NVML
         self._xids = XidWatcher(self._session) if xid_events else None
         self._pod_resources = pod_resources if include_processes else None
+        # The kubelet is asked only when a process needs a pod, unless the GPUs' own series
+        # name their pod (dcgm-exporter's labels), which a GPU held by an idle pod has too.
+        self._pods_of_idle_gpus = pods_of_idle_gpus
         self._gpm = gpm
         if gpm is not None:
             self._session.on_shutdown(gpm.release)  # free its buffers while NVML still answers
@@ -331,11 +335,16 @@ class Sampler:
         except Exception:
             log.exception("process lookup failed")
             owners, success = {}, False
-        holders = self._gpu_holders() if any(r.processes for r in readings) else {}
+        asked = self._pods_of_idle_gpus or any(r.processes for r in readings)
+        holders = self._gpu_holders() if asked else {}
         gpus: list[GpuSample] = []
         for reading in readings:
             mig_uuids = {(m.gpu_instance, m.compute_instance): m.uuid for m in reading.sample.migs}
             gpu_pods = holders.get(reading.sample.uuid or "", ())
+            migs = tuple(
+                dataclasses.replace(mig, pods=holders[mig.uuid]) if mig.uuid in holders else mig
+                for mig in reading.sample.migs
+            )
             processes = []
             for raw in reading.processes:
                 mig_uuid = mig_uuids.get((raw.gpu_instance, raw.compute_instance), "")
@@ -346,7 +355,11 @@ class Sampler:
                         raw, owners.get(raw.pid), pods, reading.process_utilization, mig_uuid
                     )
                 )
-            gpus.append(dataclasses.replace(reading.sample, processes=tuple(processes)))
+            gpus.append(
+                dataclasses.replace(
+                    reading.sample, processes=tuple(processes), pods=gpu_pods, migs=migs
+                )
+            )
         return tuple(gpus), CollectorStatus("processes", success, time.perf_counter() - started)
 
     def _gpu_holders(self) -> dict[str, tuple[PodContainer, ...]]:

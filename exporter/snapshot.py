@@ -90,6 +90,7 @@ class MigSample:
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
     gpm: GpmFigures | None = None  # its GPU instance's; shared by the instance's MIG devices
+    pods: tuple[PodContainer, ...] = ()  # the containers the kubelet handed this MIG device to
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,9 @@ class GpuSample:
     # between this pass's sample and the last (None until two samples exist).
     gpm_status: str | None = None
     gpm: GpmFigures | None = None
+    # The containers the kubelet handed this GPU to (several when it is shared); empty without
+    # a kubelet socket, and when the kubelet was not asked (no process, no --metrics.dcgm-names).
+    pods: tuple[PodContainer, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ and a sample is a single string join (0.5 ms a scrape). Not importing prometheus
 time also keeps it out of the exporter's memory.
 
 A :class:`Family` is named as in OpenMetrics: a counter without ``_total``, an info family
-without ``_info``; each format adds the suffixes it wants. Families without samples still get
+without ``_info``; each format adds the suffixes it wants. A ``bare_counter`` is a counter whose
+samples carry no ``_total``, as exporters older than OpenMetrics name theirs (dcgm-exporter's
+``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION``): the text format types it ``counter``, OpenMetrics,
+where a counter's samples must end in ``_total``, ``unknown``. Families without samples still get
 their HELP and TYPE lines, as prometheus_client writes them, so ``/metrics`` always documents
 every metric it can carry. A string that is not valid Unicode (a lone surrogate) is written
 with a replacement character rather than failing the scrape.
@@ -19,9 +22,12 @@ import math
 from collections.abc import Iterable
 from typing import Literal
 
-Kind = Literal["gauge", "counter", "info"]
+Kind = Literal["gauge", "counter", "info", "bare_counter"]
 
-_SAMPLE_SUFFIX = {"gauge": "", "counter": "_total", "info": "_info"}
+_SAMPLE_SUFFIX = {"gauge": "", "counter": "_total", "info": "_info", "bare_counter": ""}
+# The TYPE each format writes where it differs from the kind's own name.
+_TEXT_TYPE = {"info": "gauge", "bare_counter": "counter"}
+_OPENMETRICS_TYPE = {"bare_counter": "unknown"}
 
 
 def escape(value: str) -> str:
@@ -75,7 +81,7 @@ def text_format(families: Iterable[Family]) -> bytes:
     for family in families:
         name = family.name + _SAMPLE_SUFFIX[family.kind]
         documentation = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        kind = "gauge" if family.kind == "info" else family.kind
+        kind = _TEXT_TYPE.get(family.kind, family.kind)
         lines.append(f"# HELP {name} {documentation}\n# TYPE {name} {kind}\n")
         _sample_lines(name, family, lines)
     return "".join(lines).encode(errors="replace")
@@ -86,7 +92,8 @@ def openmetrics_format(families: Iterable[Family]) -> bytes:
     lines: list[str] = []
     for family in families:
         documentation = escape(family.documentation)
-        lines.append(f"# HELP {family.name} {documentation}\n# TYPE {family.name} {family.kind}\n")
+        kind = _OPENMETRICS_TYPE.get(family.kind, family.kind)
+        lines.append(f"# HELP {family.name} {documentation}\n# TYPE {family.name} {kind}\n")
         _sample_lines(family.name + _SAMPLE_SUFFIX[family.kind], family, lines)
     lines.append("# EOF\n")
     return "".join(lines).encode(errors="replace")

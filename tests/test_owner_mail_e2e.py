@@ -3,7 +3,8 @@
 A real exporter on the fake NVML lists four GPUs of node ``localhost``: GPUs 0 and 3 held by two
 idle processes of the user running the tests (the owner), GPU 1 busy under another user, GPU 2
 idle under a process whose owner cannot be read. Prometheus runs the shipped rules (``for:``
-and the idle-held threshold shortened) and sends to two Alertmanagers with the shipped configuration, each mailing to its own
+and the idle-held threshold shortened) and sends to two Alertmanagers with the shipped
+configuration, each mailing to its own
 SMTP server on loopback (aiosmtpd) with a site's own settings (tests' ``SITE``): one as shipped
 (mail at any hour), one whose owner-mail hours exclude the present hour. Checked: the owner gets
 exactly one mail, for both GPUs, the admins in copy, naming node, GPU, process, job, since when

@@ -297,3 +297,31 @@ def test_conditional_families_are_documented_and_absent_here(busy_metrics):
         assert reason, f"{name}: say when it appears"
         assert name in documented, f"{name} is missing from README.md"
         assert name not in exposed, f"{name} is always exposed; drop it from the conditional list"
+
+
+# ---------------------------------------------------------------- dcgm-exporter names
+
+
+def readme_dcgm_names() -> dict[str, Row]:
+    """The migration table's rows, one entry per DCGM name of a row."""
+    (rows,) = tables(section("gpu-exporter"), "DCGM name")
+    return {name: row for row in rows for name in row.names if name.startswith("DCGM_")}
+
+
+def test_migration_table_matches_the_dcgm_families_of_a_real_scrape(exporter_factory, worker_pids):
+    exporter = exporter_factory(every_family_scenario(worker_pids(4)), "--metrics.dcgm-names")
+    exporter.wait_for_metrics(
+        lambda text: "\nDCGM_FI_DEV_XID_ERRORS{" in text and "\nDCGM_FI_PROF_SM_ACTIVE{" in text
+    )
+    # the text format, as dcgm-exporter serves it: its TYPE lines carry dcgm-exporter's types
+    response = requests.get(f"{exporter.url}/metrics", headers={"Accept": "text/plain"}, timeout=5)
+    response.raise_for_status()
+    types = dict(re.findall(r"^# TYPE (DCGM_\w+) (\w+)$", response.text, re.MULTILINE))
+    sampled = set(re.findall(r"^(DCGM_\w+)\{", response.text, re.MULTILINE))
+    documented = readme_dcgm_names()
+    assert set(documented) == set(types), "README's migration table differs from /metrics"
+    assert sampled == set(types), "a DCGM family without a sample in a scenario that has them all"
+    for name, row in documented.items():
+        assert row.cells[0] == types[name], (
+            f"{name}: README type {row.cells[0]}, /metrics {types[name]}"
+        )

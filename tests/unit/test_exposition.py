@@ -67,6 +67,18 @@ def test_openmetrics_reads_back_with_its_own_types_and_eof() -> None:
     assert parsed["demo_up"].samples[0].labels["name"] == HOSTILE
 
 
+def test_a_bare_counter_keeps_its_name_in_both_formats() -> None:
+    # dcgm-exporter's counters have no _total; dashboards query them by that exact name.
+    energy = Family("DEMO_ENERGY", "bare_counter", "Energy (in mJ).")
+    energy.add('gpu="0"', 123456789)
+    text = text_format([energy]).decode()
+    assert '# TYPE DEMO_ENERGY counter\nDEMO_ENERGY{gpu="0"} 123456789.0\n' in text
+    body = openmetrics_format([energy]).decode()
+    assert '# TYPE DEMO_ENERGY unknown\nDEMO_ENERGY{gpu="0"} 123456789.0\n' in body
+    (family,) = parse_openmetrics(body)
+    assert (family.type, family.samples[0].name) == ("unknown", "DEMO_ENERGY")
+
+
 def test_a_lone_surrogate_is_replaced_not_a_failed_scrape() -> None:
     broken = Family("demo", "info", "Identity.")
     broken.add(label_text((("name", "bad \udcff byte"),)))

@@ -12,10 +12,11 @@ from typing import Callable
 
 import pytest
 
+from exporter.kubelet import PodResourcesClient
 from exporter.nvml_reader import GpuReading, NvmlSession, RawProcess
 from exporter.processes import ProcessOwner, ProcessResolver
 from exporter.sampler import Sampler
-from exporter.snapshot import DriverInfo, GpuSample
+from exporter.snapshot import DriverInfo, GpuSample, PodContainer
 
 pytestmark = pytest.mark.unit
 
@@ -61,6 +62,7 @@ class Reader:
 
     def __init__(self) -> None:
         self.temperature = 40.0
+        self.idle = False  # no process on any GPU
         self.hanging: dict[int, threading.Event] = {}
         self.failing: set[int] = set()
         self.calls: dict[int, int] = {}
@@ -85,6 +87,8 @@ class Reader:
             pci_bus_id=f"0000:{index:02x}:00.0",
             temperature_celsius=self.temperature + index,
         )
+        if self.idle:
+            return GpuReading(sample, ())
         return GpuReading(sample, (RawProcess(100 + index, "compute", 2**30),))
 
 
@@ -228,3 +232,32 @@ def test_fewer_gpus_after_a_reload_drop_the_missing_ones(make_sampler, reader) -
     assert [g.index for g in sampler.sample_once().gpus] == [0]
     session.count = 2
     assert [(g.index, g.up) for g in sampler.sample_once().gpus] == [(0, True), (1, True)]
+
+
+class Kubelet(PodResourcesClient):
+    """The kubelet's answer from a table, counting the times it is asked."""
+
+    def __init__(self, holders: dict[str, tuple[PodContainer, ...]]) -> None:
+        super().__init__(socket_path="/nonexistent/kubelet.sock")
+        self.holders = holders
+        self.asked = 0
+
+    def gpu_devices(self) -> dict[str, tuple[PodContainer, ...]]:
+        self.asked += 1
+        return self.holders
+
+
+TRAIN = PodContainer(namespace="ml", pod="train-0", container="worker")
+
+
+def test_the_kubelet_names_the_pods_of_gpus_without_processes_only_when_asked(
+    make_sampler, reader
+) -> None:
+    reader.idle = True
+    kubelet = Kubelet({"GPU-1": (TRAIN,)})
+    (gpu0, gpu1) = make_sampler(Session(2), reader, pod_resources=kubelet).sample_once().gpus
+    assert (kubelet.asked, gpu1.pods) == (0, ())  # nothing runs: no pod needed
+    sampler = make_sampler(Session(2), reader, pod_resources=kubelet, pods_of_idle_gpus=True)
+    (gpu0, gpu1) = sampler.sample_once().gpus
+    assert kubelet.asked == 1
+    assert (gpu0.pods, gpu1.pods) == ((), (TRAIN,))
