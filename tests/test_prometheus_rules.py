@@ -19,7 +19,7 @@ TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 SEVERITIES = {"critical", "warning"}
 # Alerts about a whole node's exporter: their descriptions speak of all its GPUs.
 NODE_ALERTS = {"GpuExporterDown", "GpuCollectionFailing", "GpuCollectionStale"}
-# Levels of recording rules, as listed at the top of rules/recording.yml.
+# Levels of recording rules, as listed at the top of rules/recording.yml and rules/energy.yml.
 LEVELS = {
     "node_gpu_process",
     "node_gpu_user",
@@ -52,7 +52,7 @@ def unit_tests() -> list[dict[str, Any]]:
 
 @pytest.mark.unit
 def test_bundle_has_rules_and_unit_tests():
-    assert [p.name for p in RULE_FILES] == ["alerts.yml", "recording.yml"]
+    assert [p.name for p in RULE_FILES] == ["alerts.yml", "energy.yml", "recording.yml"]
     assert TEST_FILES, "no promtool unit tests under prometheus/tests"
 
 
@@ -66,7 +66,7 @@ def test_promtool_check_config_with_generated_targets(tmp_path):
     ]
     (bundle / "targets" / "gpu-nodes.json").write_text(json.dumps(targets))
     output = promtool("check", "config", str(bundle / "prometheus.yml"))
-    assert "SUCCESS: 2 rule files found" in output
+    assert "SUCCESS: 3 rule files found" in output
     assert "WARNING" not in output, output
 
 
@@ -103,7 +103,7 @@ def test_scrape_settings_and_alertmanager_section():
     assert job["scrape_interval"] == "15s"
     assert job["scrape_timeout"] == "10s"
     assert job["file_sd_configs"][0]["files"] == ["targets/gpu-nodes.json"]
-    assert config["rule_files"] == ["rules/recording.yml", "rules/alerts.yml"]
+    assert config["rule_files"] == ["rules/recording.yml", "rules/energy.yml", "rules/alerts.yml"]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == []
 
 
