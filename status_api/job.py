@@ -42,7 +42,7 @@ from status_api.engine import (
     engine_settings,
     run_queries,
 )
-from status_api.report import parse_duration, parse_time
+from status_api.report import _printable, parse_duration, parse_time
 
 __all__ = ["GpuUsage", "Job", "JobNotFound", "advice", "find_job", "main"]
 
@@ -342,11 +342,6 @@ def _bytes(value: float | None) -> int | float | None:
 
 def _gib(value: float | None) -> str:
     return "-" if value is None else f"{value / (1 << 30):.1f} GiB"
-
-
-def _printable(text: str) -> str:
-    """A label value for a terminal: control characters escaped."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def render_text(job: Job) -> str:

@@ -21,19 +21,16 @@ activity 25 % (GPU 0 alone reports it); 0.5 idle hours; peak memory 20 GiB and 4
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
-from simulator import REPO
 from simulator.proc import free_port
-from simulator.prometheus import promtool, running_prometheus
+from simulator.prometheus import backfilled_prometheus
+from tests.support.status_service import run_command
 
 STEP = 15
 GIB = 1 << 30
@@ -122,44 +119,29 @@ def _series() -> dict[str, list[tuple[dict[str, str], list[tuple[int, float]]]]]
     return families
 
 
-def _openmetrics(path: Path) -> None:
+def _openmetrics() -> str:
     lines = []
     for name, series in _series().items():
         for labels, points in series:
             text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
             lines += [f"{name}{{{text}}} {value!r} {t}" for t, value in points]
-    path.write_text("\n".join([*lines, "# EOF"]) + "\n", encoding="utf-8")
+    return "\n".join([*lines, "# EOF"]) + "\n"
 
 
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("job-prometheus")
-    source = workdir / "series.om"
-    _openmetrics(source)
-    promtool("tsdb", "create-blocks-from", "openmetrics", str(source), str(workdir / "data"))
-    targets = workdir / "targets.json"
-    targets.write_text("[]")
-    with running_prometheus(
-        workdir, targets_file=targets, interval="15s", extra_args=["--query.lookback-delta=14s"]
+    with backfilled_prometheus(
+        tmp_path_factory.mktemp("job-prometheus"),
+        _openmetrics(),
+        ready="count(last_over_time(gpu_process_info[1d]))",
+        count=5,
+        extra_args=["--query.lookback-delta=14s"],
     ) as prometheus:
-        prometheus.wait_for(
-            "count(last_over_time(gpu_process_info[1d]))",
-            lambda result: bool(result) and float(result[0]["value"][1]) == 5,
-            timeout=60,
-        )
         yield prometheus.url
 
 
 def run_job(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "status_api", "job", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
+    return run_command("job", *args, timeout=timeout)
 
 
 def _iso(t: int) -> str:
