@@ -12,6 +12,8 @@ reload) and GPU 3 with its counter grown by the gap (the energy nobody is known 
     GPU 1   80 W  carol, holding it at 0 % SM: all of it is hers
     GPU 2   50 W  no process: the cluster's, nobody's
     GPU 3  200 W  dave, no per-process utilization (an older GPU): all of it is his
+
+``gpu-status-api job`` reads the same energies for the Slurm job and the pod.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from simulator.prometheus import PrometheusServer, running_prometheus
+from tests.support.status_service import run_command
 
 STEP_SECONDS = 30  # of the real node that one scrape stands for
 WATTS = {"0": 300, "1": 80, "2": 50, "3": 200}
@@ -191,3 +194,19 @@ def test_a_process_energy_sums_from_its_increments(prometheus):
         "200": pytest.approx(_joules(80), rel=1e-12),
         "300": pytest.approx(_joules(200), rel=1e-12),
     }
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_the_job_command_reads_the_energy_of_a_job_and_a_pod(prometheus):
+    common = ["--prometheus-url", prometheus.url, "--lookback", "10m", "--step", "1s"]
+    result = run_command("job", "1001", *common, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert (job["user"], [g["gpu"] for g in job["gpus"]]) == ("alice", ["0"])
+    assert job["energy_kwh"] == pytest.approx(0.75 * _joules(300) / 3.6e6, rel=1e-12)
+    result = run_command("job", "--pod", "vision/train-0", *common, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["energy_kwh"] == pytest.approx(
+        0.25 * _joules(300) / 3.6e6, rel=1e-12
+    )
