@@ -109,10 +109,11 @@ class GpuUsage:
 
 @dataclass
 class Job:
+    """The job and the GPUs it held, in node and GPU order; its figures sum or weigh theirs."""
+
     target: Target
     users: list[str]
     gpus: list[GpuUsage] = field(default_factory=list)
-    step: float = 15.0
 
     @property
     def nodes(self) -> list[str]:
@@ -204,8 +205,11 @@ def locate(
     return users, gpus, min(v for _, v in first), max(v for _, v in last)
 
 
-def _window_queries(target: Target, uuids: Sequence[str], window: str) -> list[str]:
-    """The second round's queries, per GPU (instance, node, gpu, uuid), in a fixed order."""
+def _window_queries(target: Target, uuids: Sequence[str], *, span: str, step: str) -> list[str]:
+    """The second round's queries, per GPU (instance, node, gpu, uuid), in a fixed order:
+    subqueries of ``span`` at ``step`` over the per-step expressions, plain ranges over the
+    series that need no step."""
+    window = f"{span}:{step}"
     by = "instance, node, gpu, uuid"
     on = f"on ({by})"
     gpus = f"uuid=~{_quote(_regex_alternatives(uuids))}"
@@ -231,9 +235,9 @@ def _window_queries(target: Target, uuids: Sequence[str], window: str) -> list[s
         f"sum_over_time({sm}[{window}])",
         f"count_over_time({sm}[{window}])",
         f"max_over_time(({job_memory})[{window}])",
-        f"max by ({by}) (max_over_time(gpu_memory_total_bytes{{{gpus}}}[{window.split(':')[0]}]))",
+        f"max by ({by}) (max_over_time(gpu_memory_total_bytes{{{gpus}}}[{span}]))",
         f"sum by ({by}) (sum_over_time(node_gpu_process:gpu_energy_joules:increase"
-        f"{{{target.selector()}}}[{window.split(':')[0]}]))",
+        f"{{{target.selector()}}}[{span}]))",
     ]
 
 
@@ -245,13 +249,13 @@ def find_job(
     # Subquery steps fall on multiples of the step: end on the first one at or after the last
     # listing, plus the energy margin, and start one step before the first listing.
     end = min(math.ceil(last / step) * step + ENERGY_MARGIN, max(until, last))
-    window = f"{_duration_text(end - first + step)}:{_duration_text(step)}"
+    span, every = _duration_text(end - first + step), _duration_text(step)
     uuids = sorted({key[3] for key in gpus if key[3]})
-    answers = run_queries(settings, _window_queries(target, uuids, window), at=end)
+    answers = run_queries(settings, _window_queries(target, uuids, span=span, step=every), at=end)
     (held, firsts, lasts, util_sum, util_n, idle, sm_sum, sm_n, peak, total, energy) = (
         _by_gpu(samples) for samples in answers
     )
-    job = Job(target=target, users=users, step=step)
+    job = Job(target=target, users=users)
     for key in sorted(held, key=lambda k: (k[1] or k[0], _gpu_order(k[2]), k[3])):
         instance, node, gpu, uuid = key
         job.gpus.append(
