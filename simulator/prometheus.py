@@ -10,6 +10,10 @@ shortened (the shipped files are never changed). It yields a ``PrometheusServer`
         prometheus.wait_for("up == 1", lambda result: len(result) == 2)
         print(prometheus.query("sum(gpu_up)"))
 
+``backfilled_prometheus(workdir, openmetrics, ready=...)`` does the same over data of known
+shape: the OpenMetrics text is made into blocks with ``promtool tsdb create-blocks-from
+openmetrics`` before the start, and nothing is scraped.
+
 A Prometheus that cannot start (binary missing, configuration rejected, never ready) raises
 :class:`~simulator.proc.StartError`; a failing promtool run raises :class:`ToolError`.
 """
@@ -245,3 +249,32 @@ def running_prometheus(
         yield server
     finally:
         process.stop()
+
+
+@contextmanager
+def backfilled_prometheus(
+    workdir: Path,
+    openmetrics: str,
+    *,
+    ready: str,
+    count: int,
+    extra_args: Sequence[str] = (),
+) -> Iterator[PrometheusServer]:
+    """A Prometheus over ``openmetrics`` (text ending in ``# EOF``), scraping nothing; it is
+    yielded once the instant query ``ready`` answers one sample of value ``count`` (the blocks
+    are loaded at start, so this says they are)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "backfill.om"
+    source.write_text(openmetrics, encoding="utf-8")
+    promtool("tsdb", "create-blocks-from", "openmetrics", str(source), str(workdir / "data"))
+    targets = workdir / "targets.json"
+    targets.write_text("[]")
+    with running_prometheus(
+        workdir, targets_file=targets, interval="15s", extra_args=extra_args
+    ) as prometheus:
+        prometheus.wait_for(
+            ready,
+            lambda result: bool(result) and float(result[0]["value"][1]) == count,
+            timeout=60,
+        )
+        yield prometheus

@@ -259,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from status_api.report import main as report_main
 
         return report_main(arguments[1:])
+    if arguments[:1] == ["job"]:
+        from status_api.job import main as job_main
+
+        return job_main(arguments[1:])
     if arguments[:1] == ["serve"]:  # explicit form of the default
         arguments = arguments[1:]
     args = build_parser().parse_args(arguments)

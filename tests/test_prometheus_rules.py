@@ -22,7 +22,8 @@ SEVERITIES = {"critical", "warning", "info"}
 NODE_ALERTS = {"GpuExporterDown", "GpuCollectionFailing", "GpuCollectionStale"}
 # Annotations beyond summary and description, for the mail to a GPU's owner (alertmanager.yml).
 EXTRA_ANNOTATIONS = {"GpuIdleButHeld": {"idle_since"}}
-# Levels of recording rules, as listed at the top of rules/recording.yml and rules/efficiency.yml.
+# Levels of recording rules, as listed at the top of rules/recording.yml, rules/efficiency.yml
+# and rules/energy.yml.
 LEVELS = {
     "node_gpu_process",
     "node_gpu_user",
@@ -59,6 +60,7 @@ def test_bundle_has_rules_and_unit_tests():
     assert [p.name for p in RULE_FILES] == [
         "alerts.yml",
         "efficiency.yml",
+        "energy.yml",
         "recording.yml",
         "thresholds.yml",
     ]
@@ -75,7 +77,7 @@ def test_promtool_check_config_with_generated_targets(tmp_path):
     ]
     (bundle / "targets" / "gpu-nodes.json").write_text(json.dumps(targets))
     output = promtool("check", "config", str(bundle / "prometheus.yml"))
-    assert "SUCCESS: 4 rule files found" in output
+    assert "SUCCESS: 5 rule files found" in output
     assert "WARNING" not in output, output
 
 
@@ -115,6 +117,7 @@ def test_scrape_settings_and_alertmanager_section():
     assert config["rule_files"] == [
         "rules/thresholds.yml",
         "rules/recording.yml",
+        "rules/energy.yml",
         "rules/alerts.yml",
         "rules/efficiency.yml",
     ]

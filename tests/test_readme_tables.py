@@ -23,6 +23,7 @@ from simulator import REPO
 from simulator.fakenvml import scenario as fake
 from status_api.cli import build_parser as status_parser
 from status_api.cli import build_targets_parser
+from status_api.job import build_parser as build_job_parser
 from status_api.report import build_parser as build_report_parser
 
 README = REPO / "README.md"
@@ -105,12 +106,12 @@ def rendered_default(action: argparse.Action) -> str | None:
 
 
 def flag_table(command: str) -> list[Row]:
-    """The flag table of ``command``: the exporter's, or the status service's two (serve, then
-    ``targets``)."""
+    """The flag table of ``command``: the exporter's, the status service's two (serve, then
+    ``targets``), or the engine commands' two (``report``, then ``job``)."""
     found = tables(section(SECTIONS[command]), "flag")
-    expected = 2 if SECTIONS[command] == "gpu-status-api" else 1
+    expected = 1 if SECTIONS[command] == "gpu-exporter" else 2
     assert len(found) == expected, f"the {SECTIONS[command]} section has {expected} flag table(s)"
-    return found[-1] if command == "targets" else found[0]
+    return found[-1] if command in ("targets", "job") else found[0]
 
 
 SECTIONS = {
@@ -118,12 +119,14 @@ SECTIONS = {
     "gpu-status-api": "gpu-status-api",
     "targets": "gpu-status-api",
     "report": "Prometheus and Grafana",
+    "job": "Prometheus and Grafana",
 }
 PARSERS = {
     "gpu-exporter": exporter_parser,
     "gpu-status-api": status_parser,
     "targets": build_targets_parser,
     "report": build_report_parser,
+    "job": build_job_parser,
 }
 
 

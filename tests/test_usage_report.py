@@ -16,21 +16,18 @@ import http.server
 import io
 import json
 import math
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
-from simulator import REPO
 from simulator.proc import free_port
-from simulator.prometheus import promtool, running_prometheus
+from simulator.prometheus import backfilled_prometheus
+from tests.support.status_service import run_command
 
 STEP = 300  # seconds between generated samples, the evaluation interval of the "rules"
 DAYS = 4
@@ -109,7 +106,7 @@ NAMESPACES = [
 ]
 
 
-def _openmetrics(path: Path) -> None:
+def _openmetrics() -> str:
     """Every counter of every series, a family at a time (OpenMetrics forbids interleaving)."""
     families: dict[str, list[str]] = {}
     for by, groups, counters in (
@@ -126,7 +123,7 @@ def _openmetrics(path: Path) -> None:
                     for k, value in enumerate(values[counter])
                 )
     lines = [line for family in families.values() for line in family]
-    path.write_text("\n".join([*lines, "# EOF"]) + "\n", encoding="utf-8")
+    return "\n".join([*lines, "# EOF"]) + "\n"
 
 
 def expected(groups: list[Series], by: str, *, since: int, with_ratios: bool) -> dict[str, dict]:
@@ -152,32 +149,17 @@ def expected(groups: list[Series], by: str, *, since: int, with_ratios: bool) ->
 
 
 def run_report(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "status_api", "report", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
+    return run_command("report", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("report-prometheus")
-    source = workdir / "counters.om"
-    _openmetrics(source)
-    promtool("tsdb", "create-blocks-from", "openmetrics", str(source), str(workdir / "data"))
-    targets = workdir / "targets.json"
-    targets.write_text("[]")
-    with running_prometheus(workdir, targets_file=targets, interval="15s") as prometheus:
-        # Blocks load at start; wait until the last sample answers.
-        prometheus.wait_for(
-            f"count(last_over_time(user:gpu_seconds:total[{DAYS + 1}d]))",
-            lambda result: bool(result) and float(result[0]["value"][1]) == len(USERS),
-            timeout=60,
-        )
+    with backfilled_prometheus(
+        tmp_path_factory.mktemp("report-prometheus"),
+        _openmetrics(),
+        ready=f"count(last_over_time(user:gpu_seconds:total[{DAYS + 1}d]))",
+        count=len(USERS),
+    ) as prometheus:
         yield prometheus.url
 
 

@@ -3,12 +3,14 @@
 ``status_service_factory`` (and its module-scoped twin) is a pytest fixture; import it into a
 test module to use it. ``start(hosts_lines, *extra_args)`` writes hosts.txt, starts
 ``python -m status_api`` on a free loopback port with short polling settings, waits until the
-first round is done, and stops the process when the test ends.
+first round is done, and stops the process when the test ends. ``run_command("report", ...)``
+runs one of the commands that end by themselves (``report``, ``job``) to its end.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,9 +20,23 @@ from typing import Any, Callable
 import pytest
 import requests
 
+from simulator import REPO
 from simulator.proc import ManagedProcess, free_port, wait_http, wait_until
 
 PASSWORD = "test-password"
+
+
+def run_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m status_api ARGS`` from the checkout, to its end; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "status_api", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
 
 
 @dataclass
