@@ -53,6 +53,7 @@ from status_api.vocabulary import (
     FREE,
     IN_USE,
     Thresholds,
+    busy_but_sm_idle,
     gpu_state,
     holds_without_compute,
     is_idle_held,
@@ -197,7 +198,7 @@ class Views:
     nodes: list[tuple[NodeState, str]] = field(default_factory=list)
 
 
-_NO_POWER = {"power": None, "power_limit": None}
+_NO_POWER = {"power": None, "power_limit": None, "sm_active": None}
 
 
 def _cluster_users(
@@ -251,12 +252,14 @@ def _node_document(node: NodeState, state: str, now: float, thresholds: Threshol
             busy_above=thresholds.free_utilization,
         )
         use = gpu_state(gpu, node_online=online, health=health.state, thresholds=thresholds)
+        readings = {**_NO_POWER, **node.power.get(gpu["index"], {})}
         gpus.append(
             {
                 **gpu,
                 "users": _cluster_users(gpu["users"], gpu["index"], node.processes),
-                **_NO_POWER,
-                **node.power.get(gpu["index"], {}),
+                **readings,
+                "sm_idle": use == IN_USE
+                and busy_but_sm_idle(gpu.get("utilize"), readings["sm_active"]),
                 "state": use,
                 "free": use == FREE,
                 "idle_held": idle_held and use == IN_USE,

@@ -3,7 +3,8 @@
 The legacy ``/get-status`` schema is frozen (old scripts read it), so what the page shows beyond
 it comes from the exporter's Prometheus metrics, read in one pass over one scrape:
 
-* ``gpu_power_watts`` and ``gpu_power_limit_watts``: power per GPU index;
+* ``gpu_power_watts`` and ``gpu_power_limit_watts``: power per GPU index, and
+  ``gpu_sm_active_ratio``: its SM activity (GPM, 0..1; absent on GPUs without GPM);
 * ``gpu_process_info``: per process (GPU index, pid) its ``slurm_job``, ``container``, ``pod``,
   ``namespace`` and ``mig_uuid`` (empty when not applicable);
 * ``gpu_process_sm_utilization_ratio``: per process its SM utilization, 0..1 (absent where NVML
@@ -34,7 +35,12 @@ MAX_MIGS_PER_GPU = 64  # an A100 or H100 has at most 7; room for later GPUs, not
 MAX_LABEL = 256  # characters kept of an attribution label
 ATTRIBUTION_LABELS = ("slurm_job", "container", "pod", "namespace")
 
-_POWER = {b"gpu_power_watts": "power", b"gpu_power_limit_watts": "power_limit"}
+# Per-GPU readings beside the legacy JSON: family -> (field, decimals kept).
+_POWER = {
+    b"gpu_power_watts": ("power", 1),
+    b"gpu_power_limit_watts": ("power_limit", 1),
+    b"gpu_sm_active_ratio": ("sm_active", 3),
+}
 _INFO = b"gpu_process_info"
 _SM = b"gpu_process_sm_utilization_ratio"
 _MIG_INFO = b"gpu_mig_info"
@@ -70,7 +76,7 @@ _MAX_BYTES = 2.0**63  # a MIG device's memory beyond this is nonsense, not a rea
 _LINE = re.compile(
     rb"(?:^|(?<=\n))(gpu_(?:p(?:ower_watts|ower_limit_watts|rocess_info|rocess_sm_utilization_ratio"
     rb"|cie_link_(?:generation|width)(?:_max)?)|up|last_xid(?:_timestamp_seconds)?"
-    rb"|re(?:mapped_rows_(?:pending|failure)|tired_pages_pending)"
+    rb"|re(?:mapped_rows_(?:pending|failure)|tired_pages_pending)|sm_active_ratio"
     rb"|mig_(?:mode(?:_pending)?|info|memory_(?:used|total)_bytes)))"
     rb"\{((?:[a-zA-Z_][a-zA-Z0-9_]*=\"(?:[^\"\\\n]|\\.)*\",?\s*)*)\}[ \t]+([^ \t\n]+)"
 )
@@ -250,7 +256,8 @@ class _Reader:
             gpu = _index(labels, b"gpu")
             if gpu is None or (gpu not in metrics.power and len(metrics.power) >= MAX_GPUS):
                 return
-            metrics.power.setdefault(gpu, {})[_POWER[family]] = round(value, 1)
+            name, decimals = _POWER[family]
+            metrics.power.setdefault(gpu, {})[name] = round(value, decimals)
             if b"uuid" in labels:
                 metrics.uuids[gpu] = _text(labels[b"uuid"])
         elif family == _INFO:
@@ -313,5 +320,6 @@ def metrics_from_samples(samples: Iterable[tuple[dict[str, str], float]]) -> Nod
 
 
 def parse_power(text: bytes) -> dict[int, dict[str, float]]:
-    """``{gpu index: {"power": W, "power_limit": W}}`` from an exposition text."""
+    """``{gpu index: {"power": W, "power_limit": W, "sm_active": 0..1}}`` from an exposition
+    text."""
     return parse_metrics(text).power

@@ -56,7 +56,10 @@ _GPU_GAUGES = {
     "gpu_temperature_celsius": "temp",
     "gpu_power_watts": "power",
     "gpu_power_limit_watts": "power_limit",
+    "gpu_sm_active_ratio": "sm_active",
 }
+# The fields read with power, every --power-interval, rather than into the legacy GPU.
+_READINGS = ("power", "power_limit", "sm_active")
 
 
 def _selector(job: str, family: str) -> str:
@@ -154,7 +157,7 @@ METRICS = frozenset(
     name
     for name in queries("")
     if (name.startswith("health/") and name != "health/gpu_up") or name in (
-        "gpu/gpu_power_watts", "gpu/gpu_power_limit_watts",
+        "gpu/gpu_power_watts", "gpu/gpu_power_limit_watts", "gpu/gpu_sm_active_ratio",
         "attribution/gpu_process_sm_utilization_ratio",
     )
 ) - SLOW  # fmt: skip
@@ -246,6 +249,8 @@ def _legacy_value(field: str, value: float | None) -> int | float | None:
         return round(value * 100)
     if field == "temp":
         return round(value)
+    if field == "sm_active":
+        return round(value, 3)
     return round(value, 1)  # power, W, as the poller reads it from /metrics
 
 
@@ -305,7 +310,7 @@ def _collect_gpus(node: _Node, samples: list[Sample]) -> None:
             continue
         field = _GPU_GAUGES.get(family)
         reading = _legacy_value(field, value) if field else None
-        if field in ("power", "power_limit"):
+        if field in _READINGS:
             if reading is not None and reading >= 0:
                 power.setdefault(index, {})[field] = reading
         elif field is not None:

@@ -26,6 +26,12 @@ GPU, the GPU computes while its utilization is at or above ``free_utilization`` 
 period starts at the first look (poll, scrape or rule evaluation) that finds the GPU held without
 compute and ends at the first that does not.
 
+*Busy but SM-idle*, also a kind of in use: the GPU reports a kernel running most of the time
+(utilization above ``BUSY_UTILIZATION``) while its SMs are almost all idle (GPM SM activity
+below ``LOW_SM_ACTIVITY``): one tiny kernel in a loop, a job that waits on its data. Only GPUs
+with GPM (Hopper and newer) can be judged; the alert ``GpuLowSmActivity``
+(prometheus/rules/efficiency.yml) fires on the same figures after an hour.
+
 A GPU shared by several holders is charged to them in even shares: two users on one GPU are
 charged half a GPU each, so the users' GPU-hours add up to the cluster's held GPU-hours. Shares
 are taken per grouping: among the users holding the GPU (an owner that could not be read is one
@@ -43,6 +49,10 @@ from status_api.health import LOST, SICK, XIDS
 from status_api.nodedata import USER_MEMORY
 
 FREE, IN_USE, STALE = "free", "in_use", "stale"
+# Busy but SM-idle; GpuLowSmActivity in prometheus/rules/efficiency.yml uses the same two numbers
+# (a unit test keeps them in step).
+BUSY_UTILIZATION = 0.8
+LOW_SM_ACTIVITY = 0.1
 STATES = (FREE, IN_USE, SICK, LOST, STALE)  # SICK and LOST are also health states
 
 
@@ -185,3 +195,11 @@ def threshold_mismatches(
                 f"{record} is {found[record]:g}, --{attribute.replace('_', '-')} {wanted:g}"
             )
     return problems
+
+
+def busy_but_sm_idle(utilization_percent: float | None, sm_active: float | None) -> bool:
+    """Whether a GPU's utilization says busy while its SM activity says nearly idle; False
+    where either figure is unknown (no GPM, MIG mode)."""
+    if utilization_percent is None or sm_active is None:
+        return False
+    return utilization_percent > BUSY_UTILIZATION * 100 and sm_active < LOW_SM_ACTIVITY

@@ -3,10 +3,10 @@
 On one simulated cluster (two real exporters on the fake NVML), a real Prometheus and a real
 single-node VictoriaMetrics scrape the same file_sd targets; three services run side by side:
 polling the nodes, reading Prometheus, reading VictoriaMetrics. Their /api/v1/cluster documents
-agree on nodes, GPUs, users (their job, pod, MIG device and SM utilization), health, MIG devices
-and free GPUs (node localhost has health readings and a MIG GPU). Stopping the engine shows its
-error and keeps the last state; an engine URL that redirects is refused without the redirect
-being followed.
+agree on nodes, GPUs, users (their job, pod, MIG device and SM utilization), SM activity (GPM),
+health, MIG devices and free GPUs (node localhost has health readings and a MIG GPU). Stopping
+the engine shows its error and keeps the last state; an engine URL that redirects is refused
+without the redirect being followed.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def projection(document: dict[str, Any]) -> dict[str, Any]:
         gpus = [
             {
                 **{key: gpu[key] for key in ("index", "name", "use_mem", "tot_mem", "utilize",
-                                              "temp", "power", "power_limit", "state", "free",
-                                              "idle_held")},
+                                              "temp", "power", "power_limit", "sm_active",
+                                              "state", "free", "idle_held", "sm_idle")},
                 "users": sorted(tuple(u[key] for key in USER_FIELDS) for u in gpu["users"]),
                 "health": gpu["health"],
                 "mig": gpu["mig"],
@@ -63,12 +63,14 @@ def legacy_projection(document: dict[str, Any]) -> list[Any]:
 
 
 def all_in(document: dict[str, Any]) -> bool:
-    """Both nodes online, with their power read (polling reads it on the first round)."""
+    """Both nodes online, with their power read (polling reads it on the first round) and the
+    SM activity of the GPU with GPM (published from the exporter's second pass on)."""
     nodes = document["nodes"]
     return (
         len(nodes) == 2
         and all(node["state"] == "online" for node in nodes)
         and all(gpu["power"] is not None for node in nodes for gpu in node["gpus"][:1])
+        and any(gpu["sm_active"] is not None for node in nodes for gpu in node["gpus"])
     )
 
 
@@ -127,6 +129,9 @@ def check_health_shown(expected: dict[str, Any]) -> None:
     assert "PCIe link at Gen4 x8, capable of Gen5 x16" in reasons
     assert "MIG mode changes at the next reset (turns on)" in reasons
     assert [user[-1] for user in gpus[0]["users"]] == [0.75, 0.0, 0.0]
+    # SM activity where the GPU has GPM (GPU 1: 25 %), none where it has not
+    assert [gpu["sm_active"] for gpu in gpus[:3]] == [None, 0.25, None]
+    assert not any(gpu["sm_idle"] for gpu in gpus)  # 40 % utilization is not "busy"
     assert gpus[3]["health"]["reasons"] == ["lost: the GPU stopped answering NVML"]
     assert [device["profile"] for device in gpus[4]["mig"]] == ["3g.40gb", "1g.10gb"]
     assert gpus[4]["users"][0][USER_FIELDS.index("mig_uuid")] == gpus[4]["mig"][1]["uuid"]

@@ -252,10 +252,12 @@ def test_power_from_an_exposition() -> None:
         b'gpu_power_watts{gpu="4"} NaN\n'
         b'gpu_power_watts{gpu="5"} junk\n'
         b'gpu_power_watts{nogpu="6"} 1\n'
+        b'gpu_sm_active_ratio{gpu="1",uuid="GPU-b"} 0.0625\n'
+        b'gpu_sm_active_ratio_other{gpu="0"} 0.5\n'
     )
     assert parse_power(text) == {
         0: {"power": 312.2, "power_limit": 700.0},
-        1: {"power": 80.0},
+        1: {"power": 80.0, "sm_active": 0.062},
     }
 
 

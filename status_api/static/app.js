@@ -331,6 +331,18 @@
 
     const util = el('td', 'gpu-util');
     util.append(bar(percent(gpu.utilize, 100), 'util', isNumber(gpu.utilize) ? gpu.utilize + ' %' : '–'));
+    // SM activity (GPM): how much of the GPU the kernels really keep busy.
+    if (isNumber(gpu.sm_active)) {
+      const sm = el('div', 'sm-active', 'SM ' + Math.round(gpu.sm_active * 100) + ' %');
+      sm.title = 'SM activity: the share of streaming multiprocessors busy (utilization only says a kernel was running)';
+      util.append(sm);
+    }
+    if (gpu.sm_idle) {
+      const mark = el('div', 'sm-idle-mark', 'busy, SMs nearly idle');
+      mark.title = 'A kernel runs most of the time but keeps almost no SMs busy: a tiny kernel in a loop, or a job waiting on its data';
+      util.append(mark);
+      row.classList.add('sm-idle');
+    }
 
     const temp = el('td', 'gpu-temp ' + temperatureClass(gpu.temp),
       isNumber(gpu.temp) ? gpu.temp + ' °C' : '–');

@@ -93,6 +93,9 @@ def node_a(workers: list[int], *, hot: bool = False, health: bool = False) -> fa
             gpus[1],
             process_utilization=[fake.FakeProcessUtilization(workers[2], sm=0, memory=0)],
             process_utilization_period=100_000,
+            # GPM: a quarter of the SMs busy (gpu_sm_active_ratio 0.25)
+            gpm="supported",
+            gpm_metrics=fake.FakeGpmMetrics(sm_active=25.0),
         )
         gpus.append(mig_gpu(workers[3]))
     return fake.FakeScenario(gpus=gpus)

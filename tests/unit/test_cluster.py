@@ -115,3 +115,47 @@ def test_summary_counts_stale_gpus_but_offers_none_of_them() -> None:
         "memory_used_mib": 0, "memory_total_mib": 4 * 81920,
     }  # fmt: skip
     assert cluster.rounds == 2 and cluster.ready
+
+
+@pytest.mark.parametrize(
+    ("utilization", "sm_active", "sm_idle"),
+    [
+        (87, 0.05, True),  # a kernel runs all the time, almost no SM busy
+        (87, 0.1, False),  # at the threshold: not nearly idle
+        (80, 0.05, False),  # 80 % is not above the busy threshold
+        (87, 0.6, False),
+        (87, None, False),  # no GPM: cannot be judged
+    ],
+)
+def test_sm_activity_and_busy_but_sm_idle(
+    utilization: int, sm_active: float | None, sm_idle: bool
+) -> None:
+    status = legacy_status("node1", gpus=1)  # GPU 0 with two processes
+    status["gpus"][0]["utilize"] = utilization
+    readings = {"power": 250.0} if sm_active is None else {"power": 250.0, "sm_active": sm_active}
+    result = PollResult(HOST, status, "", time.time(), 0.01, power={0: readings}, processes={})
+    cluster = Cluster(thresholds=THRESHOLDS)
+    cluster.update([HOST], [result])
+    (gpu,) = json.loads(cluster.views.cluster.body)["nodes"][0]["gpus"]
+    assert gpu["state"] == "in_use"
+    assert gpu["sm_active"] == sm_active
+    assert gpu["sm_idle"] is sm_idle
+
+
+def test_busy_but_sm_idle_uses_the_alerts_figures() -> None:
+    """GpuLowSmActivity (prometheus/rules/efficiency.yml) judges with the same two numbers."""
+    from pathlib import Path
+
+    import yaml
+
+    from status_api.vocabulary import BUSY_UTILIZATION, LOW_SM_ACTIVITY
+
+    rules = Path(__file__).resolve().parents[2] / "prometheus" / "rules" / "efficiency.yml"
+    (alert,) = [
+        rule
+        for group in yaml.safe_load(rules.read_text())["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == "GpuLowSmActivity"
+    ]
+    assert f"gpu_sm_active_ratio < {LOW_SM_ACTIVITY}" in alert["expr"]
+    assert f"gpu_utilization_ratio > {BUSY_UTILIZATION}" in alert["expr"]
