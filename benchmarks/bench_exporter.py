@@ -2,14 +2,15 @@
 
 For each scenario (GPUs x processes: 1x0, 8x64, 16x512), both exporters sample every second;
 with ``--readings all`` (the default) every GPU also reports what a current data-centre GPU does
-(PCIe link and replays, 12 NVLinks, row remapping, aggregate ECC, a utilization sample per
-process), so the exporter's per-sample work is the real one; ``--readings basic`` leaves those
-out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0 did.
-the script measures, per exporter: scrape latency p50/p99 over N sequential scrapes, bytes per
+(PCIe link and replays, 18 NVLinks as on an H100 SXM, row remapping, aggregate ECC, a utilization
+sample per process), so the exporter's per-sample work is the real one; ``--readings basic``
+leaves those out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0 did.
+The script measures, per exporter: scrape latency p50/p99 over N sequential scrapes, bytes per
 scrape, CPU seconds per minute while scraped once a second, and resident memory. Run from the
 repository root after ``make test`` has built the environment::
 
     .venv/bin/python -m benchmarks.bench_exporter [--scrapes 500] [--cpu-window 30]
+        [--scenario 8x64]
 
 nvitop-exporter is optional (``pip install nvitop-exporter``); without it only gpu-exporter runs.
 """
@@ -37,6 +38,7 @@ from simulator.fakenvml.build import build
 from simulator.proc import ManagedProcess, free_port, wait_http
 
 SCENARIOS = ((1, 0), (8, 64), (16, 512))
+NVLINKS = 18  # an H100 SXM's
 
 
 @dataclass
@@ -73,7 +75,7 @@ def with_every_reading(scenario: fake.FakeScenario) -> fake.FakeScenario:
             ecc_aggregate_uncorrected=0,
             pcie_replay=1,
             pcie_link=fake.FakePcieLink(max_gen=5, max_width=16, gen=5, width=16),
-            nvlinks=[fake.FakeNvLink() for _ in range(12)],
+            nvlinks=[fake.FakeNvLink() for _ in range(NVLINKS)],
             remapped_rows=fake.FakeRemappedRows(),
             process_utilization=[
                 fake.FakeProcessUtilization(process.pid, 50, 20) for process in gpu.processes
@@ -139,6 +141,10 @@ def main() -> int:
         "--readings", choices=["all", "basic"], default="all",
         help="all: health readings and per-process utilization on every GPU (default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--scenario", action="append", choices=[f"{g}x{p}" for g, p in SCENARIOS],
+        help="GPUs x processes to run (repeatable; default: all)",
+    )  # fmt: skip
     args = parser.parse_args()
     library = build(REPO / "build" / "fakenvml").parent
     exporters = ["gpu-exporter", "nvitop-exporter"]
@@ -151,6 +157,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for gpus, processes in SCENARIOS:
+            if args.scenario and f"{gpus}x{processes}" not in args.scenario:
+                continue
             workers = [subprocess.Popen(["sleep", "3600"]) for _ in range(processes)]
             try:
                 scenario_path = workdir / f"{gpus}x{processes}.scn"
