@@ -9,15 +9,22 @@ Per-process utilization (``nvmlDeviceGetProcessUtilization``) returns only sampl
 timestamp the caller passes, so the caller keeps the newest stamp seen per GPU between passes.
 NOT_FOUND there means "nothing ran since": every listed process reads 0; NOT_SUPPORTED (or any
 other error) means the GPU cannot tell, and the fields stay absent.
+
+NOT_SUPPORTED is the device's answer for good, so a GPU's getter that gave it is remembered in the
+caller's :class:`Unsupported` and not called again, which spares raising and catching an
+exception per field and pass; any other error (UNKNOWN, TIMEOUT, ...) is transient and the field
+is asked again next pass. The sampler starts a new :class:`Unsupported` after an NVML re-init,
+when a GPU comes back or changes MIG mode, and every few minutes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -104,13 +111,69 @@ class GpuReading:
     health: Mapping[str, Any] = field(default_factory=dict)  # the health fields, to pass back
 
 
+class Unsupported:
+    """The getters one GPU answered NOT_SUPPORTED, each with its arguments after the handle.
+
+    Only calls on the GPU's own handle are remembered: a MIG device's handle is another device.
+    One read of the GPU uses it at a time (the sampler never runs two reads of one GPU).
+    """
+
+    __slots__ = ("calls", "mig_mode", "read")
+
+    def __init__(self) -> None:
+        self.calls: set[Hashable] = set()
+        # The MIG mode of the GPU's first read with this set: a change alters what it supports.
+        self.read = False
+        self.mig_mode: bool | None = None
+
+
+@dataclass(frozen=True)
+class _Probing:
+    """The GPU handle whose calls are remembered in ``unsupported`` during one read."""
+
+    handle: Any
+    unsupported: Unsupported
+
+
+# Set for the duration of one read_gpu, in the thread that runs it.
+_PROBING: contextvars.ContextVar[_Probing | None] = contextvars.ContextVar("probing", default=None)
+
+
+def _call_key(read: Callable[..., Any], args: tuple[Any, ...]) -> Hashable | None:
+    """The key ``read(*args)`` is remembered under, or None when it is not a call on the GPU."""
+    probing = _PROBING.get()
+    if probing is None or not args or args[0] is not probing.handle:
+        return None
+    key = (read, args[1:])
+    try:
+        hash(key)
+    except TypeError:  # an argument that is a list: such a call is not remembered
+        return None
+    return key
+
+
+def _known_unsupported(key: Hashable | None) -> bool:
+    probing = _PROBING.get()
+    return key is not None and probing is not None and key in probing.unsupported.calls
+
+
+def _remember(key: Hashable | None, error: pynvml.NVMLError) -> None:
+    probing = _PROBING.get()
+    if key is not None and probing is not None and error.value == pynvml.NVML_ERROR_NOT_SUPPORTED:
+        probing.unsupported.calls.add(key)
+
+
 def _field(read: Callable[..., T], *args: Any) -> T | None:
     """Call one NVML getter; ``None`` on any failure except a lost GPU, which propagates."""
+    key = _call_key(read, args)
+    if _known_unsupported(key):
+        return None
     try:
         return read(*args)
     except pynvml.NVMLError as error:
         if error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
             raise GpuLostError from error
+        _remember(key, error)
         return None
     except Exception:  # a malformed answer (e.g. undecodable bytes) costs this field only
         log.debug("NVML getter %s failed", getattr(read, "__name__", read), exc_info=True)
@@ -190,6 +253,9 @@ def _process_utilization(
     handle: Any, since: int
 ) -> tuple[dict[int, ProcessUtilization] | None, int]:
     """Samples newer than ``since`` (the newest per pid), and the newest stamp seen."""
+    key = _call_key(pynvml.nvmlDeviceGetProcessUtilization, (handle,))
+    if _known_unsupported(key):
+        return None, since
     try:
         # pynvml does NVML's two calls: the size query, then the read into a buffer that size
         samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since)
@@ -198,6 +264,7 @@ def _process_utilization(
             raise GpuLostError from error
         if error.value in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS):
             return {}, since  # no sample newer than ``since``: nothing ran
+        _remember(key, error)
         return None, since
     except Exception:  # a malformed answer costs these fields only
         log.debug("nvmlDeviceGetProcessUtilization failed", exc_info=True)
@@ -376,15 +443,20 @@ def read_gpu(
     pcie_throughput: bool = False,
     utilization_since: int | None = None,
     health: Mapping[str, Any] | None = None,
+    unsupported: Unsupported | None = None,
 ) -> GpuReading:
     """Read every field of GPU ``index``; a lost GPU comes back with ``up=False``.
 
     ``utilization_since`` is the newest per-process utilization stamp seen on this GPU (0 for
     none yet); ``None`` skips per-process utilization. ``health`` is an earlier reading's
-    :attr:`GpuReading.health` to reuse instead of reading those fields again.
+    :attr:`GpuReading.health` to reuse instead of reading those fields again. ``unsupported``
+    remembers, from one read to the next, the getters this GPU answered NOT_SUPPORTED.
     """
+    token: contextvars.Token[_Probing | None] | None = None
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        if unsupported is not None:
+            token = _PROBING.set(_Probing(handle, unsupported))
         return _read_handle(
             index,
             handle,
@@ -399,6 +471,9 @@ def read_gpu(
             raise
         log.debug("GPU %d: no handle (%s)", index, error)
         return GpuReading(GpuSample(index=index, up=False))
+    finally:
+        if token is not None:
+            _PROBING.reset(token)
 
 
 def _health(handle: Any, *, pcie_throughput: bool) -> dict[str, Any]:
@@ -578,6 +653,7 @@ __all__ = [
     "NvmlSession",
     "ProcessUtilization",
     "RawProcess",
+    "Unsupported",
     "is_session_error",
     "read_gpu",
 ]

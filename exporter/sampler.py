@@ -34,6 +34,7 @@ from exporter.nvml_reader import (
     NvmlSession,
     ProcessUtilization,
     RawProcess,
+    Unsupported,
     is_session_error,
     read_gpu,
 )
@@ -54,6 +55,10 @@ _MAX_READER_THREADS = 32
 # Memory repair, aggregate ECC, PCIe and NVLink change rarely and cost as much to read as the
 # rest of a GPU; XIDs, the urgent signal, come from events as they happen.
 HEALTH_SECONDS = 10.0
+# A getter that answered NOT_SUPPORTED is not called again until then (or an NVML re-init, the
+# GPU coming back, a change of its MIG mode): a driver that answered it by mistake costs a field
+# for minutes, not for good.
+REPROBE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ class Sampler:
         self._last: dict[int, GpuReading] = {}
         # Each GPU's health fields and when they were read: read again every HEALTH_SECONDS.
         self._health: dict[int, tuple[float, Mapping[str, Any]]] = {}
+        # Each GPU's NOT_SUPPORTED getters, the session they were seen in and since when.
+        self._unsupported: dict[int, tuple[int, float, Unsupported]] = {}
         self._hung: set[int] = set()
         self._identity: dict[int, GpuSample] = {}  # each GPU's last sample while up
         self._latest = empty_snapshot(read_host(hostname=hostname))
@@ -223,6 +230,7 @@ class Sampler:
                 pcie_throughput=self._pcie_throughput,
                 utilization_since=since,
                 health=health,
+                unsupported=self._unsupported_of(index, now),
             ),
             now,
             self._session.generation,
@@ -230,6 +238,16 @@ class Sampler:
         )
         self._pending[index] = read
         return read
+
+    def _unsupported_of(self, index: int, now: float) -> Unsupported:
+        """The GPU's NOT_SUPPORTED getters, begun afresh in a new session and when they are old."""
+        known = self._unsupported.get(index)
+        generation = self._session.generation
+        if known is not None and known[0] == generation and now - known[1] < REPROBE_SECONDS:
+            return known[2]
+        unsupported = Unsupported()
+        self._unsupported[index] = (generation, now, unsupported)
+        return unsupported
 
     def _end_hang(self, index: int, read: _Read) -> None:
         if index in self._hung:
@@ -244,6 +262,7 @@ class Sampler:
         self._hung.discard(index)
         self._utilization_seen.pop(index, None)
         self._health.pop(index, None)
+        self._unsupported.pop(index, None)
 
     def _result(self, index: int, read: _Read) -> tuple[GpuReading, bool]:
         down = GpuReading(GpuSample(index=index, up=False))
@@ -269,17 +288,32 @@ class Sampler:
         except Exception as error:
             self._last.pop(index, None)
             self._health.pop(index, None)
+            self._unsupported.pop(index, None)
             if is_session_error(error):
                 self._session.reset(f"NVML session lost: {error}")
             else:
                 log.warning("GPU %d: read failed: %s", index, error)
             return down, False
         self._last[index] = reading
+        self._check_support(index, reading.sample)
         if read.fresh_health:
             self._health[index] = (read.started, reading.health)
         if reading.process_utilization is not None:
             self._utilization_seen[index] = reading.utilization_seen
         return reading, True
+
+    def _check_support(self, index: int, sample: GpuSample) -> None:
+        """Ask a GPU every getter again once it is back up or has changed MIG mode."""
+        known = self._unsupported.get(index)
+        if known is None:
+            return
+        unsupported = known[2]
+        if not sample.up:
+            del self._unsupported[index]  # it may come back reset, or as another board
+        elif not unsupported.read:
+            unsupported.read, unsupported.mig_mode = True, sample.mig_mode
+        elif sample.mig_mode != unsupported.mig_mode:
+            del self._unsupported[index]
 
     def _remember_identity(self, reading: GpuReading) -> GpuReading:
         """Keep a down GPU's uuid and name so its series stay the same series."""
