@@ -245,6 +245,11 @@ def _processes(handle: Any) -> tuple[RawProcess, ...]:
     return tuple(by_pid.values())
 
 
+# A number field of a pynvml structure, read past the ``__getattribute__`` its structures define
+# in Python to decode text (about 1 us a read; a ctypes field alone costs a tenth of that).
+_number: Callable[[Any, str], Any] = object.__getattribute__
+
+
 def _percent(value: Any) -> float:
     return min(max(int(value), 0), 100) / 100.0
 
@@ -269,18 +274,21 @@ def _process_utilization(
     except Exception:  # a malformed answer costs these fields only
         log.debug("nvmlDeviceGetProcessUtilization failed", exc_info=True)
         return None, since
-    newest: dict[int, Any] = {}
+    newest: dict[int, tuple[int, Any]] = {}
     seen = since
     for sample in samples:
-        pid, stamp = int(sample.pid), int(sample.timeStamp)
+        pid, stamp = int(_number(sample, "pid")), int(_number(sample, "timeStamp"))
         seen = max(seen, stamp)
-        if pid not in newest or stamp >= int(newest[pid].timeStamp):
-            newest[pid] = sample
+        if pid not in newest or stamp >= newest[pid][0]:
+            newest[pid] = (stamp, sample)
     utilization = {
         pid: ProcessUtilization(
-            _percent(s.smUtil), _percent(s.memUtil), _percent(s.encUtil), _percent(s.decUtil)
+            _percent(_number(s, "smUtil")),
+            _percent(_number(s, "memUtil")),
+            _percent(_number(s, "encUtil")),
+            _percent(_number(s, "decUtil")),
         )
-        for pid, s in newest.items()
+        for pid, (_, s) in newest.items()
     }
     return utilization, seen
 
@@ -363,45 +371,55 @@ def _nvlink_field_id(first: int, sixth: int, link: int) -> int:
     return first + link if link < 6 else sixth + link - 6
 
 
+# Each link's counter field ids, by link, in NvLinkSample's order of counters.
+_NVLINK_LINK_FIELDS: tuple[tuple[tuple[str, int], ...], ...] = tuple(
+    tuple((name, _nvlink_field_id(first, sixth, link)) for name, first, sixth in _NVLINK_COUNTERS)
+    for link in range(_NVLINK_COUNTER_LINKS)
+)
+_NVLINK_FIELD_IDS: tuple[int, ...] = (
+    pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT,
+    *(field_id for fields in _NVLINK_LINK_FIELDS for _, field_id in fields),
+)
+_NO_COUNTERS = {attribute: None for attribute, _, _ in _NVLINK_COUNTERS}
+
+
 def _nvlinks(handle: Any) -> tuple[NvLinkSample, ...]:
     """Every link's counters in one field-values call; each field answers on its own."""
-    ids = [pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT]
-    for link in range(_NVLINK_COUNTER_LINKS):
-        ids += [_nvlink_field_id(first, sixth, link) for _, first, sixth in _NVLINK_COUNTERS]
-    answers = _field(pynvml.nvmlDeviceGetFieldValues, handle, ids)
+    answers = _field(pynvml.nvmlDeviceGetFieldValues, handle, _NVLINK_FIELD_IDS)
     if answers is None:
         return ()
     by_id = {
-        int(answer.fieldId): _field_value(answer)
+        int(_number(answer, "fieldId")): _field_value(answer)
         for answer in answers
-        if answer.nvmlReturn == pynvml.NVML_SUCCESS
+        if _number(answer, "nvmlReturn") == pynvml.NVML_SUCCESS
     }
     count = by_id.get(pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT)
     if not count:
         return ()
     links = []
     for link in range(int(count)):
-        counters = {
-            attribute: by_id.get(_nvlink_field_id(first, sixth, link))
+        counters = (
+            {attribute: by_id.get(field_id) for attribute, field_id in _NVLINK_LINK_FIELDS[link]}
             if link < _NVLINK_COUNTER_LINKS
-            else None
-            for attribute, first, sixth in _NVLINK_COUNTERS
-        }
+            else _NO_COUNTERS
+        )
         state = _field(pynvml.nvmlDeviceGetNvLinkState, handle, link)
         links.append(NvLinkSample(link=link, up=_flag(state), **counters))
     return tuple(links)
 
 
+_VALUE_MEMBERS = {
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+}
+
+
 def _field_value(answer: Any) -> int | None:
-    kinds = {
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-    }
-    member = kinds.get(int(answer.valueType))
-    return None if member is None else int(getattr(answer.value, member))
+    member = _VALUE_MEMBERS.get(int(_number(answer, "valueType")))
+    return None if member is None else int(_number(_number(answer, "value"), member))
 
 
 def _mig_mode(handle: Any) -> tuple[bool | None, bool | None]:
