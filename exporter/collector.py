@@ -19,7 +19,15 @@ from dataclasses import dataclass
 
 from exporter import __version__
 from exporter.snapshot import THROTTLE_REASONS, GpuSample, Snapshot
-from servicekit.exposition import Family, Kind, escape, label_text, openmetrics_format, text_format
+from servicekit.exposition import (
+    Family,
+    FamilyCache,
+    Kind,
+    escape,
+    label_text,
+    openmetrics_format,
+    text_format,
+)
 
 # (metric name, help, ProcessSample attribute) for the per-process utilization gauges.
 _PROCESS_UTILIZATION: tuple[tuple[str, str, str], ...] = (
@@ -369,9 +377,15 @@ def render(
     openmetrics: bool = False,
     include_processes: bool = True,
     include_commands: bool = False,
+    cache: FamilyCache | None = None,
 ) -> bytes:
-    """``snapshot`` in the Prometheus text format, or in OpenMetrics."""
+    """``snapshot`` in the Prometheus text format, or in OpenMetrics.
+
+    ``cache`` keeps the text of the families whose samples did not change since it last saw them.
+    """
     families = snapshot_families(
         snapshot, include_processes=include_processes, include_commands=include_commands
     )
-    return openmetrics_format(families) if openmetrics else text_format(families)
+    if openmetrics:
+        return openmetrics_format(families, cache)
+    return text_format(families, cache)
