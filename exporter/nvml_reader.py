@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Hashable, Mapping
@@ -139,8 +141,8 @@ class _Probing:
 _PROBING: contextvars.ContextVar[_Probing | None] = contextvars.ContextVar("probing", default=None)
 
 
-def _call_key(read: Callable[..., Any], args: tuple[Any, ...]) -> Hashable | None:
-    """The key ``read(*args)`` is remembered under, or None when it is not a call on the GPU."""
+def _memo(read: Callable[..., Any], args: tuple[Any, ...]) -> tuple[set[Hashable], Hashable] | None:
+    """Where ``read(*args)`` is remembered and under which key; None for a call not on the GPU."""
     probing = _PROBING.get()
     if probing is None or not args or args[0] is not probing.handle:
         return None
@@ -149,31 +151,25 @@ def _call_key(read: Callable[..., Any], args: tuple[Any, ...]) -> Hashable | Non
         hash(key)
     except TypeError:  # an argument that is a list: such a call is not remembered
         return None
-    return key
+    return probing.unsupported.calls, key
 
 
-def _known_unsupported(key: Hashable | None) -> bool:
-    probing = _PROBING.get()
-    return key is not None and probing is not None and key in probing.unsupported.calls
-
-
-def _remember(key: Hashable | None, error: pynvml.NVMLError) -> None:
-    probing = _PROBING.get()
-    if key is not None and probing is not None and error.value == pynvml.NVML_ERROR_NOT_SUPPORTED:
-        probing.unsupported.calls.add(key)
+def _remember(memo: tuple[set[Hashable], Hashable] | None, error: pynvml.NVMLError) -> None:
+    if memo is not None and error.value == pynvml.NVML_ERROR_NOT_SUPPORTED:
+        memo[0].add(memo[1])
 
 
 def _field(read: Callable[..., T], *args: Any) -> T | None:
     """Call one NVML getter; ``None`` on any failure except a lost GPU, which propagates."""
-    key = _call_key(read, args)
-    if _known_unsupported(key):
-        return None
+    memo = _memo(read, args)
+    if memo is not None and memo[1] in memo[0]:
+        return None  # NOT_SUPPORTED before
     try:
         return read(*args)
     except pynvml.NVMLError as error:
         if error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
             raise GpuLostError from error
-        _remember(key, error)
+        _remember(memo, error)
         return None
     except Exception:  # a malformed answer (e.g. undecodable bytes) costs this field only
         log.debug("NVML getter %s failed", getattr(read, "__name__", read), exc_info=True)
@@ -216,9 +212,51 @@ def _merged(first: RawProcess, second: RawProcess) -> RawProcess:
     return dataclasses.replace(first, gpu_memory_bytes=max(readings) if readings else None)
 
 
-def _instance(info: Any, name: str) -> int | None:
-    value = getattr(info, name, None)
-    return None if value is None or int(value) == _NO_INSTANCE else int(value)
+# A number field of a pynvml structure, read past the ``__getattribute__`` its structures define
+# in Python to decode text (about 1 us a read; a ctypes field alone costs a tenth of that).
+_number: Callable[[Any, str], Any] = object.__getattribute__
+
+
+def _instance(value: int) -> int | None:
+    return None if value == _NO_INSTANCE else int(value)
+
+
+# NVML's process lists, asked as pynvml asks them (a size query, then a call with room to spare)
+# but read as plain numbers: pynvml makes each entry an object through its Python
+# ``__getattribute__``, 7 us a process, which was half of reading a GPU with 8 processes.
+_PROCESS_LISTS = (
+    ("compute", "nvmlDeviceGetComputeRunningProcesses_v3"),
+    ("graphics", "nvmlDeviceGetGraphicsRunningProcesses_v3"),
+)
+_MEMORY_NOT_AVAILABLE = pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value  # usedGpuMemory under WDDM
+
+
+def _running(handle: Any, entry_point: str) -> list[tuple[int, int | None, int, int]]:
+    """(pid, used GPU memory, GPU instance, compute instance) of each process listed."""
+    call = pynvml._nvmlGetFunctionPointer(entry_point)
+    count = ctypes.c_uint(0)
+    returned = call(handle, ctypes.byref(count), None)
+    if returned == pynvml.NVML_SUCCESS:
+        return []  # no process
+    if returned != pynvml.NVML_ERROR_INSUFFICIENT_SIZE:
+        raise pynvml.NVMLError(returned)
+    count.value = count.value * 2 + 5  # room for processes that start between the two calls
+    infos = (pynvml.c_nvmlProcessInfo_t * count.value)()
+    returned = call(handle, ctypes.byref(count), infos)
+    if returned != pynvml.NVML_SUCCESS:
+        raise pynvml.NVMLError(returned)
+    listed = []
+    for info in infos[: count.value]:
+        used = _number(info, "usedGpuMemory")
+        listed.append(
+            (
+                _number(info, "pid"),
+                None if used == _MEMORY_NOT_AVAILABLE else used,
+                _number(info, "gpuInstanceId"),
+                _number(info, "computeInstanceId"),
+            )
+        )
+    return listed
 
 
 def _processes(handle: Any) -> tuple[RawProcess, ...]:
@@ -228,26 +266,19 @@ def _processes(handle: Any) -> tuple[RawProcess, ...]:
     it is one process holding that memory, so it is reported once, as compute.
     """
     by_pid: dict[int, RawProcess] = {}
-    for kind, read in (
-        ("compute", pynvml.nvmlDeviceGetComputeRunningProcesses),
-        ("graphics", pynvml.nvmlDeviceGetGraphicsRunningProcesses),
-    ):
-        for info in _field(read, handle) or ():
-            pid, used = int(info.pid), info.usedGpuMemory
+    for kind, entry_point in _PROCESS_LISTS:
+        for pid, used, gpu_instance, compute_instance in (
+            _field(_running, handle, entry_point) or ()
+        ):
             process = RawProcess(
                 pid,
                 kind,
-                None if used is None else int(used),
-                gpu_instance=_instance(info, "gpuInstanceId"),
-                compute_instance=_instance(info, "computeInstanceId"),
+                used,
+                gpu_instance=_instance(gpu_instance),
+                compute_instance=_instance(compute_instance),
             )
             by_pid[pid] = _merged(by_pid[pid], process) if pid in by_pid else process
     return tuple(by_pid.values())
-
-
-# A number field of a pynvml structure, read past the ``__getattribute__`` its structures define
-# in Python to decode text (about 1 us a read; a ctypes field alone costs a tenth of that).
-_number: Callable[[Any, str], Any] = object.__getattribute__
 
 
 def _percent(value: Any) -> float:
@@ -258,9 +289,9 @@ def _process_utilization(
     handle: Any, since: int
 ) -> tuple[dict[int, ProcessUtilization] | None, int]:
     """Samples newer than ``since`` (the newest per pid), and the newest stamp seen."""
-    key = _call_key(pynvml.nvmlDeviceGetProcessUtilization, (handle,))
-    if _known_unsupported(key):
-        return None, since
+    memo = _memo(pynvml.nvmlDeviceGetProcessUtilization, (handle,))
+    if memo is not None and memo[1] in memo[0]:
+        return None, since  # NOT_SUPPORTED before
     try:
         # pynvml does NVML's two calls: the size query, then the read into a buffer that size
         samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since)
@@ -269,7 +300,7 @@ def _process_utilization(
             raise GpuLostError from error
         if error.value in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS):
             return {}, since  # no sample newer than ``since``: nothing ran
-        _remember(key, error)
+        _remember(memo, error)
         return None, since
     except Exception:  # a malformed answer costs these fields only
         log.debug("nvmlDeviceGetProcessUtilization failed", exc_info=True)
@@ -282,15 +313,21 @@ def _process_utilization(
         if pid not in newest or stamp >= newest[pid][0]:
             newest[pid] = (stamp, sample)
     utilization = {
-        pid: ProcessUtilization(
-            _percent(_number(s, "smUtil")),
-            _percent(_number(s, "memUtil")),
-            _percent(_number(s, "encUtil")),
-            _percent(_number(s, "decUtil")),
+        pid: _shares(
+            _number(s, "smUtil"),
+            _number(s, "memUtil"),
+            _number(s, "encUtil"),
+            _number(s, "decUtil"),
         )
         for pid, (_, s) in newest.items()
     }
     return utilization, seen
+
+
+@functools.lru_cache(maxsize=4096)
+def _shares(sm: int, memory: int, encoder: int, decoder: int) -> ProcessUtilization:
+    """The (immutable) utilization for NVML's percentages: the same few recur pass after pass."""
+    return ProcessUtilization(_percent(sm), _percent(memory), _percent(encoder), _percent(decoder))
 
 
 def _utilization(handle: Any) -> tuple[float | None, float | None]:

@@ -108,6 +108,8 @@ class Sampler:
         self._unsupported: dict[int, tuple[int, float, Unsupported]] = {}
         self._hung: set[int] = set()
         self._identity: dict[int, GpuSample] = {}  # each GPU's last sample while up
+        # Each (GPU, pid)'s last sample and what it was made of, reused while that is the same.
+        self._process_samples: dict[tuple[int, int], tuple[tuple[Any, ...], ProcessSample]] = {}
         self._latest = empty_snapshot(read_host(hostname=hostname))
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -348,20 +350,26 @@ class Sampler:
             owners, success = {}, False
         holders = self._gpu_holders() if any(r.processes for r in readings) else {}
         gpus: list[GpuSample] = []
+        samples: dict[tuple[int, int], tuple[tuple[Any, ...], ProcessSample]] = {}
         for reading in readings:
             mig_uuids = {(m.gpu_instance, m.compute_instance): m.uuid for m in reading.sample.migs}
             gpu_pods = holders.get(reading.sample.uuid or "", ())
+            utilization = reading.process_utilization
             processes = []
             for raw in reading.processes:
                 mig_uuid = mig_uuids.get((raw.gpu_instance, raw.compute_instance), "")
                 # The kubelet lists a MIG device by its own uuid, not its GPU's.
                 pods = holders.get(mig_uuid, gpu_pods) if mig_uuid else gpu_pods
-                processes.append(
-                    _process_sample(
-                        raw, owners.get(raw.pid), pods, reading.process_utilization, mig_uuid
-                    )
-                )
+                used = None if utilization is None else utilization.get(raw.pid, IDLE_PROCESS)
+                inputs = (raw, owners.get(raw.pid), pods, used, mig_uuid)
+                key = (reading.sample.index, raw.pid)
+                known = self._process_samples.get(key)
+                # Owners, pods and shares are the same objects while they hold: a cheap compare.
+                sample = known[1] if known and known[0] == inputs else _process_sample(*inputs)
+                samples[key] = (inputs, sample)
+                processes.append(sample)
             gpus.append(_replaced(reading.sample, processes=tuple(processes)))
+        self._process_samples = samples  # only the processes listed now
         return tuple(gpus), CollectorStatus("processes", success, time.perf_counter() - started)
 
     def _gpu_holders(self) -> dict[str, tuple[PodContainer, ...]]:
@@ -398,7 +406,7 @@ def _process_sample(
     raw: RawProcess,
     owner: ProcessOwner | None,
     pods: tuple[PodContainer, ...],
-    utilization: dict[int, ProcessUtilization] | None,
+    used: ProcessUtilization | None,
     mig_uuid: str,
 ) -> ProcessSample:
     attribution = owner.attribution if owner else None
@@ -408,7 +416,6 @@ def _process_sample(
         pod, namespace = pods[0].pod, pods[0].namespace
     else:
         pod, namespace = (attribution.pod_uid if attribution else ""), ""
-    used = None if utilization is None else utilization.get(raw.pid, IDLE_PROCESS)
     return ProcessSample(
         pid=raw.pid,
         kind=raw.kind,

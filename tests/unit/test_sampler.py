@@ -67,6 +67,7 @@ class Reader:
         self.calls: dict[int, int] = {}
         self.options: dict[int, dict[str, object]] = {}  # each GPU's last call's
         self.mig_mode: bool | None = None
+        self.memory = 2**30  # each GPU's process's
         self.returned: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -90,7 +91,7 @@ class Reader:
             temperature_celsius=self.temperature + index,
             mig_mode=self.mig_mode,
         )
-        return GpuReading(sample, (RawProcess(100 + index, "compute", 2**30),))
+        return GpuReading(sample, (RawProcess(100 + index, "compute", self.memory),))
 
 
 @pytest.fixture
@@ -292,3 +293,20 @@ def test_unsupported_getters_are_asked_again_after_a_while(
     monkeypatch.setattr(sampler_module, "REPROBE_SECONDS", 0.0)
     sampler.sample_once()
     assert _unsupported(reader, 0) is not before
+
+
+def test_a_process_sample_follows_its_owner_and_memory_from_pass_to_pass(
+    make_sampler, reader
+) -> None:
+    sampler = make_sampler(Session(1), reader)
+    first = sampler.sample_once().gpus[0].processes
+    assert sampler.sample_once().gpus[0].processes == first  # nothing changed
+    sampler._resolver.table[100] = ProcessOwner("bob", "python b.py")
+    reader.memory = 2**31
+    (process,) = sampler.sample_once().gpus[0].processes
+    assert (process.pid, process.user, process.command, process.gpu_memory_bytes) == (
+        100,
+        "bob",
+        "python b.py",
+        2**31,
+    )
