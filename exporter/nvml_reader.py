@@ -413,9 +413,14 @@ _NVLINK_LINK_FIELDS: tuple[tuple[tuple[str, int], ...], ...] = tuple(
     tuple((name, _nvlink_field_id(first, sixth, link)) for name, first, sixth in _NVLINK_COUNTERS)
     for link in range(_NVLINK_COUNTER_LINKS)
 )
-_NVLINK_FIELD_IDS: tuple[int, ...] = (
-    pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT,
-    *(field_id for fields in _NVLINK_LINK_FIELDS for _, field_id in fields),
+# As (field id, scope id) pairs: pynvml takes a bare id only after failing to unpack it as a pair,
+# an exception per field and call. Scope 0 is what a bare id gets.
+_NVLINK_FIELD_IDS: tuple[tuple[int, int], ...] = tuple(
+    (field_id, 0)
+    for field_id in (
+        pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT,
+        *(field_id for fields in _NVLINK_LINK_FIELDS for _, field_id in fields),
+    )
 )
 _NO_COUNTERS = {attribute: None for attribute, _, _ in _NVLINK_COUNTERS}
 
