@@ -253,12 +253,16 @@ def test_a_gpu_keeps_its_unsupported_getters_from_pass_to_pass(make_sampler, rea
     assert [_unsupported(reader, 0), _unsupported(reader, 1)] == first
 
 
-def test_an_nvml_reinit_asks_every_getter_again(make_sampler, reader) -> None:
+@pytest.mark.parametrize("cause", ["nvml reinit", "time"])
+def test_a_reinit_or_time_asks_every_getter_again(make_sampler, reader, monkeypatch, cause) -> None:
     session = Session(1)
     sampler = make_sampler(session, reader)
     sampler.sample_once()
     before = _unsupported(reader, 0)
-    session.generation += 1  # what a successful re-init does
+    if cause == "nvml reinit":
+        session.generation += 1  # what a successful re-init does
+    else:
+        monkeypatch.setattr(sampler_module, "REPROBE_SECONDS", 0.0)
     sampler.sample_once()
     assert _unsupported(reader, 0) is not before
 
@@ -282,17 +286,6 @@ def test_a_gpu_back_up_or_in_another_mig_mode_is_asked_every_getter_again(
     reader.failing.discard(0)
     sampler.sample_once()
     assert _unsupported(reader, 0) is not after_mig
-
-
-def test_unsupported_getters_are_asked_again_after_a_while(
-    make_sampler, reader, monkeypatch
-) -> None:
-    sampler = make_sampler(Session(1), reader)
-    sampler.sample_once()
-    before = _unsupported(reader, 0)
-    monkeypatch.setattr(sampler_module, "REPROBE_SECONDS", 0.0)
-    sampler.sample_once()
-    assert _unsupported(reader, 0) is not before
 
 
 def test_a_process_sample_follows_its_owner_and_memory_from_pass_to_pass(
