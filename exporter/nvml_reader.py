@@ -120,12 +120,12 @@ class Unsupported:
     One read of the GPU uses it at a time (the sampler never runs two reads of one GPU).
     """
 
-    __slots__ = ("calls", "mig_mode", "read")
+    __slots__ = ("calls", "mig_mode", "mig_mode_known")
 
     def __init__(self) -> None:
         self.calls: set[Hashable] = set()
         # The MIG mode of the GPU's first read with this set: a change alters what it supports.
-        self.read = False
+        self.mig_mode_known = False
         self.mig_mode: bool | None = None
 
 

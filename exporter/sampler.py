@@ -312,8 +312,8 @@ class Sampler:
         unsupported = known[2]
         if not sample.up:
             del self._unsupported[index]  # it may come back reset, or as another board
-        elif not unsupported.read:
-            unsupported.read, unsupported.mig_mode = True, sample.mig_mode
+        elif not unsupported.mig_mode_known:
+            unsupported.mig_mode_known, unsupported.mig_mode = True, sample.mig_mode
         elif sample.mig_mode != unsupported.mig_mode:
             del self._unsupported[index]
 
