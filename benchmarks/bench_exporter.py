@@ -2,17 +2,18 @@
 
 For each scenario (GPUs x processes: 1x0, 8x64, 16x512), both exporters sample every second;
 with ``--readings all`` (the default) every GPU also reports what a current data-centre GPU does
-(PCIe link and replays, 12 NVLinks, row remapping, aggregate ECC, a utilization sample per
-process, GPM figures), so the exporter's per-sample work is the real one; ``--readings basic``
-leaves those out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0 did. ``--no-gpm`` runs
+(PCIe link and replays, 18 NVLinks as on an H100 SXM, row remapping, aggregate ECC, a
+utilization sample per process, GPM figures), so the exporter's per-sample work is the real one;
+``--readings basic`` leaves those out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0 did. ``--no-gpm`` runs
 gpu-exporter with ``--no-collector.gpm``, to see what GPM costs; ``--dcgm-names`` runs it with
 ``--metrics.dcgm-names``, to see what dcgm-exporter's names cost beside the project's;
 ``--scenario 8x64`` (repeatable) runs only the scenarios named.
-the script measures, per exporter: scrape latency p50/p99 over N sequential scrapes, bytes per
+The script measures, per exporter: scrape latency p50/p99 over N sequential scrapes, bytes per
 scrape, CPU seconds per minute while scraped once a second, and resident memory. Run from the
 repository root after ``make test`` has built the environment::
 
     .venv/bin/python -m benchmarks.bench_exporter [--scrapes 500] [--cpu-window 30]
+        [--scenario 8x64]
 
 nvitop-exporter is optional (``pip install nvitop-exporter``); without it only gpu-exporter runs.
 """
@@ -46,6 +47,7 @@ GPM_FIGURES = fake.FakeGpmMetrics(
     fp64_active=0, fp32_active=12.5, fp16_active=3, pcie_tx=2 * fake.GIB,
     pcie_rx=6 * fake.GIB, nvlink_tx=120 * fake.GIB, nvlink_rx=118 * fake.GIB,
 )  # fmt: skip
+NVLINKS = 18  # an H100 SXM's
 
 
 @dataclass
@@ -84,7 +86,7 @@ def with_every_reading(scenario: fake.FakeScenario) -> fake.FakeScenario:
             ecc_aggregate_uncorrected=0,
             pcie_replay=1,
             pcie_link=fake.FakePcieLink(max_gen=5, max_width=16, gen=5, width=16),
-            nvlinks=[fake.FakeNvLink() for _ in range(12)],
+            nvlinks=[fake.FakeNvLink() for _ in range(NVLINKS)],
             remapped_rows=fake.FakeRemappedRows(),
             process_utilization=[
                 fake.FakeProcessUtilization(process.pid, 50, 20) for process in gpu.processes

@@ -2,7 +2,8 @@
 
 Every endpoint renders the sampler's latest snapshot and never touches NVML, so a hung GPU cannot
 hang a request. The Prometheus exposition of a snapshot is rendered once per snapshot and format
-and shared by all scrapes until the next snapshot.
+and shared by all scrapes until the next snapshot; a family whose samples are those of the last
+rendering is not written again (servicekit.exposition.FamilyCache).
 
 The app is plain WSGI rather than Flask: it has five routes, and it runs on every GPU node, where
 Flask's import alone would cost a third of the exporter's memory.
@@ -21,6 +22,7 @@ from exporter import __version__
 from exporter.collector import render
 from exporter.legacy import legacy_status_json
 from exporter.snapshot import Snapshot
+from servicekit.exposition import FamilyCache
 from servicekit.limiter import FailureThrottle, client_key
 from servicekit.metricsformat import MetricsFormat, negotiate
 from servicekit.password import PasswordSource
@@ -106,6 +108,8 @@ class MetricsRenderer:
         self._lock = threading.Lock()
         self._sequence = -1
         self._cache: dict[MetricsFormat, bytes] = {}
+        # Across snapshots: the families that did not change are not written again.
+        self._families = FamilyCache()
 
     def render(
         self, accept: str | None, accept_encoding: str | None
@@ -125,6 +129,7 @@ class MetricsRenderer:
                 include_processes=self._include_processes,
                 include_commands=self._include_commands,
                 dcgm_names=self._dcgm_names,
+                cache=self._families,
             )
             cached = metrics_format.compress(body)
             with self._lock:

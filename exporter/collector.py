@@ -14,13 +14,29 @@ millisecond.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from exporter import __version__
 from exporter.dcgm_names import dcgm_families
-from exporter.snapshot import GPM_STATUSES, THROTTLE_REASONS, GpmFigures, GpuSample, Snapshot
-from servicekit.exposition import Family, Kind, escape, label_text, openmetrics_format, text_format
+from exporter.snapshot import (
+    GPM_STATUSES,
+    THROTTLE_REASONS,
+    GpmFigures,
+    GpuSample,
+    NvLinkSample,
+    Snapshot,
+)
+from servicekit.exposition import (
+    Family,
+    FamilyCache,
+    Kind,
+    escape,
+    label_text,
+    openmetrics_format,
+    text_format,
+)
 
 # (metric name, help, ProcessSample attribute) for the per-process utilization gauges.
 _PROCESS_UTILIZATION: tuple[tuple[str, str, str], ...] = (
@@ -216,16 +232,32 @@ def _nvlink(gpus: tuple[_Gpu, ...]) -> Iterator[Family]:
     up = Family("gpu_nvlink_up", "gauge", "1 if the NVLink link is active.")
     errors = Family("gpu_nvlink_errors", "counter", "NVLink errors on the link, by kind.")
     for gpu in gpus:
-        for link in gpu.sample.nvlinks:
-            labels = f'{gpu.labels},link="{link.link}"'
-            if link.up is not None:
-                up.add(labels, 1.0 if link.up else 0.0)
-            for kind, attribute in _NVLINK_COUNTERS:
-                value = getattr(link, attribute)
-                if value is not None:
-                    errors.add(f'{labels},type="{kind}"', value)
+        if gpu.sample.nvlinks:
+            ups, counts = _nvlink_samples(gpu.labels, gpu.sample.nvlinks)
+            up.samples.extend(ups)
+            errors.samples.extend(counts)
     yield up
     yield errors
+
+
+# The sampler reads NVLink with the other health fields every 10 s and reuses the very tuple in
+# between, so most renders find a GPU's links here: 90 samples a GPU at 18 links, half of all.
+@functools.lru_cache(maxsize=64)
+def _nvlink_samples(
+    gpu_labels: str, links: tuple[NvLinkSample, ...]
+) -> tuple[tuple[tuple[str, float], ...], tuple[tuple[str, float], ...]]:
+    """The ``gpu_nvlink_up`` and ``gpu_nvlink_errors`` samples of one GPU's links."""
+    up: list[tuple[str, float]] = []
+    errors: list[tuple[str, float]] = []
+    for link in links:
+        labels = f'{gpu_labels},link="{link.link}"'
+        if link.up is not None:
+            up.append((labels, 1.0 if link.up else 0.0))
+        for kind, attribute in _NVLINK_COUNTERS:
+            value = getattr(link, attribute)
+            if value is not None:
+                errors.append((f'{labels},type="{kind}"', value))
+    return tuple(up), tuple(errors)
 
 
 def _mig(gpus: tuple[_Gpu, ...]) -> Iterator[Family]:
@@ -358,11 +390,18 @@ def _throttle(gpus: tuple[_Gpu, ...]) -> Family:
     )
     for gpu in gpus:
         reasons = gpu.sample.throttle_reasons
-        if reasons is None:
-            continue
-        for bit, reason in THROTTLE_REASONS:
-            throttle.add(f'{gpu.labels},reason="{reason}"', 1.0 if reasons & bit else 0.0)
+        if reasons is not None:
+            throttle.samples.extend(_throttle_samples(gpu.labels, reasons))
     return throttle
+
+
+@functools.lru_cache(maxsize=256)
+def _throttle_samples(gpu_labels: str, reasons: int) -> tuple[tuple[str, float], ...]:
+    """One GPU's ``gpu_throttle_reason`` samples: the same few masks recur render after render."""
+    return tuple(
+        (f'{gpu_labels},reason="{reason}"', 1.0 if reasons & bit else 0.0)
+        for bit, reason in THROTTLE_REASONS
+    )
 
 
 def _process_families(gpus: tuple[_Gpu, ...], *, include_commands: bool) -> Iterator[Family]:
@@ -383,19 +422,19 @@ def _process_families(gpus: tuple[_Gpu, ...], *, include_commands: bool) -> Iter
         "(empty when not applicable); command lines are not published here.",
     )
     for process, labels in processes:
-        owner = f'{labels},user="{escape(process.user)}",mig_uuid="{escape(process.mig_uuid)}"'
+        owner, identity = _process_labels(
+            labels,
+            process.user,
+            process.mig_uuid,
+            process.slurm_job,
+            process.container,
+            process.pod,
+            process.namespace,
+            process.command if include_commands else None,
+        )
         if process.gpu_memory_bytes is not None:
             memory.add(owner, process.gpu_memory_bytes)
-        # "slurm_job", not "job": Prometheus owns the job and instance labels
-        identity = [
-            ("slurm_job", process.slurm_job),
-            ("container", process.container),
-            ("pod", process.pod),
-            ("namespace", process.namespace),
-        ]
-        if include_commands:
-            identity.append(("command", process.command))
-        info.add(f"{owner},{label_text(identity)}")
+        info.add(identity)
     yield memory
     yield info
     for name, documentation, attribute in _PROCESS_UTILIZATION:
@@ -405,6 +444,32 @@ def _process_families(gpus: tuple[_Gpu, ...], *, include_commands: bool) -> Iter
             if value is not None:
                 family.add(labels, value)
         yield family
+
+
+@functools.lru_cache(maxsize=4096)
+def _process_labels(
+    labels: str,
+    user: str,
+    mig_uuid: str,
+    slurm_job: str,
+    container: str,
+    pod: str,
+    namespace: str,
+    command: str | None,
+) -> tuple[str, str]:
+    """A process's labels on its memory series and on ``gpu_process_info``, escaped once per
+    process rather than once per render (``command`` None: not published)."""
+    owner = f'{labels},user="{escape(user)}",mig_uuid="{escape(mig_uuid)}"'
+    # "slurm_job", not "job": Prometheus owns the job and instance labels
+    identity = [
+        ("slurm_job", slurm_job),
+        ("container", container),
+        ("pod", pod),
+        ("namespace", namespace),
+    ]
+    if command is not None:
+        identity.append(("command", command))
+    return owner, f"{owner},{label_text(identity)}"
 
 
 def _self_families(snapshot: Snapshot) -> Iterator[Family]:
@@ -457,12 +522,18 @@ def render(
     include_processes: bool = True,
     include_commands: bool = False,
     dcgm_names: bool = False,
+    cache: FamilyCache | None = None,
 ) -> bytes:
-    """``snapshot`` in the Prometheus text format, or in OpenMetrics."""
+    """``snapshot`` in the Prometheus text format, or in OpenMetrics.
+
+    ``cache`` keeps the text of the families whose samples did not change since it last saw them.
+    """
     families = snapshot_families(
         snapshot,
         include_processes=include_processes,
         include_commands=include_commands,
         dcgm_names=dcgm_names,
     )
-    return openmetrics_format(families) if openmetrics else text_format(families)
+    if openmetrics:
+        return openmetrics_format(families, cache)
+    return text_format(families, cache)

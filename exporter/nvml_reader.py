@@ -9,15 +9,24 @@ Per-process utilization (``nvmlDeviceGetProcessUtilization``) returns only sampl
 timestamp the caller passes, so the caller keeps the newest stamp seen per GPU between passes.
 NOT_FOUND there means "nothing ran since": every listed process reads 0; NOT_SUPPORTED (or any
 other error) means the GPU cannot tell, and the fields stay absent.
+
+NOT_SUPPORTED is the device's answer for good, so a GPU's getter that gave it is remembered in the
+caller's :class:`Unsupported` and not called again, which spares raising and catching an
+exception per field and pass; any other error (UNKNOWN, TIMEOUT, ...) is transient and the field
+is asked again next pass. The sampler starts a new :class:`Unsupported` after an NVML re-init,
+when a GPU comes back or changes MIG mode, and every few minutes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import ctypes
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -104,13 +113,63 @@ class GpuReading:
     health: Mapping[str, Any] = field(default_factory=dict)  # the health fields, to pass back
 
 
+class Unsupported:
+    """The getters one GPU answered NOT_SUPPORTED, each with its arguments after the handle.
+
+    Only calls on the GPU's own handle are remembered: a MIG device's handle is another device.
+    One read of the GPU uses it at a time (the sampler never runs two reads of one GPU).
+    """
+
+    __slots__ = ("calls", "mig_mode", "mig_mode_known")
+
+    def __init__(self) -> None:
+        self.calls: set[Hashable] = set()
+        # The MIG mode of the GPU's first read with this set: a change alters what it supports.
+        self.mig_mode_known = False
+        self.mig_mode: bool | None = None
+
+
+@dataclass(frozen=True)
+class _Probing:
+    """The GPU handle whose calls are remembered in ``unsupported`` during one read."""
+
+    handle: Any
+    unsupported: Unsupported
+
+
+# Set for the duration of one read_gpu, in the thread that runs it.
+_PROBING: contextvars.ContextVar[_Probing | None] = contextvars.ContextVar("probing", default=None)
+
+
+def _memo(read: Callable[..., Any], args: tuple[Any, ...]) -> tuple[set[Hashable], Hashable] | None:
+    """Where ``read(*args)`` is remembered and under which key; None for a call not on the GPU."""
+    probing = _PROBING.get()
+    if probing is None or not args or args[0] is not probing.handle:
+        return None
+    key = (read, args[1:])
+    try:
+        hash(key)
+    except TypeError:  # an argument that is a list: such a call is not remembered
+        return None
+    return probing.unsupported.calls, key
+
+
+def _remember(memo: tuple[set[Hashable], Hashable] | None, error: pynvml.NVMLError) -> None:
+    if memo is not None and error.value == pynvml.NVML_ERROR_NOT_SUPPORTED:
+        memo[0].add(memo[1])
+
+
 def _field(read: Callable[..., T], *args: Any) -> T | None:
     """Call one NVML getter; ``None`` on any failure except a lost GPU, which propagates."""
+    memo = _memo(read, args)
+    if memo is not None and memo[1] in memo[0]:
+        return None  # NOT_SUPPORTED before
     try:
         return read(*args)
     except pynvml.NVMLError as error:
         if error.value == pynvml.NVML_ERROR_GPU_IS_LOST:
             raise GpuLostError from error
+        _remember(memo, error)
         return None
     except Exception:  # a malformed answer (e.g. undecodable bytes) costs this field only
         log.debug("NVML getter %s failed", getattr(read, "__name__", read), exc_info=True)
@@ -153,9 +212,51 @@ def _merged(first: RawProcess, second: RawProcess) -> RawProcess:
     return dataclasses.replace(first, gpu_memory_bytes=max(readings) if readings else None)
 
 
-def _instance(info: Any, name: str) -> int | None:
-    value = getattr(info, name, None)
-    return None if value is None or int(value) == _NO_INSTANCE else int(value)
+# A number field of a pynvml structure, read past the ``__getattribute__`` its structures define
+# in Python to decode text (about 1 us a read; a ctypes field alone costs a tenth of that).
+_number: Callable[[Any, str], Any] = object.__getattribute__
+
+
+def _instance(value: int) -> int | None:
+    return None if value == _NO_INSTANCE else int(value)
+
+
+# NVML's process lists, asked as pynvml asks them (a size query, then a call with room to spare)
+# but read as plain numbers: pynvml makes each entry an object through its Python
+# ``__getattribute__``, 7 us a process, which was half of reading a GPU with 8 processes.
+_PROCESS_LISTS = (
+    ("compute", "nvmlDeviceGetComputeRunningProcesses_v3"),
+    ("graphics", "nvmlDeviceGetGraphicsRunningProcesses_v3"),
+)
+_MEMORY_NOT_AVAILABLE = pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value  # usedGpuMemory under WDDM
+
+
+def _running(handle: Any, entry_point: str) -> list[tuple[int, int | None, int, int]]:
+    """(pid, used GPU memory, GPU instance, compute instance) of each process listed."""
+    call = pynvml._nvmlGetFunctionPointer(entry_point)
+    count = ctypes.c_uint(0)
+    returned = call(handle, ctypes.byref(count), None)
+    if returned == pynvml.NVML_SUCCESS:
+        return []  # no process
+    if returned != pynvml.NVML_ERROR_INSUFFICIENT_SIZE:
+        raise pynvml.NVMLError(returned)
+    count.value = count.value * 2 + 5  # room for processes that start between the two calls
+    infos = (pynvml.c_nvmlProcessInfo_t * count.value)()
+    returned = call(handle, ctypes.byref(count), infos)
+    if returned != pynvml.NVML_SUCCESS:
+        raise pynvml.NVMLError(returned)
+    listed = []
+    for info in infos[: count.value]:
+        used = _number(info, "usedGpuMemory")
+        listed.append(
+            (
+                _number(info, "pid"),
+                None if used == _MEMORY_NOT_AVAILABLE else used,
+                _number(info, "gpuInstanceId"),
+                _number(info, "computeInstanceId"),
+            )
+        )
+    return listed
 
 
 def _processes(handle: Any) -> tuple[RawProcess, ...]:
@@ -165,18 +266,16 @@ def _processes(handle: Any) -> tuple[RawProcess, ...]:
     it is one process holding that memory, so it is reported once, as compute.
     """
     by_pid: dict[int, RawProcess] = {}
-    for kind, read in (
-        ("compute", pynvml.nvmlDeviceGetComputeRunningProcesses),
-        ("graphics", pynvml.nvmlDeviceGetGraphicsRunningProcesses),
-    ):
-        for info in _field(read, handle) or ():
-            pid, used = int(info.pid), info.usedGpuMemory
+    for kind, entry_point in _PROCESS_LISTS:
+        for pid, used, gpu_instance, compute_instance in (
+            _field(_running, handle, entry_point) or ()
+        ):
             process = RawProcess(
                 pid,
                 kind,
-                None if used is None else int(used),
-                gpu_instance=_instance(info, "gpuInstanceId"),
-                compute_instance=_instance(info, "computeInstanceId"),
+                used,
+                gpu_instance=_instance(gpu_instance),
+                compute_instance=_instance(compute_instance),
             )
             by_pid[pid] = _merged(by_pid[pid], process) if pid in by_pid else process
     return tuple(by_pid.values())
@@ -190,6 +289,9 @@ def _process_utilization(
     handle: Any, since: int
 ) -> tuple[dict[int, ProcessUtilization] | None, int]:
     """Samples newer than ``since`` (the newest per pid), and the newest stamp seen."""
+    memo = _memo(pynvml.nvmlDeviceGetProcessUtilization, (handle,))
+    if memo is not None and memo[1] in memo[0]:
+        return None, since  # NOT_SUPPORTED before
     try:
         # pynvml does NVML's two calls: the size query, then the read into a buffer that size
         samples = pynvml.nvmlDeviceGetProcessUtilization(handle, since)
@@ -198,24 +300,34 @@ def _process_utilization(
             raise GpuLostError from error
         if error.value in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS):
             return {}, since  # no sample newer than ``since``: nothing ran
+        _remember(memo, error)
         return None, since
     except Exception:  # a malformed answer costs these fields only
         log.debug("nvmlDeviceGetProcessUtilization failed", exc_info=True)
         return None, since
-    newest: dict[int, Any] = {}
+    newest: dict[int, tuple[int, Any]] = {}
     seen = since
     for sample in samples:
-        pid, stamp = int(sample.pid), int(sample.timeStamp)
+        pid, stamp = int(_number(sample, "pid")), int(_number(sample, "timeStamp"))
         seen = max(seen, stamp)
-        if pid not in newest or stamp >= int(newest[pid].timeStamp):
-            newest[pid] = sample
+        if pid not in newest or stamp >= newest[pid][0]:
+            newest[pid] = (stamp, sample)
     utilization = {
-        pid: ProcessUtilization(
-            _percent(s.smUtil), _percent(s.memUtil), _percent(s.encUtil), _percent(s.decUtil)
+        pid: _shares(
+            _number(s, "smUtil"),
+            _number(s, "memUtil"),
+            _number(s, "encUtil"),
+            _number(s, "decUtil"),
         )
-        for pid, s in newest.items()
+        for pid, (_, s) in newest.items()
     }
     return utilization, seen
+
+
+@functools.lru_cache(maxsize=4096)
+def _shares(sm: int, memory: int, encoder: int, decoder: int) -> ProcessUtilization:
+    """The (immutable) utilization for NVML's percentages: the same few recur pass after pass."""
+    return ProcessUtilization(_percent(sm), _percent(memory), _percent(encoder), _percent(decoder))
 
 
 def _utilization(handle: Any) -> tuple[float | None, float | None]:
@@ -296,45 +408,60 @@ def _nvlink_field_id(first: int, sixth: int, link: int) -> int:
     return first + link if link < 6 else sixth + link - 6
 
 
+# Each link's counter field ids, by link, in NvLinkSample's order of counters.
+_NVLINK_LINK_FIELDS: tuple[tuple[tuple[str, int], ...], ...] = tuple(
+    tuple((name, _nvlink_field_id(first, sixth, link)) for name, first, sixth in _NVLINK_COUNTERS)
+    for link in range(_NVLINK_COUNTER_LINKS)
+)
+# As (field id, scope id) pairs: pynvml takes a bare id only after failing to unpack it as a pair,
+# an exception per field and call. Scope 0 is what a bare id gets.
+_NVLINK_FIELD_IDS: tuple[tuple[int, int], ...] = tuple(
+    (field_id, 0)
+    for field_id in (
+        pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT,
+        *(field_id for fields in _NVLINK_LINK_FIELDS for _, field_id in fields),
+    )
+)
+_NO_COUNTERS = {attribute: None for attribute, _, _ in _NVLINK_COUNTERS}
+
+
 def _nvlinks(handle: Any) -> tuple[NvLinkSample, ...]:
     """Every link's counters in one field-values call; each field answers on its own."""
-    ids = [pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT]
-    for link in range(_NVLINK_COUNTER_LINKS):
-        ids += [_nvlink_field_id(first, sixth, link) for _, first, sixth in _NVLINK_COUNTERS]
-    answers = _field(pynvml.nvmlDeviceGetFieldValues, handle, ids)
+    answers = _field(pynvml.nvmlDeviceGetFieldValues, handle, _NVLINK_FIELD_IDS)
     if answers is None:
         return ()
     by_id = {
-        int(answer.fieldId): _field_value(answer)
+        int(_number(answer, "fieldId")): _field_value(answer)
         for answer in answers
-        if answer.nvmlReturn == pynvml.NVML_SUCCESS
+        if _number(answer, "nvmlReturn") == pynvml.NVML_SUCCESS
     }
     count = by_id.get(pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT)
     if not count:
         return ()
     links = []
     for link in range(int(count)):
-        counters = {
-            attribute: by_id.get(_nvlink_field_id(first, sixth, link))
+        counters = (
+            {attribute: by_id.get(field_id) for attribute, field_id in _NVLINK_LINK_FIELDS[link]}
             if link < _NVLINK_COUNTER_LINKS
-            else None
-            for attribute, first, sixth in _NVLINK_COUNTERS
-        }
+            else _NO_COUNTERS
+        )
         state = _field(pynvml.nvmlDeviceGetNvLinkState, handle, link)
         links.append(NvLinkSample(link=link, up=_flag(state), **counters))
     return tuple(links)
 
 
+_VALUE_MEMBERS = {
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+    pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+    pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+}
+
+
 def _field_value(answer: Any) -> int | None:
-    kinds = {
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-        pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-        pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-    }
-    member = kinds.get(int(answer.valueType))
-    return None if member is None else int(getattr(answer.value, member))
+    member = _VALUE_MEMBERS.get(int(_number(answer, "valueType")))
+    return None if member is None else int(_number(_number(answer, "value"), member))
 
 
 def _mig_mode(handle: Any) -> tuple[bool | None, bool | None]:
@@ -376,15 +503,20 @@ def read_gpu(
     pcie_throughput: bool = False,
     utilization_since: int | None = None,
     health: Mapping[str, Any] | None = None,
+    unsupported: Unsupported | None = None,
 ) -> GpuReading:
     """Read every field of GPU ``index``; a lost GPU comes back with ``up=False``.
 
     ``utilization_since`` is the newest per-process utilization stamp seen on this GPU (0 for
     none yet); ``None`` skips per-process utilization. ``health`` is an earlier reading's
-    :attr:`GpuReading.health` to reuse instead of reading those fields again.
+    :attr:`GpuReading.health` to reuse instead of reading those fields again. ``unsupported``
+    remembers, from one read to the next, the getters this GPU answered NOT_SUPPORTED.
     """
+    token: contextvars.Token[_Probing | None] | None = None
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        if unsupported is not None:
+            token = _PROBING.set(_Probing(handle, unsupported))
         return _read_handle(
             index,
             handle,
@@ -399,6 +531,9 @@ def read_gpu(
             raise
         log.debug("GPU %d: no handle (%s)", index, error)
         return GpuReading(GpuSample(index=index, up=False))
+    finally:
+        if token is not None:
+            _PROBING.reset(token)
 
 
 def _health(handle: Any, *, pcie_throughput: bool) -> dict[str, Any]:
@@ -591,6 +726,7 @@ __all__ = [
     "NvmlSession",
     "ProcessUtilization",
     "RawProcess",
+    "Unsupported",
     "is_session_error",
     "read_gpu",
 ]

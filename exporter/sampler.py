@@ -35,6 +35,7 @@ from exporter.nvml_reader import (
     NvmlSession,
     ProcessUtilization,
     RawProcess,
+    Unsupported,
     is_session_error,
     read_gpu,
 )
@@ -55,6 +56,10 @@ _MAX_READER_THREADS = 32
 # Memory repair, aggregate ECC, PCIe and NVLink change rarely and cost as much to read as the
 # rest of a GPU; XIDs, the urgent signal, come from events as they happen.
 HEALTH_SECONDS = 10.0
+# A getter that answered NOT_SUPPORTED is not called again until then (or an NVML re-init, the
+# GPU coming back, a change of its MIG mode): a driver that answered it by mistake costs a field
+# for minutes, not for good.
+REPROBE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,12 @@ class Sampler:
         self._last: dict[int, GpuReading] = {}
         # Each GPU's health fields and when they were read: read again every HEALTH_SECONDS.
         self._health: dict[int, tuple[float, Mapping[str, Any]]] = {}
+        # Each GPU's NOT_SUPPORTED getters, the session they were seen in and since when.
+        self._unsupported: dict[int, tuple[int, float, Unsupported]] = {}
         self._hung: set[int] = set()
         self._identity: dict[int, GpuSample] = {}  # each GPU's last sample while up
+        # Each (GPU, pid)'s last sample and what it was made of, reused while that is the same.
+        self._process_samples: dict[tuple[int, int], tuple[tuple[Any, ...], ProcessSample]] = {}
         self._latest = empty_snapshot(read_host(hostname=hostname))
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -235,6 +244,7 @@ class Sampler:
                 pcie_throughput=self._pcie_throughput,
                 utilization_since=since,
                 health=health,
+                unsupported=self._unsupported_of(index, now),
             ),
             now,
             self._session.generation,
@@ -252,6 +262,16 @@ class Sampler:
         sample = self._gpm.read(reading.sample, generation=self._session.generation)
         return dataclasses.replace(reading, sample=sample)
 
+    def _unsupported_of(self, index: int, now: float) -> Unsupported:
+        """The GPU's NOT_SUPPORTED getters, begun afresh in a new session and when they are old."""
+        known = self._unsupported.get(index)
+        generation = self._session.generation
+        if known is not None and known[0] == generation and now - known[1] < REPROBE_SECONDS:
+            return known[2]
+        unsupported = Unsupported()
+        self._unsupported[index] = (generation, now, unsupported)
+        return unsupported
+
     def _end_hang(self, index: int, read: _Read) -> None:
         if index in self._hung:
             self._hung.discard(index)
@@ -267,6 +287,7 @@ class Sampler:
         self._health.pop(index, None)
         if self._gpm is not None:
             self._gpm.forget(index)
+        self._unsupported.pop(index, None)
 
     def _result(self, index: int, read: _Read) -> tuple[GpuReading, bool]:
         down = GpuReading(GpuSample(index=index, up=False))
@@ -292,17 +313,32 @@ class Sampler:
         except Exception as error:
             self._last.pop(index, None)
             self._health.pop(index, None)
+            self._unsupported.pop(index, None)
             if is_session_error(error):
                 self._session.reset(f"NVML session lost: {error}")
             else:
                 log.warning("GPU %d: read failed: %s", index, error)
             return down, False
         self._last[index] = reading
+        self._check_support(index, reading.sample)
         if read.fresh_health:
             self._health[index] = (read.started, reading.health)
         if reading.process_utilization is not None:
             self._utilization_seen[index] = reading.utilization_seen
         return reading, True
+
+    def _check_support(self, index: int, sample: GpuSample) -> None:
+        """Ask a GPU every getter again once it is back up or has changed MIG mode."""
+        known = self._unsupported.get(index)
+        if known is None:
+            return
+        unsupported = known[2]
+        if not sample.up:
+            del self._unsupported[index]  # it may come back reset, or as another board
+        elif not unsupported.mig_mode_known:
+            unsupported.mig_mode_known, unsupported.mig_mode = True, sample.mig_mode
+        elif sample.mig_mode != unsupported.mig_mode:
+            del self._unsupported[index]
 
     def _remember_identity(self, reading: GpuReading) -> GpuReading:
         """Keep a down GPU's uuid and name so its series stay the same series."""
@@ -338,6 +374,7 @@ class Sampler:
         asked = self._pods_of_idle_gpus or any(r.processes for r in readings)
         holders = self._gpu_holders() if asked else {}
         gpus: list[GpuSample] = []
+        samples: dict[tuple[int, int], tuple[tuple[Any, ...], ProcessSample]] = {}
         for reading in readings:
             mig_uuids = {(m.gpu_instance, m.compute_instance): m.uuid for m in reading.sample.migs}
             gpu_pods = holders.get(reading.sample.uuid or "", ())
@@ -345,21 +382,24 @@ class Sampler:
                 dataclasses.replace(mig, pods=holders[mig.uuid]) if mig.uuid in holders else mig
                 for mig in reading.sample.migs
             )
+            utilization = reading.process_utilization
             processes = []
             for raw in reading.processes:
                 mig_uuid = mig_uuids.get((raw.gpu_instance, raw.compute_instance), "")
                 # The kubelet lists a MIG device by its own uuid, not its GPU's.
                 pods = holders.get(mig_uuid, gpu_pods) if mig_uuid else gpu_pods
-                processes.append(
-                    _process_sample(
-                        raw, owners.get(raw.pid), pods, reading.process_utilization, mig_uuid
-                    )
-                )
+                used = None if utilization is None else utilization.get(raw.pid, IDLE_PROCESS)
+                inputs = (raw, owners.get(raw.pid), pods, used, mig_uuid)
+                key = (reading.sample.index, raw.pid)
+                known = self._process_samples.get(key)
+                # Owners, pods and shares are the same objects while they hold: a cheap compare.
+                sample = known[1] if known and known[0] == inputs else _process_sample(*inputs)
+                samples[key] = (inputs, sample)
+                processes.append(sample)
             gpus.append(
-                dataclasses.replace(
-                    reading.sample, processes=tuple(processes), pods=gpu_pods, migs=migs
-                )
+                _replaced(reading.sample, processes=tuple(processes), pods=gpu_pods, migs=migs)
             )
+        self._process_samples = samples  # only the processes listed now
         return tuple(gpus), CollectorStatus("processes", success, time.perf_counter() - started)
 
     def _gpu_holders(self) -> dict[str, tuple[PodContainer, ...]]:
@@ -373,16 +413,30 @@ class Sampler:
             return gpus
         counts = self._xids.counts()
         return tuple(
-            dataclasses.replace(gpu, xid=counts[gpu.index]) if gpu.index in counts else gpu
-            for gpu in gpus
+            _replaced(gpu, xid=counts[gpu.index]) if gpu.index in counts else gpu for gpu in gpus
         )
+
+
+def _replaced(sample: GpuSample, **changes: Any) -> GpuSample:
+    """``dataclasses.replace(sample, **changes)`` for a snapshot not yet published.
+
+    replace runs ``__init__`` over all 50-odd fields of a frozen dataclass (27 us); copying the
+    instance's dict costs a tenth of that, twice per GPU and pass. GpuSample has no
+    ``__post_init__`` to skip.
+    """
+    unknown = changes.keys() - sample.__dict__.keys()
+    if unknown:
+        raise TypeError(f"GpuSample has no field {sorted(unknown)}")
+    copy = object.__new__(GpuSample)
+    copy.__dict__.update(sample.__dict__, **changes)
+    return copy
 
 
 def _process_sample(
     raw: RawProcess,
     owner: ProcessOwner | None,
     pods: tuple[PodContainer, ...],
-    utilization: dict[int, ProcessUtilization] | None,
+    used: ProcessUtilization | None,
     mig_uuid: str,
 ) -> ProcessSample:
     attribution = owner.attribution if owner else None
@@ -392,7 +446,6 @@ def _process_sample(
         pod, namespace = pods[0].pod, pods[0].namespace
     else:
         pod, namespace = (attribution.pod_uid if attribution else ""), ""
-    used = None if utilization is None else utilization.get(raw.pid, IDLE_PROCESS)
     return ProcessSample(
         pid=raw.pid,
         kind=raw.kind,

@@ -19,7 +19,7 @@ with a replacement character rather than failing the scrape.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 Kind = Literal["gauge", "counter", "info", "bare_counter"]
@@ -67,6 +67,32 @@ class Family:
         self.samples.append((labels, value))
 
 
+class FamilyCache:
+    """Each family's text as last written, reused while its samples stay the same.
+
+    Most series of a GPU node hold still from one snapshot to the next (identities, NVLink and
+    PCIe counters, throttle reasons, memory totals, processes); comparing a family's samples with
+    the last ones costs a fraction of writing them again. A renderer keeps one across snapshots.
+    Threads may share it: an entry is replaced whole, never changed. Values compare as numbers,
+    so ``-0.0`` may be written as ``0.0``, which Prometheus reads as the same.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, str, bool], tuple[list[tuple[str, float]], str]] = {}
+
+    def text(self, family: Family, openmetrics: bool, write: Callable[[Family], str]) -> str:
+        """``write(family)``, or the text it gave last time for equal samples."""
+        key = (family.name, family.kind, family.documentation, openmetrics)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == family.samples:
+            return entry[1]
+        text = write(family)
+        self._entries[key] = (family.samples, text)
+        return text
+
+
 def _sample_lines(name: str, family: Family, lines: list[str]) -> None:
     for labels, value in family.samples:
         if labels:
@@ -75,25 +101,41 @@ def _sample_lines(name: str, family: Family, lines: list[str]) -> None:
             lines.append(f"{name} {number(value)}\n")
 
 
-def text_format(families: Iterable[Family]) -> bytes:
+def _text_family(family: Family) -> str:
+    name = family.name + _SAMPLE_SUFFIX[family.kind]
+    documentation = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    kind = _TEXT_TYPE.get(family.kind, family.kind)
+    lines = [f"# HELP {name} {documentation}\n# TYPE {name} {kind}\n"]
+    _sample_lines(name, family, lines)
+    return "".join(lines)
+
+
+def _openmetrics_family(family: Family) -> str:
+    documentation = escape(family.documentation)
+    kind = _OPENMETRICS_TYPE.get(family.kind, family.kind)
+    lines = [f"# HELP {family.name} {documentation}\n# TYPE {family.name} {kind}\n"]
+    _sample_lines(family.name + _SAMPLE_SUFFIX[family.kind], family, lines)
+    return "".join(lines)
+
+
+def _written(
+    families: Iterable[Family],
+    cache: FamilyCache | None,
+    openmetrics: bool,
+    write: Callable[[Family], str],
+) -> list[str]:
+    if cache is None:
+        return [write(family) for family in families]
+    return [cache.text(family, openmetrics, write) for family in families]
+
+
+def text_format(families: Iterable[Family], cache: FamilyCache | None = None) -> bytes:
     """The Prometheus text format 0.0.4: an info family is a gauge named ``<name>_info``."""
-    lines: list[str] = []
-    for family in families:
-        name = family.name + _SAMPLE_SUFFIX[family.kind]
-        documentation = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        kind = _TEXT_TYPE.get(family.kind, family.kind)
-        lines.append(f"# HELP {name} {documentation}\n# TYPE {name} {kind}\n")
-        _sample_lines(name, family, lines)
-    return "".join(lines).encode(errors="replace")
+    return "".join(_written(families, cache, False, _text_family)).encode(errors="replace")
 
 
-def openmetrics_format(families: Iterable[Family]) -> bytes:
+def openmetrics_format(families: Iterable[Family], cache: FamilyCache | None = None) -> bytes:
     """OpenMetrics 1.0.0: types name the family, samples carry ``_total`` or ``_info``."""
-    lines: list[str] = []
-    for family in families:
-        documentation = escape(family.documentation)
-        kind = _OPENMETRICS_TYPE.get(family.kind, family.kind)
-        lines.append(f"# HELP {family.name} {documentation}\n# TYPE {family.name} {kind}\n")
-        _sample_lines(family.name + _SAMPLE_SUFFIX[family.kind], family, lines)
-    lines.append("# EOF\n")
-    return "".join(lines).encode(errors="replace")
+    texts = _written(families, cache, True, _openmetrics_family)
+    texts.append("# EOF\n")
+    return "".join(texts).encode(errors="replace")

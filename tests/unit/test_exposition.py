@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 from prometheus_client.openmetrics.parser import (
@@ -10,7 +11,15 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from servicekit.exposition import Family, label_text, number, openmetrics_format, text_format
+from servicekit import exposition
+from servicekit.exposition import (
+    Family,
+    FamilyCache,
+    label_text,
+    number,
+    openmetrics_format,
+    text_format,
+)
 from servicekit.metricsformat import OPENMETRICS, TEXT, negotiate, wants_openmetrics
 
 pytestmark = pytest.mark.unit
@@ -144,3 +153,46 @@ def test_only_two_formats_and_two_codings_exist_whatever_the_headers() -> None:
         for coding in (None, "gzip", "identity")
     }
     assert len(formats) <= 4
+
+
+def _written_families(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the families the writers write (rather than take from a cache) from now on."""
+    written: list[str] = []
+    for name in ("_text_family", "_openmetrics_family"):
+        write = getattr(exposition, name)
+
+        def counting(family: Family, write: Callable[[Family], str] = write) -> str:
+            written.append(family.name)
+            return write(family)
+
+        monkeypatch.setattr(exposition, name, counting)
+    return written
+
+
+@pytest.mark.parametrize("writer", [text_format, openmetrics_format])
+def test_a_cache_writes_only_the_families_whose_samples_changed(
+    writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = _written_families(monkeypatch)
+    cache = FamilyCache()
+    first = writer(families(), cache)
+    assert first == writer(families())  # the same bytes as without a cache
+    assert written == ["demo_up", "demo_errors", "demo", "demo_empty", "demo_timestamp_seconds"] * 2
+    written.clear()
+    changed = families()
+    changed[1].samples[0] = ('gpu="0"', 13)  # a new value
+    changed[4].add('other="1"', 2.0)  # a new series
+    again = writer(changed, cache)
+    assert written == ["demo_errors", "demo_timestamp_seconds"]
+    assert again == writer(changed)
+    assert 'demo_errors_total{gpu="0"} 13.0' in again.decode()
+    written.clear()
+    assert writer(changed, cache) == again
+    assert written == []
+
+
+def test_a_cache_keeps_the_formats_apart() -> None:
+    cache = FamilyCache()
+    assert text_format(families(), cache) == text_format(families())
+    assert openmetrics_format(families(), cache) == openmetrics_format(families())
+    assert text_format(families(), cache) == text_format(families())

@@ -12,6 +12,7 @@ from typing import Callable
 
 import pytest
 
+from exporter import sampler as sampler_module
 from exporter.kubelet import PodResourcesClient
 from exporter.nvml_reader import GpuReading, NvmlSession, RawProcess
 from exporter.processes import ProcessOwner, ProcessResolver
@@ -66,12 +67,16 @@ class Reader:
         self.hanging: dict[int, threading.Event] = {}
         self.failing: set[int] = set()
         self.calls: dict[int, int] = {}
+        self.options: dict[int, dict[str, object]] = {}  # each GPU's last call's
+        self.mig_mode: bool | None = None
+        self.memory = 2**30  # each GPU's process's
         self.returned: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
 
     def __call__(self, index: int, **options: object) -> GpuReading:
         with self._lock:
             self.calls[index] = self.calls.get(index, 0) + 1
+            self.options[index] = options
         release = self.hanging.get(index)
         if release is not None:
             release.wait(timeout=30)
@@ -86,10 +91,11 @@ class Reader:
             serial=f"S{index}",
             pci_bus_id=f"0000:{index:02x}:00.0",
             temperature_celsius=self.temperature + index,
+            mig_mode=self.mig_mode,
         )
         if self.idle:
             return GpuReading(sample, ())
-        return GpuReading(sample, (RawProcess(100 + index, "compute", 2**30),))
+        return GpuReading(sample, (RawProcess(100 + index, "compute", self.memory),))
 
 
 @pytest.fixture
@@ -261,3 +267,72 @@ def test_the_kubelet_names_the_pods_of_gpus_without_processes_only_when_asked(
     (gpu0, gpu1) = sampler.sample_once().gpus
     assert kubelet.asked == 1
     assert (gpu0.pods, gpu1.pods) == ((), (TRAIN,))
+
+
+def _unsupported(reader: Reader, index: int) -> object:
+    """The set of NOT_SUPPORTED getters the sampler gave GPU ``index``'s last read."""
+    unsupported = reader.options[index]["unsupported"]
+    assert unsupported is not None
+    return unsupported
+
+
+def test_a_gpu_keeps_its_unsupported_getters_from_pass_to_pass(make_sampler, reader) -> None:
+    sampler = make_sampler(Session(2), reader)
+    sampler.sample_once()
+    first = [_unsupported(reader, 0), _unsupported(reader, 1)]
+    assert first[0] is not first[1]  # one per GPU
+    sampler.sample_once()
+    sampler.sample_once()
+    assert [_unsupported(reader, 0), _unsupported(reader, 1)] == first
+
+
+@pytest.mark.parametrize("cause", ["nvml reinit", "time"])
+def test_a_reinit_or_time_asks_every_getter_again(make_sampler, reader, monkeypatch, cause) -> None:
+    session = Session(1)
+    sampler = make_sampler(session, reader)
+    sampler.sample_once()
+    before = _unsupported(reader, 0)
+    if cause == "nvml reinit":
+        session.generation += 1  # what a successful re-init does
+    else:
+        monkeypatch.setattr(sampler_module, "REPROBE_SECONDS", 0.0)
+    sampler.sample_once()
+    assert _unsupported(reader, 0) is not before
+
+
+def test_a_gpu_back_up_or_in_another_mig_mode_is_asked_every_getter_again(
+    make_sampler, reader
+) -> None:
+    sampler = make_sampler(Session(1), reader)
+    sampler.sample_once()
+    sampler.sample_once()
+    before = _unsupported(reader, 0)
+    reader.mig_mode = True
+    sampler.sample_once()  # this read finds the new mode
+    sampler.sample_once()
+    after_mig = _unsupported(reader, 0)
+    assert after_mig is not before
+    sampler.sample_once()
+    assert _unsupported(reader, 0) is after_mig  # the new mode stays: nothing to forget again
+    reader.failing.add(0)
+    sampler.sample_once()
+    reader.failing.discard(0)
+    sampler.sample_once()
+    assert _unsupported(reader, 0) is not after_mig
+
+
+def test_a_process_sample_follows_its_owner_and_memory_from_pass_to_pass(
+    make_sampler, reader
+) -> None:
+    sampler = make_sampler(Session(1), reader)
+    first = sampler.sample_once().gpus[0].processes
+    assert sampler.sample_once().gpus[0].processes == first  # nothing changed
+    sampler._resolver.table[100] = ProcessOwner("bob", "python b.py")
+    reader.memory = 2**31
+    (process,) = sampler.sample_once().gpus[0].processes
+    assert (process.pid, process.user, process.command, process.gpu_memory_bytes) == (
+        100,
+        "bob",
+        "python b.py",
+        2**31,
+    )
