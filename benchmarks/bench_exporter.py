@@ -1,13 +1,13 @@
 """Benchmark gpu-exporter against nvitop-exporter on the same fake NVML library and scenarios.
 
-For each scenario (GPUs x processes: 1x0, 8x64, 16x512), both exporters sample every second;
-with ``--readings all`` (the default) every GPU also reports what a current data-centre GPU does
-(PCIe link and replays, 18 NVLinks as on an H100 SXM, row remapping, aggregate ECC, a
-utilization sample per process, GPM figures), so the exporter's per-sample work is the real one;
-``--readings basic`` leaves those out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0
-did. ``--no-gpm`` runs gpu-exporter with ``--no-collector.gpm``, to see what GPM costs; ``--dcgm-names`` runs it with
-``--metrics.dcgm-names``, to see what dcgm-exporter's names cost beside the project's;
-``--scenario 8x64`` (repeatable) runs only the scenarios named.
+For each scenario (GPUs x processes: 1x0, 8x64, 16x512), both exporters sample every second; with
+``--readings all`` (the default) every GPU also reports what a current data-centre GPU does (PCIe
+link and replays, 18 NVLinks as on an H100 SXM, row remapping, aggregate ECC, a utilization sample
+per process, GPM figures), so the exporter's per-sample work is the real one; ``--readings basic``
+leaves those out (NVML answers NOT_SUPPORTED), as the scenarios of 0.1.0 did. ``--no-gpm`` runs
+gpu-exporter with ``--no-collector.gpm``, to see what GPM costs; ``--dcgm-names`` runs it with
+``--metrics.dcgm-names``, to see what dcgm-exporter's names cost beside the project's; ``--scenario
+8x64`` (repeatable) runs only the scenarios named.
 The script measures, per exporter: scrape latency p50/p99 over N sequential scrapes, bytes per
 scrape, CPU seconds per minute while scraped once a second, and resident memory. Run from the
 repository root after ``make test`` has built the environment::
