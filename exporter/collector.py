@@ -15,15 +15,15 @@ millisecond.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from exporter import __version__
 from exporter.dcgm_names import dcgm_families
 from exporter.snapshot import (
     GPM_STATUSES,
     THROTTLE_REASONS,
-    GpmFigures,
     GpuSample,
     NvLinkSample,
     Snapshot,
@@ -283,19 +283,19 @@ def _mig(gpus: tuple[_Gpu, ...]) -> Iterator[Family]:
 def _gpm(gpus: tuple[_Gpu, ...]) -> Iterator[Family]:
     """GPM figures per GPU and per MIG device; a GPU without them has none of these series."""
     migs = [
-        (f'{gpu.labels},mig_uuid="{escape(mig.uuid)}",'
-         f'gi="{_id(mig.gpu_instance)}",ci="{_id(mig.compute_instance)}"', mig.gpm)
+        (mig.gpm, f'{gpu.labels},mig_uuid="{escape(mig.uuid)}",'
+                  f'gi="{_id(mig.gpu_instance)}",ci="{_id(mig.compute_instance)}"')
         for gpu in gpus
         for mig in gpu.sample.migs
         if mig.gpm is not None
     ]  # fmt: skip
-    whole = [(gpu.labels, gpu.sample.gpm) for gpu in gpus if gpu.sample.gpm is not None]
+    whole = [(gpu.sample.gpm, gpu.labels) for gpu in gpus if gpu.sample.gpm is not None]
     for prefix, scopes in (("gpu_", whole), ("gpu_mig_", migs)):
         for suffix, documentation, attribute in _GPM_RATIOS:
-            yield _gpm_family(prefix + suffix, documentation, attribute, scopes)
+            yield _attribute_family(prefix + suffix, documentation, attribute, scopes)
     for name, documentation, directions in _GPM_TRAFFIC:
         family = Family(name, "gauge", documentation)
-        for labels, figures in whole:
+        for figures, labels in whole:
             for direction, attribute in directions:
                 value = getattr(figures, attribute)
                 if value is not None:
@@ -315,12 +315,14 @@ def _gpm(gpus: tuple[_Gpu, ...]) -> Iterator[Family]:
     yield status
 
 
-def _gpm_family(
-    name: str, documentation: str, attribute: str, scopes: list[tuple[str, GpmFigures]]
+def _attribute_family(
+    name: str, documentation: str, attribute: str, scopes: Iterable[tuple[Any, str]]
 ) -> Family:
+    """A gauge of one attribute of each (object, labels) pair; an object without it is left
+    out, never 0."""
     family = Family(name, "gauge", documentation)
-    for labels, figures in scopes:
-        value = getattr(figures, attribute)
+    for source, labels in scopes:
+        value = getattr(source, attribute)
         if value is not None:
             family.add(labels, value)
     return family
@@ -438,12 +440,7 @@ def _process_families(gpus: tuple[_Gpu, ...], *, include_commands: bool) -> Iter
     yield memory
     yield info
     for name, documentation, attribute in _PROCESS_UTILIZATION:
-        family = Family(name, "gauge", documentation)
-        for process, labels in processes:
-            value = getattr(process, attribute)
-            if value is not None:
-                family.add(labels, value)
-        yield family
+        yield _attribute_family(name, documentation, attribute, processes)
 
 
 @functools.lru_cache(maxsize=4096)
