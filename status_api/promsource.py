@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,7 +42,7 @@ from status_api.nodemetrics import (
     MIG_FAMILIES,
     PROCESS_FAMILIES,
     NodeMetrics,
-    metrics_from_samples,
+    metrics_by_instance,
 )
 from status_api.poller import MIB, PollResult
 
@@ -235,18 +235,15 @@ def _mib(value: float | None) -> int | None:
     return None if value is None or value < 0 else int(value) // MIB
 
 
-def _legacy_value(field: str, value: float | None) -> int | float | None:
-    """A gauge in the legacy JSON's unit, rounded as the exporter rounds its own JSON."""
-    value = _finite(value)
-    if value is None:
-        return None
-    if field in ("use_mem", "tot_mem"):
-        return _mib(value)
-    if field == "utilize":
-        return round(value * 100)
-    if field == "temp":
-        return round(value)
-    return round(value, 1)  # power, W, as the poller reads it from /metrics
+# A finite gauge in the legacy JSON's unit, rounded as the exporter rounds its own JSON; by field.
+_LEGACY: dict[str, Callable[[float], int | float | None]] = {
+    "use_mem": _mib,
+    "tot_mem": _mib,
+    "utilize": lambda value: round(value * 100),
+    "temp": round,
+    "power": lambda value: round(value, 1),  # W, as the poller reads it from /metrics
+    "power_limit": lambda value: round(value, 1),
+}
 
 
 def _host(instance: str, node: str) -> Host | None:
@@ -263,9 +260,16 @@ def _host(instance: str, node: str) -> Host | None:
     )
 
 
+# GPU index labels as the exporter writes them, looked up: every per-GPU sample has one.
+_INDEXES = {str(index): index for index in range(MAX_GPUS)}
+
+
 def _index(labels: dict[str, str]) -> int | None:
     text = labels.get("gpu", "")
-    return int(text) if text.isdigit() and len(text) <= 6 else None
+    index = _INDEXES.get(text)
+    if index is None and text.isdigit() and len(text) <= 6:
+        return int(text)
+    return index
 
 
 @dataclass
@@ -286,60 +290,83 @@ def _gpu(index: int) -> dict[str, Any]:
             "temp": None, "users": []}  # fmt: skip
 
 
-def _collect_gpus(node: _Node, samples: list[Sample]) -> None:
-    gpus: dict[int, dict[str, Any]] = {}
-    power: dict[int, dict[str, float]] = {}
-    uuids: dict[int, str] = {}
+def _collect_gpus(nodes: dict[str, _Node], samples: list[Sample]) -> None:
+    """GPUs, power and uuids of every node, in one pass over every per-GPU answer (the hot loop
+    of a round: one sample per GPU and family)."""
+    gauges, legacy, indexes = _GPU_GAUGES, _LEGACY, _INDEXES
     for labels, value in samples:
-        index = _index(labels)
-        if index is None or (index not in gpus and len(gpus) >= MAX_GPUS):
+        node = nodes.get(labels.get("instance", ""))
+        if node is None:
             continue
+        gpus = node.gpus
+        assert gpus is not None and node.power is not None and node.uuids is not None
+        index = indexes.get(labels.get("gpu", ""))
+        if index is None:
+            index = _index(labels)
+            if index is None:
+                continue
         gpu = gpus.get(index)
         if gpu is None:
+            if len(gpus) >= MAX_GPUS:
+                continue
             gpu = gpus[index] = _gpu(index)
         family = labels.get("__name__", "")
-        if family == "gpu_info":
+        field = gauges.get(family)
+        if field is not None:
+            reading = legacy[field](value) if math.isfinite(value) else None
+            if field == "power" or field == "power_limit":
+                if reading is not None and reading >= 0:
+                    node.power.setdefault(index, {})[field] = reading
+            else:
+                gpu[field] = reading
+        elif family == "gpu_info":
             gpu["name"] = labels.get("name", "")[:MAX_SHORT_STRING]
             if labels.get("uuid"):
-                uuids[index] = labels["uuid"][:MAX_SHORT_STRING]
-            continue
-        field = _GPU_GAUGES.get(family)
-        reading = _legacy_value(field, value) if field else None
-        if field in ("power", "power_limit"):
-            if reading is not None and reading >= 0:
-                power.setdefault(index, {})[field] = reading
-        elif field is not None:
-            gpu[field] = reading
-    node.gpus, node.power, node.uuids = gpus, power, uuids
+                node.uuids[index] = labels["uuid"][:MAX_SHORT_STRING]
 
 
-def _collect_processes(node: _Node, samples: list[Sample]) -> None:
+def _collect_processes(nodes: dict[str, _Node], samples: list[Sample]) -> None:
     """Users per GPU: a process is its (gpu, pid, mig_uuid); memory and command joined on it."""
-    users: dict[tuple[int, int, str], dict[str, Any]] = {}
+    users: dict[str, dict[tuple[int, int, str], dict[str, Any]]] = {}
     for labels, value in samples:
+        instance = labels.get("instance", "")
+        node = nodes.get(instance)
+        if node is None:
+            continue
         index, pid = _index(labels), labels.get("pid", "")
         if index is None or node.gpus is None or index not in node.gpus or not pid.isdigit():
             continue
         key = (index, int(pid), labels.get("mig_uuid", ""))
-        user = users.setdefault(
-            key,
-            {"pid": int(pid), "username": labels.get("user", "")[:MAX_SHORT_STRING],
-             USER_MEMORY: None, "command": ""},
-        )  # fmt: skip
+        found = users.get(instance)
+        if found is None:
+            found = users[instance] = {}
+        user = found.get(key)
+        if user is None:
+            user = found[key] = {
+                "pid": int(pid), "username": labels.get("user", "")[:MAX_SHORT_STRING],
+                USER_MEMORY: None, "command": "",
+            }  # fmt: skip
         if labels.get("__name__") == "gpu_process_memory_used_bytes":
             user[USER_MEMORY] = _mib(value)
         elif "command" in labels:
             user["command"] = labels["command"][:MAX_STRING]
-    for (index, _, _), user in sorted(users.items()):
-        node.gpus[index]["users"].append(user)  # type: ignore[index]
+    for instance, found in users.items():
+        gpus = nodes[instance].gpus
+        assert gpus is not None
+        for (index, _, _), user in sorted(found.items()):
+            gpus[index]["users"].append(user)
 
 
 def _by_instance(samples: list[Sample], nodes: dict[str, _Node]) -> dict[str, list[Sample]]:
     grouped: dict[str, list[Sample]] = {}
-    for labels, value in samples:
-        instance = labels.get("instance", "")
+    for sample in samples:
+        instance = sample[0].get("instance", "")
         if instance in nodes:
-            grouped.setdefault(instance, []).append((labels, value))
+            found = grouped.get(instance)
+            if found is None:
+                grouped[instance] = [sample]
+            else:
+                found.append(sample)
     return grouped
 
 
@@ -390,16 +417,16 @@ def build_results(
                 nodes[instance].hostname = labels.get("hostname", "")[:MAX_SHORT_STRING]
             else:
                 nodes[instance].collected = _finite(value)
-    gpu_samples = _by_instance(answers["gpu"], nodes)
+    for node in nodes.values():
+        node.gpus, node.power, node.uuids = {}, {}, {}
+    _collect_gpus(nodes, answers["gpu"])
     process_info = [
         s for s in answers["attribution"] if s[0].get("__name__") == PROCESS_FAMILIES[0]
     ]
-    process_samples = _by_instance([*answers["process"], *process_info], nodes)
-    extra_samples = _by_instance([*answers["attribution"], *answers["health"]], nodes)
-    for instance, node in nodes.items():
-        _collect_gpus(node, gpu_samples.get(instance, []))
-        _collect_processes(node, process_samples.get(instance, []))
-        node.metrics = metrics_from_samples(extra_samples.get(instance, []))
+    _collect_processes(nodes, [*answers["process"], *process_info])
+    extras = metrics_by_instance([*answers["attribution"], *answers["health"]], nodes)
+    for instance, metrics in extras.items():
+        nodes[instance].metrics = metrics
     ordered = sorted(nodes.values(), key=lambda node: (node.host.text, node.host.key))
     hosts = [node.host for node in ordered]
     keys = set()
