@@ -24,6 +24,7 @@ through status_api/engine.py: no redirects, a byte cap, a total timeout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from status_api.loopthread import LoopThread, gc_paused
 from status_api.nodedata import MAX_GPUS, MAX_SHORT_STRING, MAX_STRING, USER_MEMORY
 from status_api.nodemetrics import (
     ATTRIBUTION_LABELS,
+    MAX_PROCESSES,
     MIG_FAMILIES,
     PROCESS_FAMILIES,
     NodeMetrics,
@@ -188,6 +190,7 @@ class Cadence:
 
     def __init__(self, *, metrics_every: float = 10.0, slow_every: float = SLOW_SECONDS) -> None:
         self._tiers = [_Tier(SLOW, slow_every)]
+        self.reused = ReusedReadings()
         self._never: frozenset[str] = frozenset()
         if metrics_every >= 0:
             self._tiers.append(_Tier(METRICS, metrics_every))
@@ -399,10 +402,84 @@ def _result(node: _Node, *, stale_after: float, duration: float) -> PollResult:
     )  # fmt: skip
 
 
+# The attribution and health families asked every round; the others come from tiers a round
+# mostly reuses (Cadence), so what is read from them is kept while their answers are the same.
+_EVERY_ROUND_EXTRAS = frozenset((PROCESS_FAMILIES[0], "gpu_up"))
+
+
+@dataclass
+class ReusedReadings:
+    """What the last round read from the answers it reused (attribution and health families
+    asked every ``--power-interval`` or minute): read again only when the answers change."""
+
+    samples: list[Sample] = field(default_factory=list)
+    instances: set[str] = field(default_factory=set)
+    metrics: dict[str, NodeMetrics] = field(default_factory=dict)
+
+    def read(self, samples: list[Sample], nodes: dict[str, _Node]) -> dict[str, NodeMetrics]:
+        # The same sample objects, not equal ones: a reused answer is the very list kept by
+        # Cadence, and comparing identities costs microseconds where reading costs a tenth
+        # of a second at 2,000 nodes.
+        same = len(samples) == len(self.samples) and all(
+            a is b for a, b in zip(samples, self.samples)
+        )
+        if not same or self.instances != nodes.keys():
+            self.samples, self.instances = samples, set(nodes)
+            self.metrics = metrics_by_instance(samples, nodes)
+        return self.metrics
+
+
+def _joined(fresh: NodeMetrics | None, kept: NodeMetrics | None) -> NodeMetrics:
+    """One node's readings of this round's answers and of the reused ones, as one reader of
+    both (this round's first) would have made them; ``kept``'s objects are shared, not changed."""
+    if kept is None:
+        return fresh or NodeMetrics()
+    joined = fresh or NodeMetrics()
+    processes, health = joined.processes, joined.health
+    for key, process in kept.processes.items():  # SM utilization only
+        found = processes.get(key)
+        if found is not None:
+            found.sm_utilization = process.sm_utilization
+        elif len(processes) < MAX_PROCESSES:
+            processes[key] = dataclasses.replace(process)
+    for gpu, reading in kept.health.items():
+        mine = health.get(gpu)
+        if mine is not None:  # gpu_up, read this round
+            health[gpu] = dataclasses.replace(reading, up=mine.up)
+        elif len(health) < MAX_GPUS:
+            health[gpu] = reading
+    joined.migs = dict(kept.migs)
+    return joined
+
+
+def _extras(
+    answers: dict[str, list[Sample]], nodes: dict[str, _Node], reused: ReusedReadings | None
+) -> dict[str, NodeMetrics]:
+    """Attribution, health and MIG devices per node."""
+    samples = [*answers["attribution"], *answers["health"]]
+    if reused is None:
+        return metrics_by_instance(samples, nodes)
+    fresh: list[Sample] = []
+    kept: list[Sample] = []
+    for sample in samples:
+        (fresh if sample[0].get("__name__") in _EVERY_ROUND_EXTRAS else kept).append(sample)
+    now, before = metrics_by_instance(fresh, nodes), reused.read(kept, nodes)
+    return {
+        instance: _joined(now.get(instance), before.get(instance))
+        for instance in nodes
+        if instance in now or instance in before
+    }
+
+
 def build_results(
-    answers: dict[str, list[Sample]], *, stale_after: float, duration: float = 0.0
+    answers: dict[str, list[Sample]],
+    *,
+    stale_after: float,
+    duration: float = 0.0,
+    reused: ReusedReadings | None = None,
 ) -> tuple[list[Host], list[PollResult]]:
-    """The targets (ordered by node name) and their results from one round's answers."""
+    """The targets (ordered by node name) and their results from one round's answers; with
+    ``reused``, what was read from answers the last round reused is not read again."""
     nodes: dict[str, _Node] = {}
     for labels, value in answers["up"]:
         instance = labels.get("instance", "")
@@ -424,8 +501,7 @@ def build_results(
         s for s in answers["attribution"] if s[0].get("__name__") == PROCESS_FAMILIES[0]
     ]
     _collect_processes(nodes, [*answers["process"], *process_info])
-    extras = metrics_by_instance([*answers["attribution"], *answers["health"]], nodes)
-    for instance, metrics in extras.items():
+    for instance, metrics in _extras(answers, nodes, reused).items():
         nodes[instance].metrics = metrics
     ordered = sorted(nodes.values(), key=lambda node: (node.host.text, node.host.key))
     hosts = [node.host for node in ordered]
@@ -459,7 +535,10 @@ async def _round(
             answers.update(zip(late, await client.queries([wanted[n] for n in late], at=at)))
         cadence.remember(answers, up, started)
     return build_results(
-        merged(answers), stale_after=stale_after, duration=time.monotonic() - started
+        merged(answers),
+        stale_after=stale_after,
+        duration=time.monotonic() - started,
+        reused=cadence.reused if cadence is not None else None,
     )
 
 
