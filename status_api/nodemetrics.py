@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 MAX_GPUS = 1024
@@ -175,7 +175,10 @@ def _value(raw: bytes) -> float | None:
 
 
 def _process(metrics: NodeMetrics, labels: dict[bytes, bytes]) -> ProcessMetrics | None:
-    gpu, pid = _index(labels, b"gpu"), _index(labels, b"pid")
+    return _process_at(metrics, _index(labels, b"gpu"), _index(labels, b"pid"))
+
+
+def _process_at(metrics: NodeMetrics, gpu: int | None, pid: int | None) -> ProcessMetrics | None:
     if gpu is None or pid is None:
         return None
     key = (gpu, pid)
@@ -199,8 +202,11 @@ def _health_value(kind: str, value: float) -> bool | int | float | None:
 
 
 def _health(metrics: NodeMetrics, family: bytes, labels: dict[bytes, bytes], value: float) -> None:
+    _health_at(metrics, family, _index(labels, b"gpu"), value)
+
+
+def _health_at(metrics: NodeMetrics, family: bytes, gpu: int | None, value: float) -> None:
     name, kind = _HEALTH[family]
-    gpu = _index(labels, b"gpu")
     reading = _health_value(kind, value)
     if gpu is None or reading is None:
         return
@@ -305,18 +311,50 @@ def _escaped(value: str) -> bytes:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").encode()
 
 
-def metrics_from_samples(samples: Iterable[tuple[dict[str, str], float]]) -> NodeMetrics:
-    """The same from one node's samples as a query engine answers them (``__name__`` among the
-    labels): a node read through PromQL gets exactly what polling its ``/metrics`` gets."""
-    reader = _Reader()
+# What metrics_by_instance reads of an engine's sample: its family and labels as bytes, looked up.
+_FAMILIES = {
+    name.decode(): name for name in (*_POWER, _INFO, _SM, *_HEALTH, _MIG_INFO, *_MIG_MEMORY)
+}
+_KEPT_BYTES = {name: name.encode() for name in _KEPT}
+# GPU indexes as the exporter writes them (what _index reads them as), looked up.
+_INDEXES = {str(index): index for index in range(MAX_GPUS)}
+
+
+def metrics_by_instance(
+    samples: Iterable[tuple[dict[str, str], float]], instances: Container[str]
+) -> dict[str, NodeMetrics]:
+    """The same from a query engine's samples (``__name__`` and ``instance`` among the labels)
+    for every node of ``instances`` that has any, in one pass: a node read through PromQL gets
+    exactly what polling its ``/metrics`` gets."""
+    readers: dict[str, _Reader] = {}
+    families, kept, indexes = _FAMILIES, _KEPT_BYTES, _INDEXES
     for labels, number in samples:
         value = float(number)
-        if not math.isfinite(value) or value < 0:
+        family = families.get(labels.get("__name__", ""))
+        if family is None or not 0 <= value < math.inf:  # NaN fails the comparison too
             continue
-        family = labels.get("__name__", "").encode()
-        raw = {name.encode(): _escaped(text) for name, text in labels.items() if name in _KEPT}
+        instance = labels.get("instance", "")
+        reader = readers.get(instance)
+        if reader is None:
+            if instance not in instances:
+                continue
+            reader = readers[instance] = _Reader()
+        # Most samples are health readings or SM utilization of a plain GPU index and pid:
+        # read at once, without the labels written out as /metrics would have them.
+        gpu = indexes.get(labels.get("gpu", ""))
+        if gpu is not None and family in _HEALTH:
+            _health_at(reader.metrics, family, gpu, value)
+            continue
+        if gpu is not None and family == _SM:
+            pid = labels.get("pid", "")
+            if pid.isascii() and pid.isdigit() and len(pid) <= 9:
+                process = _process_at(reader.metrics, gpu, int(pid)) if value <= 1 else None
+                if process is not None:
+                    process.sm_utilization = round(value, 4)
+                continue
+        raw = {kept[name]: _escaped(text) for name, text in labels.items() if name in kept}
         reader.add(family, raw, value)
-    return reader.done()
+    return {instance: reader.done() for instance, reader in readers.items()}
 
 
 def parse_power(text: bytes) -> dict[int, dict[str, float]]:

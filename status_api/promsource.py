@@ -24,11 +24,12 @@ through status_api/engine.py: no redirects, a byte cap, a total timeout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,10 +40,11 @@ from status_api.loopthread import LoopThread, gc_paused
 from status_api.nodedata import MAX_GPUS, MAX_SHORT_STRING, MAX_STRING, USER_MEMORY
 from status_api.nodemetrics import (
     ATTRIBUTION_LABELS,
+    MAX_PROCESSES,
     MIG_FAMILIES,
     PROCESS_FAMILIES,
     NodeMetrics,
-    metrics_from_samples,
+    metrics_by_instance,
 )
 from status_api.poller import MIB, PollResult
 
@@ -191,6 +193,7 @@ class Cadence:
 
     def __init__(self, *, metrics_every: float = 10.0, slow_every: float = SLOW_SECONDS) -> None:
         self._tiers = [_Tier(SLOW, slow_every)]
+        self.reused = ReusedReadings()
         self._never: frozenset[str] = frozenset()
         if metrics_every >= 0:
             self._tiers.append(_Tier(METRICS, metrics_every))
@@ -238,20 +241,16 @@ def _mib(value: float | None) -> int | None:
     return None if value is None or value < 0 else int(value) // MIB
 
 
-def _legacy_value(field: str, value: float | None) -> int | float | None:
-    """A gauge in the legacy JSON's unit, rounded as the exporter rounds its own JSON."""
-    value = _finite(value)
-    if value is None:
-        return None
-    if field in ("use_mem", "tot_mem"):
-        return _mib(value)
-    if field == "utilize":
-        return round(value * 100)
-    if field == "temp":
-        return round(value)
-    if field == "sm_active":
-        return round(value, 3)
-    return round(value, 1)  # power, W, as the poller reads it from /metrics
+# A finite gauge in the legacy JSON's unit, rounded as the exporter rounds its own JSON; by field.
+_LEGACY: dict[str, Callable[[float], int | float | None]] = {
+    "use_mem": _mib,
+    "tot_mem": _mib,
+    "utilize": lambda value: round(value * 100),
+    "temp": round,
+    "power": lambda value: round(value, 1),  # W, as the poller reads it from /metrics
+    "power_limit": lambda value: round(value, 1),
+    "sm_active": lambda value: round(value, 3),  # 0..1, as the poller reads it from /metrics
+}
 
 
 def _host(instance: str, node: str) -> Host | None:
@@ -268,9 +267,16 @@ def _host(instance: str, node: str) -> Host | None:
     )
 
 
+# GPU index labels as the exporter writes them, looked up: every per-GPU sample has one.
+_INDEXES = {str(index): index for index in range(MAX_GPUS)}
+
+
 def _index(labels: dict[str, str]) -> int | None:
     text = labels.get("gpu", "")
-    return int(text) if text.isdigit() and len(text) <= 6 else None
+    index = _INDEXES.get(text)
+    if index is None and text.isdigit() and len(text) <= 6:
+        return int(text)
+    return index
 
 
 @dataclass
@@ -291,60 +297,83 @@ def _gpu(index: int) -> dict[str, Any]:
             "temp": None, "users": []}  # fmt: skip
 
 
-def _collect_gpus(node: _Node, samples: list[Sample]) -> None:
-    gpus: dict[int, dict[str, Any]] = {}
-    power: dict[int, dict[str, float]] = {}
-    uuids: dict[int, str] = {}
+def _collect_gpus(nodes: dict[str, _Node], samples: list[Sample]) -> None:
+    """GPUs, power and uuids of every node, in one pass over every per-GPU answer (the hot loop
+    of a round: one sample per GPU and family)."""
+    gauges, legacy, indexes = _GPU_GAUGES, _LEGACY, _INDEXES
     for labels, value in samples:
-        index = _index(labels)
-        if index is None or (index not in gpus and len(gpus) >= MAX_GPUS):
+        node = nodes.get(labels.get("instance", ""))
+        if node is None:
             continue
+        gpus = node.gpus
+        assert gpus is not None and node.power is not None and node.uuids is not None
+        index = indexes.get(labels.get("gpu", ""))
+        if index is None:
+            index = _index(labels)
+            if index is None:
+                continue
         gpu = gpus.get(index)
         if gpu is None:
+            if len(gpus) >= MAX_GPUS:
+                continue
             gpu = gpus[index] = _gpu(index)
         family = labels.get("__name__", "")
-        if family == "gpu_info":
+        field = gauges.get(family)
+        if field is not None:
+            reading = legacy[field](value) if math.isfinite(value) else None
+            if field in _READINGS:
+                if reading is not None and reading >= 0:
+                    node.power.setdefault(index, {})[field] = reading
+            else:
+                gpu[field] = reading
+        elif family == "gpu_info":
             gpu["name"] = labels.get("name", "")[:MAX_SHORT_STRING]
             if labels.get("uuid"):
-                uuids[index] = labels["uuid"][:MAX_SHORT_STRING]
-            continue
-        field = _GPU_GAUGES.get(family)
-        reading = _legacy_value(field, value) if field else None
-        if field in _READINGS:
-            if reading is not None and reading >= 0:
-                power.setdefault(index, {})[field] = reading
-        elif field is not None:
-            gpu[field] = reading
-    node.gpus, node.power, node.uuids = gpus, power, uuids
+                node.uuids[index] = labels["uuid"][:MAX_SHORT_STRING]
 
 
-def _collect_processes(node: _Node, samples: list[Sample]) -> None:
+def _collect_processes(nodes: dict[str, _Node], samples: list[Sample]) -> None:
     """Users per GPU: a process is its (gpu, pid, mig_uuid); memory and command joined on it."""
-    users: dict[tuple[int, int, str], dict[str, Any]] = {}
+    users: dict[str, dict[tuple[int, int, str], dict[str, Any]]] = {}
     for labels, value in samples:
+        instance = labels.get("instance", "")
+        node = nodes.get(instance)
+        if node is None:
+            continue
         index, pid = _index(labels), labels.get("pid", "")
         if index is None or node.gpus is None or index not in node.gpus or not pid.isdigit():
             continue
         key = (index, int(pid), labels.get("mig_uuid", ""))
-        user = users.setdefault(
-            key,
-            {"pid": int(pid), "username": labels.get("user", "")[:MAX_SHORT_STRING],
-             USER_MEMORY: None, "command": ""},
-        )  # fmt: skip
+        found = users.get(instance)
+        if found is None:
+            found = users[instance] = {}
+        user = found.get(key)
+        if user is None:
+            user = found[key] = {
+                "pid": int(pid), "username": labels.get("user", "")[:MAX_SHORT_STRING],
+                USER_MEMORY: None, "command": "",
+            }  # fmt: skip
         if labels.get("__name__") == "gpu_process_memory_used_bytes":
             user[USER_MEMORY] = _mib(value)
         elif "command" in labels:
             user["command"] = labels["command"][:MAX_STRING]
-    for (index, _, _), user in sorted(users.items()):
-        node.gpus[index]["users"].append(user)  # type: ignore[index]
+    for instance, found in users.items():
+        gpus = nodes[instance].gpus
+        assert gpus is not None
+        for (index, _, _), user in sorted(found.items()):
+            gpus[index]["users"].append(user)
 
 
 def _by_instance(samples: list[Sample], nodes: dict[str, _Node]) -> dict[str, list[Sample]]:
     grouped: dict[str, list[Sample]] = {}
-    for labels, value in samples:
-        instance = labels.get("instance", "")
+    for sample in samples:
+        instance = sample[0].get("instance", "")
         if instance in nodes:
-            grouped.setdefault(instance, []).append((labels, value))
+            found = grouped.get(instance)
+            if found is None:
+                grouped[instance] = [sample]
+            else:
+                found.append(sample)
     return grouped
 
 
@@ -377,10 +406,84 @@ def _result(node: _Node, *, stale_after: float, duration: float) -> PollResult:
     )  # fmt: skip
 
 
+# The attribution and health families asked every round; the others come from tiers a round
+# mostly reuses (Cadence), so what is read from them is kept while their answers are the same.
+_EVERY_ROUND_EXTRAS = frozenset((PROCESS_FAMILIES[0], "gpu_up"))
+
+
+@dataclass
+class ReusedReadings:
+    """What the last round read from the answers it reused (attribution and health families
+    asked every ``--power-interval`` or minute): read again only when the answers change."""
+
+    samples: list[Sample] = field(default_factory=list)
+    instances: set[str] = field(default_factory=set)
+    metrics: dict[str, NodeMetrics] = field(default_factory=dict)
+
+    def read(self, samples: list[Sample], nodes: dict[str, _Node]) -> dict[str, NodeMetrics]:
+        # The same sample objects, not equal ones: a reused answer is the very list kept by
+        # Cadence, and comparing identities costs microseconds where reading costs a tenth
+        # of a second at 2,000 nodes.
+        same = len(samples) == len(self.samples) and all(
+            a is b for a, b in zip(samples, self.samples)
+        )
+        if not same or self.instances != nodes.keys():
+            self.samples, self.instances = samples, set(nodes)
+            self.metrics = metrics_by_instance(samples, nodes)
+        return self.metrics
+
+
+def _joined(fresh: NodeMetrics | None, kept: NodeMetrics | None) -> NodeMetrics:
+    """One node's readings of this round's answers and of the reused ones, as one reader of
+    both (this round's first) would have made them; ``kept``'s objects are shared, not changed."""
+    if kept is None:
+        return fresh or NodeMetrics()
+    joined = fresh or NodeMetrics()
+    processes, health = joined.processes, joined.health
+    for key, process in kept.processes.items():  # SM utilization only
+        found = processes.get(key)
+        if found is not None:
+            found.sm_utilization = process.sm_utilization
+        elif len(processes) < MAX_PROCESSES:
+            processes[key] = dataclasses.replace(process)
+    for gpu, reading in kept.health.items():
+        mine = health.get(gpu)
+        if mine is not None:  # gpu_up, read this round
+            health[gpu] = dataclasses.replace(reading, up=mine.up)
+        elif len(health) < MAX_GPUS:
+            health[gpu] = reading
+    joined.migs = dict(kept.migs)
+    return joined
+
+
+def _extras(
+    answers: dict[str, list[Sample]], nodes: dict[str, _Node], reused: ReusedReadings | None
+) -> dict[str, NodeMetrics]:
+    """Attribution, health and MIG devices per node."""
+    samples = [*answers["attribution"], *answers["health"]]
+    if reused is None:
+        return metrics_by_instance(samples, nodes)
+    fresh: list[Sample] = []
+    kept: list[Sample] = []
+    for sample in samples:
+        (fresh if sample[0].get("__name__") in _EVERY_ROUND_EXTRAS else kept).append(sample)
+    now, before = metrics_by_instance(fresh, nodes), reused.read(kept, nodes)
+    return {
+        instance: _joined(now.get(instance), before.get(instance))
+        for instance in nodes
+        if instance in now or instance in before
+    }
+
+
 def build_results(
-    answers: dict[str, list[Sample]], *, stale_after: float, duration: float = 0.0
+    answers: dict[str, list[Sample]],
+    *,
+    stale_after: float,
+    duration: float = 0.0,
+    reused: ReusedReadings | None = None,
 ) -> tuple[list[Host], list[PollResult]]:
-    """The targets (ordered by node name) and their results from one round's answers."""
+    """The targets (ordered by node name) and their results from one round's answers; with
+    ``reused``, what was read from answers the last round reused is not read again."""
     nodes: dict[str, _Node] = {}
     for labels, value in answers["up"]:
         instance = labels.get("instance", "")
@@ -395,16 +498,15 @@ def build_results(
                 nodes[instance].hostname = labels.get("hostname", "")[:MAX_SHORT_STRING]
             else:
                 nodes[instance].collected = _finite(value)
-    gpu_samples = _by_instance(answers["gpu"], nodes)
+    for node in nodes.values():
+        node.gpus, node.power, node.uuids = {}, {}, {}
+    _collect_gpus(nodes, answers["gpu"])
     process_info = [
         s for s in answers["attribution"] if s[0].get("__name__") == PROCESS_FAMILIES[0]
     ]
-    process_samples = _by_instance([*answers["process"], *process_info], nodes)
-    extra_samples = _by_instance([*answers["attribution"], *answers["health"]], nodes)
-    for instance, node in nodes.items():
-        _collect_gpus(node, gpu_samples.get(instance, []))
-        _collect_processes(node, process_samples.get(instance, []))
-        node.metrics = metrics_from_samples(extra_samples.get(instance, []))
+    _collect_processes(nodes, [*answers["process"], *process_info])
+    for instance, metrics in _extras(answers, nodes, reused).items():
+        nodes[instance].metrics = metrics
     ordered = sorted(nodes.values(), key=lambda node: (node.host.text, node.host.key))
     hosts = [node.host for node in ordered]
     keys = set()
@@ -437,7 +539,10 @@ async def _round(
             answers.update(zip(late, await client.queries([wanted[n] for n in late], at=at)))
         cadence.remember(answers, up, started)
     return build_results(
-        merged(answers), stale_after=stale_after, duration=time.monotonic() - started
+        merged(answers),
+        stale_after=stale_after,
+        duration=time.monotonic() - started,
+        reused=cadence.reused if cadence is not None else None,
     )
 
 

@@ -59,3 +59,44 @@ def test_power_interval_zero_asks_every_round_and_negative_never() -> None:
     never.remember(answers, {"a:1"}, 0.0)
     assert all(answers[name] == [] for name in METRICS)
     assert never.late(never.due(1.0), {"a:1", "b:1"}) == SLOW  # never: not even late
+
+
+def _sample(family: str, value: float, gpu: str = "0", **labels: str) -> tuple[dict, float]:
+    return {"__name__": family, "instance": "a:1", "gpu": gpu, **labels}, value
+
+
+def test_readings_of_reused_answers_are_kept_and_joined_with_this_rounds() -> None:
+    from status_api.promsource import ReusedReadings, build_results
+
+    info = _sample("gpu_process_info", 1, pid="7", slurm_job="9")
+    tiered = {  # one answer list per family, as Cadence keeps them between times
+        "sm": [_sample("gpu_process_sm_utilization_ratio", 0.5, pid="7"),
+               _sample("gpu_process_sm_utilization_ratio", 0.25, pid="8")],
+        "flags": [_sample("gpu_remapped_rows_pending", 1, gpu="1")],
+        "mig": [_sample("gpu_mig_info", 1, mig_uuid="MIG-1", gi="1", ci="0", profile="1g")],
+    }  # fmt: skip
+    reused = ReusedReadings()
+
+    def round_(gpu_up: list, flags: list) -> list:
+        answers = {
+            "up": [({"instance": "a:1", "node": "a"}, 1.0)], "scraped": [], "node": [],
+            "gpu": [_sample("gpu_memory_used_bytes", 2**20, gpu=g) for g in "01"],
+            "process": [],
+            "attribution": [info, *tiered["sm"]],
+            "health": [*gpu_up, *flags, *tiered["mig"]],
+        }  # fmt: skip
+        plain = build_results(answers, stale_after=60)[1]
+        kept = build_results(answers, stale_after=60, reused=reused)[1]
+        assert [(r.processes, r.health, r.migs) for r in kept] == [
+            (r.processes, r.health, r.migs) for r in plain
+        ]
+        return kept
+
+    first = round_([], tiered["flags"])
+    assert first[0].processes[(0, 7)].sm_utilization == 0.5
+    assert first[0].health[1].remap_pending and first[0].health[1].up is None
+    lost = round_([_sample("gpu_up", 0, gpu="1")], tiered["flags"])  # kept answers, new gpu_up
+    assert lost[0].health[1].up is False and lost[0].health[1].remap_pending
+    assert first[0].health[1].up is None  # the kept reading is shared, never changed
+    cleared = round_([], [])  # the tier asked again: read again
+    assert 1 not in cleared[0].health and cleared[0].migs[0][0].profile == "1g"
