@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .cluster import cluster_row
+from .efficiency import efficiency_row
 from .exporters import exporters_row
 from .health import health_row
 from .jobs import jobs_row
@@ -26,7 +27,8 @@ DATASOURCE_NAME = "Prometheus (GPU cluster)"
 IMPORT_INPUT = "DS_PROMETHEUS"
 
 
-# (title, panels, height of the row's panels); each panel states its own width.
+# (title, panels, height of the row's panels); each panel states its own width. New rows go
+# last, so that the ids of the panels before them (and links to them) stay as they were.
 ROWS: tuple[tuple[str, Callable[[], list[Panel]], int], ...] = (
     ("Cluster overview", cluster_row, 5),
     ("Nodes", node_row, 8),
@@ -34,6 +36,7 @@ ROWS: tuple[tuple[str, Callable[[], list[Panel]], int], ...] = (
     ("Jobs and pods", jobs_row, 9),
     ("Health", health_row, 8),
     ("Exporters", exporters_row, 8),
+    ("Efficiency", efficiency_row, 8),
 )
 
 

@@ -15,6 +15,7 @@ IDLE_RATIO = 0.05  # GpuIdleButHeld: a GPU below 5% utilization counts as idle
 HOT_CELSIUS = 85
 MEMORY_FULL_RATIO = 0.95
 STALE_SECONDS = 60
+LOW_SM_RATIO = 0.1  # GpuLowSmActivity: SM activity below 10% counts as nearly idle
 
 NODE = 'node=~"$node"'
 NODE_GPU = 'node=~"$node", gpu=~"$gpu"'
