@@ -51,6 +51,11 @@ CLUSTER_WIDE = {
     "GPU-hours per namespace in the selected range",
     "SM and tensor activity per user in the selected range",
     "SM and tensor activity per Slurm job in the selected range",
+    "Power of GPUs nobody holds",
+    "Energy in the selected range",
+    "Energy per user in the selected range",
+    "Energy per Slurm job in the selected range",
+    "Energy per namespace in the selected range",
 }
 
 
@@ -261,7 +266,7 @@ def test_rows_of_the_issue_are_there():
     rows = [p["title"] for p in DASHBOARD["panels"] if p["type"] == "row"]
     assert rows == [
         "Cluster overview", "Nodes", "Users", "Jobs and pods", "Health", "Exporters",
-        "Efficiency",
+        "Efficiency", "Energy",
     ]  # fmt: skip
     titles = {p["title"] for p in PANELS}
     for expected in (
@@ -278,7 +283,9 @@ def test_rows_of_the_issue_are_there():
         "SM activity per MIG device", "Tensor activity per MIG device",
         "SM and tensor activity per user in the selected range",
         "SM and tensor activity per Slurm job in the selected range",
-        "Held GPUs with low SM activity",
+        "Held GPUs with low SM activity", "Power per node",
+        "Energy per user in the selected range", "Energy per Slurm job in the selected range",
+        "Energy per namespace in the selected range", "Power of GPUs nobody holds",
     ):  # fmt: skip
         assert expected in titles
 
@@ -394,6 +401,17 @@ def test_tables_of_several_queries_merge_rows_of_one_label_set():
         columns = next(t for t in panel["transformations"] if t["id"] == "organize")
         values = [c for c in columns["options"]["renameByName"] if c.startswith("Value #")]
         assert values == [f"Value #{t['refId']}" for t in panel["targets"]], panel["title"]
+
+
+@pytest.mark.unit
+def test_energy_panels_are_kwh_from_the_energy_counters_over_the_range():
+    energy = [p for p in PANELS if p["title"].startswith("Energy ")]
+    assert len(energy) == 4
+    for panel in energy:
+        assert panel["fieldConfig"]["defaults"]["unit"] == "kwatth"
+        for target in panel["targets"]:
+            assert re.search(r"increase\([\w:]+gpu_\w*energy_joules:total\b", target["expr"])
+            assert "[$__range]) / 3.6e6" in target["expr"], target["expr"]
 
 
 @pytest.mark.unit

@@ -58,6 +58,8 @@ NEEDS = {
     "Per-process SM utilization": PROCESS_SM,
     "Idle GPUs held by processes": PROCESS_SM,  # the GPU-wide basis has no idle GPU held here
     "SM and tensor activity per Slurm job in the selected range": SLURM,
+    "Energy per Slurm job in the selected range": SLURM,
+    "Energy per namespace in the selected range": PODS,
 }
 # A GPU in MIG mode has no device-level utilization, and the kubelet names a pod for GPU 1
 # only, so no one GPU has data for every panel: the MIG panels are checked with the MIG GPU
@@ -113,6 +115,7 @@ def test_every_panel_query_and_variable_returns_data(exporter_factory, worker_pi
         check_values(cluster, all_results, one_results)
         check_attribution(cluster, all_results, missing)
         check_efficiency(cluster, all_results, one_results, missing)
+        check_energy(cluster, all_results, missing)
     unchecked = sorted(title for title, feature in NEEDS.items() if feature in missing)
     if unchecked:
         pytest.skip(
@@ -402,3 +405,43 @@ def check_efficiency(
         }
         assert by_job["A"] == pytest.approx({first: 0.55, second: 0.025}, rel=1e-6)
         assert by_job["B"] == pytest.approx({first: 0.1625, second: 0.0}, rel=1e-6)
+
+
+def check_energy(
+    cluster: Cluster,
+    everything: dict[tuple[str, str], list[dict[str, Any]]],
+    missing: dict[str, str],
+) -> None:
+    """Power is the scenario's; energy goes to the holders the rules know.
+
+    The fake energy counters stand still, so every kWh here is 0: the split's arithmetic is
+    checked to the joule by tests/test_energy_rules.py, this checks the panels' queries and
+    labels.
+    """
+    power = {s["metric"]["node"]: latest([s])[0] for s in everything[("Power per node", "A")]}
+    expected = {
+        node: sum(gpu.power_usage / 1000 for gpu in scenario.gpus
+                  if not gpu.lost and gpu.power_usage is not None)
+        for node, scenario in cluster.scenarios.items()
+    }  # fmt: skip
+    assert power == pytest.approx(expected)
+
+    users = {
+        s["metric"]["user"]: latest([s])[0]
+        for s in everything[("Energy per user in the selected range", "A")]
+    }
+    assert set(users) == {cluster.user, "(unknown)"}
+    assert all(kwh >= 0 for kwh in users.values())
+    (total,) = latest(everything[("Energy in the selected range", "A")])
+    (unheld,) = latest(everything[("Energy in the selected range", "B")])
+    assert total >= unheld >= 0
+    assert total == pytest.approx(sum(users.values()) + unheld, abs=1e-9)
+    (all_gpus,) = everything[("Power of GPUs nobody holds", "A")]
+    (nobody,) = everything[("Power of GPUs nobody holds", "B")]
+    assert latest([all_gpus])[0] >= latest([nobody])[0] >= 0
+    if SLURM not in missing:
+        jobs = everything[("Energy per Slurm job in the selected range", "A")]
+        assert {s["metric"]["slurm_job"] for s in jobs} == set(cluster.slurm_jobs)
+    if PODS not in missing:
+        spaces = everything[("Energy per namespace in the selected range", "A")]
+        assert {s["metric"]["namespace"] for s in spaces} == {KUBELET_POD.namespace}

@@ -14,6 +14,7 @@ from typing import Any
 
 from .cluster import cluster_row
 from .efficiency import efficiency_row
+from .energy import energy_row
 from .exporters import exporters_row
 from .health import health_row
 from .jobs import jobs_row
@@ -37,6 +38,7 @@ ROWS: tuple[tuple[str, Callable[[], list[Panel]], int], ...] = (
     ("Health", health_row, 8),
     ("Exporters", exporters_row, 8),
     ("Efficiency", efficiency_row, 8),
+    ("Energy", energy_row, 8),
 )
 
 
