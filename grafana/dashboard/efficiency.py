@@ -60,32 +60,28 @@ GPM_NOTE = (
 
 
 def efficiency_row() -> list[Panel]:
-    return [*per_gpu_panels(), *per_mig_panels(), *per_holder_tables(), low_sm_table()]
-
-
-def per_gpu_panels() -> list[Panel]:
     return [
-        timeseries(
-            f"{title} per GPU",
-            meaning + GPM_NOTE,
-            [target(f"gpu_{metric}{{{NODE_GPU}}}", GPU_LEGEND)],
-            "percentunit",
-            minimum=0,
-            maximum=1,
-            width=12,
-        )
-        for metric, title, meaning in FIGURES
+        *activity_panels(scope="GPU", metric_prefix="gpu_", legend=GPU_LEGEND),
+        # A MIG device gets its own GPU instance's figures; the whole GPU has none in MIG mode.
+        *activity_panels(
+            scope="MIG device",
+            metric_prefix="gpu_mig_",
+            legend=MIG_LEGEND,
+            note=" Per MIG device, from its GPU instance (GI): what its user's work does with "
+            "the slice.",
+        ),
+        *per_holder_tables(),
+        low_sm_table(),
     ]
 
 
-def per_mig_panels() -> list[Panel]:
-    # A MIG device gets its own GPU instance's figures; the whole GPU has none in MIG mode.
+def activity_panels(*, scope: str, metric_prefix: str, legend: str, note: str = "") -> list[Panel]:
+    """One time series of each GPM figure, per ``scope`` (GPU or MIG device)."""
     return [
         timeseries(
-            f"{title} per MIG device",
-            meaning + " Per MIG device, from its GPU instance (GI): what its user's work does "
-            "with the slice." + GPM_NOTE,
-            [target(f"gpu_mig_{metric}{{{NODE_GPU}}}", MIG_LEGEND)],
+            f"{title} per {scope}",
+            meaning + note + GPM_NOTE,
+            [target(f"{metric_prefix}{metric}{{{NODE_GPU}}}", legend)],
             "percentunit",
             minimum=0,
             maximum=1,
