@@ -49,6 +49,13 @@ CLUSTER_WIDE = {
     "GPU-hours in the selected range",
     "GPU-hours per Slurm job in the selected range",
     "GPU-hours per namespace in the selected range",
+    "SM and tensor activity per user in the selected range",
+    "SM and tensor activity per Slurm job in the selected range",
+    "Power of GPUs nobody holds",
+    "Energy in the selected range",
+    "Energy per user in the selected range",
+    "Energy per Slurm job in the selected range",
+    "Energy per namespace in the selected range",
 }
 
 
@@ -257,7 +264,10 @@ def test_a_panel_wider_than_the_grid_is_refused_by_name():
 @pytest.mark.unit
 def test_rows_of_the_issue_are_there():
     rows = [p["title"] for p in DASHBOARD["panels"] if p["type"] == "row"]
-    assert rows == ["Cluster overview", "Nodes", "Users", "Jobs and pods", "Health", "Exporters"]
+    assert rows == [
+        "Cluster overview", "Nodes", "Users", "Jobs and pods", "Health", "Exporters",
+        "Efficiency", "Energy",
+    ]  # fmt: skip
     titles = {p["title"] for p in PANELS}
     for expected in (
         "Nodes", "GPUs in use", "GPUs free", "GPU memory", "Mean GPU utilization", "GPU power",
@@ -268,7 +278,14 @@ def test_rows_of_the_issue_are_there():
         "GPU-hours per Slurm job in the selected range", "GPUs per namespace",
         "GPU memory per pod", "Per-process SM utilization", "Idle GPUs held by processes",
         "XID errors", "Last XID", "Memory row remapping", "PCIe link", "NVLink errors",
-        "NVLink links", "MIG devices", "Processes on MIG devices",
+        "NVLink links", "MIG devices", "Processes on MIG devices", "SM activity per GPU",
+        "SM occupancy per GPU", "Tensor activity per GPU", "DRAM activity per GPU",
+        "SM activity per MIG device", "Tensor activity per MIG device",
+        "SM and tensor activity per user in the selected range",
+        "SM and tensor activity per Slurm job in the selected range",
+        "Held GPUs with low SM activity", "Power per node",
+        "Energy per user in the selected range", "Energy per Slurm job in the selected range",
+        "Energy per namespace in the selected range", "Power of GPUs nobody holds",
     ):  # fmt: skip
         assert expected in titles
 
@@ -337,8 +354,10 @@ def test_scan_finds_unwrapped_counters_and_hard_coded_ranges():
 def test_thresholds_on_panels_are_the_alert_thresholds():
     alerts = {
         rule["alert"]: rule["expr"]
-        for group in load_yaml(PROMETHEUS_DIR / "rules" / "alerts.yml")["groups"]
+        for name in ("alerts.yml", "efficiency.yml")
+        for group in load_yaml(PROMETHEUS_DIR / "rules" / name)["groups"]
         for rule in group["rules"]
+        if "alert" in rule
     }
     by_title = {p["title"]: p for p in PANELS}
 
@@ -349,6 +368,9 @@ def test_thresholds_on_panels_are_the_alert_thresholds():
     assert alerts["GpuHot"].endswith(f"> {steps('GPU temperature')[0]}")
     assert alerts["GpuMemoryNearlyFull"].endswith(f"> {steps('GPU memory used (share)')[0]}")
     assert alerts["GpuCollectionStale"].endswith(f"> {steps('Sample age')[0]}")
+    low_sm = by_title["Held GPUs with low SM activity"]["targets"][0]["expr"]
+    threshold = re.search(r"held\{[^}]*\} < ([\d.]+)", low_sm).group(1)
+    assert f"gpu_sm_active_ratio < {threshold})" in alerts["GpuLowSmActivity"]
 
 
 @pytest.mark.unit
@@ -379,6 +401,34 @@ def test_tables_of_several_queries_merge_rows_of_one_label_set():
         columns = next(t for t in panel["transformations"] if t["id"] == "organize")
         values = [c for c in columns["options"]["renameByName"] if c.startswith("Value #")]
         assert values == [f"Value #{t['refId']}" for t in panel["targets"]], panel["title"]
+
+
+@pytest.mark.unit
+def test_energy_panels_are_kwh_from_the_energy_counters_over_the_range():
+    energy = [p for p in PANELS if p["title"].startswith("Energy ")]
+    assert len(energy) == 4
+    for panel in energy:
+        assert panel["fieldConfig"]["defaults"]["unit"] == "kwatth"
+        for target in panel["targets"]:
+            assert re.search(r"increase\([\w:]+gpu_\w*energy_joules:total\b", target["expr"])
+            assert "[$__range]) / 3.6e6" in target["expr"], target["expr"]
+
+
+@pytest.mark.unit
+def test_efficiency_over_the_range_is_a_ratio_of_the_efficiency_counters():
+    """SM and tensor activity of a holder over the range: active device-seconds over held
+    device-seconds, both increases over the same range (rules/efficiency.yml)."""
+    tables = [p for p in PANELS if p["title"].startswith("SM and tensor activity per ")]
+    assert len(tables) == 2
+    for panel in tables:
+        sm, tensor, hours = (t["expr"] for t in panel["targets"])
+        for expr, figure in ((sm, "sm_active"), (tensor, "tensor_active")):
+            assert re.search(
+                rf"increase\((\w+):gpu_{figure}_seconds:total(\{{[^}}]*\}}|)\[\$__range\]\)"
+                rf" / increase\(\1:gpu_gpm_held_seconds:total\2\[\$__range\]\)",
+                expr,
+            ), expr
+        assert re.search(r"increase\(\w+:gpu_gpm_held_seconds:total.*\[\$__range\]\) / 3600", hours)
 
 
 @pytest.mark.unit

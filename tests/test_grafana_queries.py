@@ -6,7 +6,9 @@ query with the variables set to All and to one node, GPU and user, sends it to P
 without error and with data. The scenario is built so that no panel is legitimately empty: one
 GPU has ECC errors, throttling and every health reading, one is lost, one is in MIG mode, one
 process has an owner that cannot be read, workers sit in Slurm job cgroups where cgroups can be
-made, a stand-in kubelet names the pod holding one GPU. Variable queries must return the
+made, a stand-in kubelet names the pod holding one GPU, and GPUs report GPM figures (one held at
+low SM activity), whose per-GPU, per-MIG-device and per-holder means are checked against the
+hand-computed ones. Variable queries must return the
 cluster's nodes, GPUs and users.
 
 Panels of data that an exporter may not publish (yet) are the only ones allowed to go
@@ -29,6 +31,8 @@ from simulator.metrics import label_sets
 from tests.support import dashboard as dash
 from tests.support.cluster import (
     GIB,
+    GPM_GPU,
+    GPM_MIG,
     HEALTH_XID,
     KUBELET_POD,
     MIG_GPU,
@@ -53,6 +57,9 @@ NEEDS = {
     "GPU-hours per namespace in the selected range": PODS,
     "Per-process SM utilization": PROCESS_SM,
     "Idle GPUs held by processes": PROCESS_SM,  # the GPU-wide basis has no idle GPU held here
+    "SM and tensor activity per Slurm job in the selected range": SLURM,
+    "Energy per Slurm job in the selected range": SLURM,
+    "Energy per namespace in the selected range": PODS,
 }
 # A GPU in MIG mode has no device-level utilization, and the kubelet names a pod for GPU 1
 # only, so no one GPU has data for every panel: the MIG panels are checked with the MIG GPU
@@ -64,17 +71,31 @@ ONE_GPU = {
     "GPUs per namespace": POD_GPU,
     "GPU memory per pod": POD_GPU,
     "Idle GPUs held by processes": "1",  # the idle-held GPU (its worker at 0% SM)
+    "Held GPUs with low SM activity": "1",  # its GPM figures: 2.5% SM activity
+    **{
+        f"{figure} per MIG device": str(MIG_GPU)
+        for figure in ("SM activity", "SM occupancy", "Tensor activity", "DRAM activity")
+    },
 }
 
 
 def test_every_panel_query_and_variable_returns_data(exporter_factory, worker_pids, tmp_path):
     started = time.time()
     with monitored_cluster(
-        exporter_factory, worker_pids, tmp_path, hot=True, health=True
+        exporter_factory, worker_pids, tmp_path, hot=True, health=True, gpm=True
     ) as cluster:
         # XIDs arrive as events, on their own thread: wait until Prometheus has one.
         cluster.prometheus.wait_for("gpu_last_xid", lambda result: len(result) == 1)
         missing = missing_features(cluster)
+        # GPM figures need two exporter passes; then two evaluations of the held counter (the
+        # user and the unknown owner), as for GPU-seconds: the range ratios have a value.
+        cluster.prometheus.wait_for(
+            "user:gpu_gpm_held_seconds:total > 0", lambda result: len(result) == 2
+        )
+        if SLURM not in missing:
+            cluster.prometheus.wait_for(
+                "slurm_job:gpu_gpm_held_seconds:total > 0", lambda result: len(result) == 2
+            )
         if PODS not in missing:
             # Two evaluations of the namespace counter, as for the users' before: a rate.
             cluster.prometheus.wait_for(
@@ -93,6 +114,8 @@ def test_every_panel_query_and_variable_returns_data(exporter_factory, worker_pi
         one_results = run_every_panel(cluster, one, range_, missing)
         check_values(cluster, all_results, one_results)
         check_attribution(cluster, all_results, missing)
+        check_efficiency(cluster, all_results, one_results, missing)
+        check_energy(cluster, all_results, missing)
     unchecked = sorted(title for title, feature in NEEDS.items() if feature in missing)
     if unchecked:
         pytest.skip(
@@ -310,3 +333,115 @@ def check_attribution(
         # GPU 0 computes (one of its processes does): only GPU 1's worker holds an idle GPU
         held = {s["metric"]["pid"] for s in everything[("Idle GPUs held by processes", "A")]}
         assert held == {str(local[2])}
+
+
+def percent_ratios(figures: dict[Any, Any], attribute: str) -> dict[Any, float]:
+    """The 0-1 ratio the exporter publishes for each scenario's GPM percentage."""
+    return {key: getattr(metrics, attribute) / 100 for key, metrics in figures.items()}
+
+
+def check_efficiency(
+    cluster: Cluster,
+    everything: dict[tuple[str, str], list[dict[str, Any]]],
+    one: dict[tuple[str, str], list[dict[str, Any]]],
+    missing: dict[str, str],
+) -> None:
+    """The GPM figures of tests/support/cluster.py, and their means per holder by hand.
+
+    Per GPU only GPU 0 and GPU 1 of node localhost have GPM; per MIG device both GPU instances
+    of the MIG GPU. Held devices with GPM: the user's GPU 0, GPU 1 and MIG GPU instance 2, the
+    unknown owner's GPU 0. The figures are constant, so over the range the time-weighted mean
+    is each holder's plain mean.
+    """
+    figures = {
+        "SM activity": "sm_active",
+        "SM occupancy": "sm_occupancy",
+        "Tensor activity": "tensor_active",
+        "DRAM activity": "dram_active",
+    }
+    for title, attribute in figures.items():
+        per_gpu = by_gpu(everything[(f"{title} per GPU", "A")])
+        expected = {("localhost", str(gpu)): ratio for gpu, ratio in
+                    percent_ratios(GPM_GPU, attribute).items()}  # fmt: skip
+        assert per_gpu == pytest.approx(expected), title
+        assert by_gpu(one[(f"{title} per GPU", "A")]) == {
+            ("localhost", "0"): pytest.approx(expected[("localhost", "0")])
+        }
+        per_mig = {
+            s["metric"]["gi"]: latest([s])[0] for s in everything[(f"{title} per MIG device", "A")]
+        }
+        expected_mig = {str(gi): ratio for gi, ratio in
+                        percent_ratios(GPM_MIG, attribute).items()}  # fmt: skip
+        assert per_mig == pytest.approx(expected_mig), title
+
+    user = cluster.user
+    # SM activity: the user's GPU 0, GPU 1, MIG GPU instance 2 at 50%, 2.5%, 60%: 1.125 / 3;
+    # tensor activity at 12.5%, 0%, 20%: 0.325 / 3. The unknown owner: GPU 0 alone.
+    table = "SM and tensor activity per user in the selected range"
+    by_user = {
+        ref: {s["metric"]["user"]: latest([s])[0] for s in everything[(table, ref)]}
+        for ref in "ABC"
+    }
+    assert by_user["A"] == pytest.approx({user: 1.125 / 3, "(unknown)": 0.5}, rel=1e-6)
+    assert by_user["B"] == pytest.approx({user: 0.325 / 3, "(unknown)": 0.125}, rel=1e-6)
+    # GPU-hours held with GPM: three devices to one, over the same evaluations
+    assert by_user["C"][user] == pytest.approx(3 * by_user["C"]["(unknown)"], rel=1e-6)
+    assert by_user["C"]["(unknown)"] > 0
+    mine = {s["metric"]["user"]: latest([s])[0] for s in one[(table, "A")]}
+    assert mine == pytest.approx({user: 1.125 / 3}, rel=1e-6)
+
+    low = [
+        ((s["metric"]["node"], s["metric"]["gpu"], s["metric"]["user"]), latest([s])[0])
+        for s in everything[("Held GPUs with low SM activity", "A")]
+    ]
+    assert low == [(("localhost", "1", user), pytest.approx(0.025))]
+
+    if SLURM not in missing:
+        first, second = cluster.slurm_jobs  # GPU 0 and MIG GPU instance 2; GPU 1
+        table = "SM and tensor activity per Slurm job in the selected range"
+        by_job = {
+            ref: {s["metric"]["slurm_job"]: latest([s])[0] for s in everything[(table, ref)]}
+            for ref in "AB"
+        }
+        assert by_job["A"] == pytest.approx({first: 0.55, second: 0.025}, rel=1e-6)
+        assert by_job["B"] == pytest.approx({first: 0.1625, second: 0.0}, rel=1e-6)
+
+
+def check_energy(
+    cluster: Cluster,
+    everything: dict[tuple[str, str], list[dict[str, Any]]],
+    missing: dict[str, str],
+) -> None:
+    """Power is the scenario's; energy goes to the holders the rules know.
+
+    The fake energy counters stand still, so every kWh here is 0: the split's arithmetic is
+    checked to the joule by tests/test_energy_rules.py, this checks the panels' queries and
+    labels.
+    """
+    power = {s["metric"]["node"]: latest([s])[0] for s in everything[("Power per node", "A")]}
+    expected = {
+        node: sum(gpu.power_usage / 1000 for gpu in scenario.gpus
+                  if not gpu.lost and gpu.power_usage is not None)
+        for node, scenario in cluster.scenarios.items()
+    }  # fmt: skip
+    assert power == pytest.approx(expected)
+
+    users = {
+        s["metric"]["user"]: latest([s])[0]
+        for s in everything[("Energy per user in the selected range", "A")]
+    }
+    assert set(users) == {cluster.user, "(unknown)"}
+    assert all(kwh >= 0 for kwh in users.values())
+    (total,) = latest(everything[("Energy in the selected range", "A")])
+    (unheld,) = latest(everything[("Energy in the selected range", "B")])
+    assert total >= unheld >= 0
+    assert total == pytest.approx(sum(users.values()) + unheld, abs=1e-9)
+    (all_gpus,) = everything[("Power of GPUs nobody holds", "A")]
+    (nobody,) = everything[("Power of GPUs nobody holds", "B")]
+    assert latest([all_gpus])[0] >= latest([nobody])[0] >= 0
+    if SLURM not in missing:
+        jobs = everything[("Energy per Slurm job in the selected range", "A")]
+        assert {s["metric"]["slurm_job"] for s in jobs} == set(cluster.slurm_jobs)
+    if PODS not in missing:
+        spaces = everything[("Energy per namespace in the selected range", "A")]
+        assert {s["metric"]["namespace"] for s in spaces} == {KUBELET_POD.namespace}

@@ -3,21 +3,22 @@
 Node ``localhost`` has four GPUs: GPU 0 shared by two worker processes and one process whose owner
 cannot be read (a pid that does not exist), with ECC errors and active throttling (and hot when
 asked); GPU 1 running one worker; GPU 2 idle and free; GPU 3 lost. With ``health``, GPU 0 also has
-health readings (a PCIe link below its maximum with replays, an NVLink down with errors, a row
-remap pending, an XID, MIG mode pending) and per-process utilization (one of its workers busy, one
-idle), GPU 1's worker reports 0% SM (so GPU 1 is idle-held once the idle-held threshold, shortened
-to ``IDLE_HELD_AFTER`` in the rules, has passed), and a fifth GPU in MIG mode runs a fourth worker
-in a MIG device; where cgroups can be made (root, writable v1 freezer hierarchy) the workers are
-placed in Slurm-shaped job cgroups first, so that an exporter that reads cgroups attributes them to
-two jobs, and where grpcio is installed a stand-in kubelet (a real gRPC server on a unix socket)
-tells node ``localhost``'s exporter that pod ``ml/train-0`` holds GPU 1, so its worker belongs to
-that pod. Node ``127.0.0.1`` has two busy GPUs running two workers. Workers are real ``sleep``
-processes of the user running the tests, so the exporter resolves their user and command;
-``localhost`` publishes command lines on /metrics (``--metrics.command-line``), ``127.0.0.1`` does
-not. Targets are written by the project's own generator (``gpu-status-api targets``) from a
-hosts.txt naming both exporters; the rules' thresholds by the project's other generator
-(``gpu-status-api thresholds``), with the idle-held threshold shortened as the alerts' ``for:``
-are.
+health readings (a PCIe link below its maximum with replays, an NVLink down with errors, a row remap
+pending, an XID, MIG mode pending) and per-process utilization (one of its workers busy, one idle),
+GPU 1's worker reports 0% SM (so GPU 1 is idle-held once the idle-held threshold, shortened to
+``IDLE_HELD_AFTER`` in the rules, has passed), and a fifth GPU in MIG mode runs a fourth worker in a
+MIG device; where cgroups can be made (root, writable v1 freezer hierarchy) the workers are placed
+in Slurm-shaped job cgroups first, so that an exporter that reads cgroups attributes them to two
+jobs, and where grpcio is installed a stand-in kubelet (a real gRPC server on a unix socket) tells
+node ``localhost``'s exporter that pod ``ml/train-0`` holds GPU 1, so its worker belongs to that
+pod. With ``gpm`` (and ``health``), GPU 0, GPU 1 and the MIG GPU's two GPU instances report GPM
+figures (``GPM_GPU``, ``GPM_MIG``): GPU 1's worker holds it at low SM activity. Node ``127.0.0.1``
+has two busy GPUs running two workers. Workers are real ``sleep`` processes of the user running the
+tests, so the exporter resolves their user and command; ``localhost`` publishes command lines on
+/metrics (``--metrics.command-line``), ``127.0.0.1`` does not. Targets are written by the project's
+own generator (``gpu-status-api targets``) from a hosts.txt naming both exporters; the rules'
+thresholds by the project's other generator (``gpu-status-api thresholds``), with the idle-held
+threshold shortened as the alerts' ``for:`` are.
 """
 
 from __future__ import annotations
@@ -49,11 +50,24 @@ THROTTLE_HW_THERMAL = 0x40
 HEALTH_XID = 13  # graphics engine exception: an application fault, no GpuXid* alert
 MIG_GPU = 4
 IDLE_HELD_AFTER = 2  # seconds, in the rules' thresholds (1800 shipped)
+# GPM figures in percent, as NVML reports them (the exporter publishes 0-1 ratios): GPU 0 busy,
+# GPU 1 held at low SM activity (under GpuLowSmActivity's 10%), and the MIG GPU by GPU instance
+# (its worker runs in GI 2). The whole MIG GPU has none, and node 127.0.0.1 has no GPM at all.
+GPM_GPU = {
+    0: fake.FakeGpmMetrics(sm_active=50, sm_occupancy=25, tensor_active=12.5, dram_active=40),
+    1: fake.FakeGpmMetrics(sm_active=2.5, sm_occupancy=5, tensor_active=0, dram_active=10),
+}
+GPM_MIG = {
+    1: fake.FakeGpmMetrics(sm_active=30, sm_occupancy=20, tensor_active=10, dram_active=5),
+    2: fake.FakeGpmMetrics(sm_active=60, sm_occupancy=35, tensor_active=20, dram_active=15),
+}
 # The pod the kubelet of node localhost names for GPU 1 (one worker, 4 GiB) with ``health``.
 KUBELET_POD = PodDevices("ml", "train-0", "worker", [fake.gpu_uuid(1)])
 
 
-def node_a(workers: list[int], *, hot: bool = False, health: bool = False) -> fake.FakeScenario:
+def node_a(
+    workers: list[int], *, hot: bool = False, health: bool = False, gpm: bool = False
+) -> fake.FakeScenario:
     """The four-GPU node; ``workers`` needs three pids, four with ``health`` (five GPUs)."""
     shared = [
         fake.FakeProcess(workers[0], 2 * GIB),
@@ -98,7 +112,21 @@ def node_a(workers: list[int], *, hot: bool = False, health: bool = False) -> fa
             gpm_metrics=fake.FakeGpmMetrics(sm_active=25.0),
         )
         gpus.append(mig_gpu(workers[3]))
+    if gpm:
+        gpus = with_gpm(gpus)
     return fake.FakeScenario(gpus=gpus)
+
+
+def with_gpm(gpus: list[fake.FakeGpu]) -> list[fake.FakeGpu]:
+    """``gpus`` with the GPM figures of ``GPM_GPU`` and, on the MIG GPU, ``GPM_MIG``."""
+    result = []
+    for index, gpu in enumerate(gpus):
+        if index in GPM_GPU:
+            gpu = replace(gpu, gpm="supported", gpm_metrics=GPM_GPU[index])
+        elif index == MIG_GPU:
+            gpu = replace(gpu, gpm="supported", gpm_mig_metrics=dict(GPM_MIG))
+        result.append(gpu)
+    return result
 
 
 def with_health(gpu: fake.FakeGpu, *, busy: int, idle: int) -> fake.FakeGpu:
@@ -173,13 +201,14 @@ class Cluster:
     workers: dict[str, list[int]]
     user: str = field(default_factory=getpass.getuser)
     health: bool = False
+    gpm: bool = False
     # Slurm job id -> pids placed in its cgroup (empty where cgroups could not be made)
     slurm_jobs: dict[str, list[int]] = field(default_factory=dict)
     # What node localhost's kubelet answers (empty where no kubelet runs: without grpcio)
     pods: list[PodDevices] = field(default_factory=list)
 
     def set_node_a(self, *, hot: bool) -> None:
-        scenario = node_a(self.workers["localhost"], hot=hot, health=self.health)
+        scenario = node_a(self.workers["localhost"], hot=hot, health=self.health, gpm=self.gpm)
         self.scenarios["localhost"] = scenario
         self.exporters["localhost"].set_scenario(scenario)
 
@@ -221,11 +250,12 @@ def monitored_cluster(
     alertmanagers: Sequence[str] = (),
     extra_rule_files: Sequence[Path] = (),
     health: bool = False,
+    gpm: bool = False,
 ) -> Iterator[Cluster]:
     """Start both exporters and Prometheus; yield once every target is up and rules recorded.
 
-    ``health`` adds node ``localhost``'s health readings, MIG GPU, Slurm jobs and kubelet
-    (see above).
+    ``health`` adds node ``localhost``'s health readings, MIG GPU, Slurm jobs and kubelet,
+    ``gpm`` its GPM figures (see above).
     """
     workers = {"localhost": worker_pids(4 if health else 3), "127.0.0.1": worker_pids(2)}
     placement = Placement()
@@ -248,7 +278,7 @@ def monitored_cluster(
             ]  # fmt: skip
         cluster = stack.enter_context(
             _running(
-                exporter_factory, workers, tmp_path, hot=hot, health=health,
+                exporter_factory, workers, tmp_path, hot=hot, health=health, gpm=gpm,
                 alert_for=alert_for, alertmanagers=alertmanagers,
                 extra_rule_files=extra_rule_files, localhost_flags=localhost_flags,
             )
@@ -266,13 +296,14 @@ def _running(
     *,
     hot: bool,
     health: bool,
+    gpm: bool,
     alert_for: str,
     alertmanagers: Sequence[str],
     extra_rule_files: Sequence[Path],
     localhost_flags: Sequence[str],
 ) -> Iterator[Cluster]:
     scenarios = {
-        "localhost": node_a(workers["localhost"], hot=hot, health=health),
+        "localhost": node_a(workers["localhost"], hot=hot, health=health, gpm=gpm),
         "127.0.0.1": node_b(workers["127.0.0.1"]),
     }
     flags = {"localhost": ["--metrics.command-line", *localhost_flags], "127.0.0.1": []}
@@ -294,4 +325,4 @@ def _running(
         prometheus.wait_for('up{job="gpu"} == 1', lambda result: len(result) == 2)
         # Two evaluations of the GPU-seconds counter: it has a rate by then.
         prometheus.wait_for("user:gpu_seconds:total > 0", lambda result: len(result) == 2)
-        yield Cluster(prometheus, exporters, scenarios, workers, health=health)
+        yield Cluster(prometheus, exporters, scenarios, workers, health=health, gpm=gpm)
