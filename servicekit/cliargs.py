@@ -64,6 +64,18 @@ def positive(kind: type) -> Callable[[str], float]:
     return parse
 
 
+def non_negative(kind: type) -> Callable[[str], float]:
+    """An argparse type accepting finite numbers of ``kind`` (int or float) of 0 or more."""
+
+    def parse(text: str) -> float:
+        value = _number(kind, text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+        return value
+
+    return parse
+
+
 def tcp_port(*, allow_any: bool = False) -> Callable[[str], int]:
     """An argparse type for a TCP port; with ``allow_any``, 0 asks the OS for a free one."""
     lowest = 0 if allow_any else 1
