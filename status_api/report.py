@@ -49,6 +49,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from servicekit.cliargs import non_negative
 from servicekit.logsetup import configure_logging
@@ -60,6 +61,9 @@ from status_api.engine import (
     engine_settings,
     run_queries,
 )
+
+if TYPE_CHECKING:
+    from status_api.reportmail import MailSettings
 
 __all__ = ["EngineError", "EngineSettings", "Prices", "Row", "increase_query", "usage"]
 
@@ -402,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
         timeout_help="seconds one query may take, all included",
         max_body=DEFAULT_MAX_BODY,
     )
+    from status_api.reportmail import add_mail_flags  # it builds on this module
+
+    add_mail_flags(parser)
     return parser
 
 
@@ -409,22 +416,25 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(level="info")
+    from status_api import reportmail
+
     try:
         parse_duration(args.since)
         until = time.time() if args.until is None else parse_time(args.until)
         settings = engine_settings(args)
+        mail = reportmail.mail_settings(args) if args.mail else None
     except ValueError as error:
         parser.error(str(error))  # exits 2 with the usage
+    prices = Prices(per_kwh=args.price_per_kwh, co2_grams_per_kwh=args.co2_grams_per_kwh)
+    if mail is not None:
+        return _mail(settings, mail, since=args.since, until=until, prices=prices)
     try:
         states = cluster_usage(settings, since=args.since, until=until)
         rows = (
             [] if args.by == CLUSTER else usage(settings, by=args.by, since=args.since, until=until)
         )
     except EngineError as error:
-        # The engine's words are printed as they came; escaped, so they cannot drive the terminal.
-        message = _printable(f"cannot query {settings.url}: {error}")
-        print(f"gpu-status-api report: {message}", file=sys.stderr)
-        return 1
+        return _engine_failed(settings, error)
     if args.by == CLUSTER:
         if not states:
             print(
@@ -440,7 +450,40 @@ def main(argv: Sequence[str]) -> int:
             f"recording rules with {args.by}:gpu_seconds:total loaded?",
             file=sys.stderr,
         )
-    prices = Prices(per_kwh=args.price_per_kwh, co2_grams_per_kwh=args.co2_grams_per_kwh)
     sys.stdout.write(RENDERERS[args.format](rows, by=args.by, prices=prices))
     sys.stderr.write(add_up_note(rows, states, by=args.by))
     return 0
+
+
+def _engine_failed(settings: EngineSettings, error: EngineError) -> int:
+    # The engine's words are printed as they came; escaped, so they cannot drive the terminal.
+    message = _printable(f"cannot query {settings.url}: {error}")
+    print(f"gpu-status-api report: {message}", file=sys.stderr)
+    return 1
+
+
+def _mail(
+    settings: EngineSettings, mail: MailSettings, *, since: str, until: float, prices: Prices
+) -> int:
+    """--mail: each user their summary, the admins the cluster's; 1 if any mail failed."""
+    from status_api import reportmail
+
+    try:
+        states = cluster_usage(settings, since=since, until=until)
+        mailing = reportmail.gather(
+            settings, since=since, until=until, states=states, prices=prices
+        )
+    except EngineError as error:
+        return _engine_failed(settings, error)
+    messages = reportmail.compose(mailing, mail)
+    try:
+        refused = reportmail.send(messages, mail)
+    except reportmail.MailError as error:
+        print(f"gpu-status-api report: cannot mail: {_printable(str(error))}", file=sys.stderr)
+        return 1
+    what = "printed" if mail.dry_run else "sent"
+    print(
+        f"gpu-status-api report: {len(messages) - refused} of {len(messages)} mails {what}",
+        file=sys.stderr,
+    )
+    return 1 if refused else 0
