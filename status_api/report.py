@@ -296,18 +296,27 @@ _TABLE = {
 }
 
 
-def render_table(rows: Sequence[Row], *, by: str, prices: Prices = Prices()) -> str:
-    names = _columns(prices)
+def render_table(
+    rows: Sequence[Row], *, by: str, prices: Prices = Prices(), drop_unknown: bool = False
+) -> str:
+    """The aligned table; ``drop_unknown`` leaves out the columns no row has a value in (a
+    grouping whose rules record no such counter), for readers who would not know why."""
+    values = [row_values(row, prices) for row in rows]
+    names = [
+        name
+        for name in _columns(prices)
+        if not drop_unknown or any(value[name] is not None for value in values)
+    ]
     header = (by.upper().replace("_", " "), *(_TABLE[name][0] for name in names))
     lines = [
         (
             _printable(row.key) if row.key else "(unknown)",
             *(
-                _cell(value, _TABLE[name][1], scale=_TABLE[name][2], unit=_TABLE[name][3])
-                for name, value in row_values(row, prices).items()
+                _cell(value[name], _TABLE[name][1], scale=_TABLE[name][2], unit=_TABLE[name][3])
+                for name in names
             ),
         )
-        for row in rows
+        for row, value in zip(rows, values)
     ]
     return _aligned(header, lines)
 

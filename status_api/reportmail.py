@@ -22,6 +22,7 @@ import logging
 import smtplib
 import ssl
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -249,19 +250,24 @@ def _figures(row: Row, prices: Prices) -> str:
 def user_body(row: Row, jobs: Sequence[Row], mailing: Mailing, *, top: int) -> str:
     text = (
         f"Hello {row.key},\n\n"
-        f"your use of the cluster's GPUs over the {mailing.since} until "
+        f"your use of the cluster's GPUs in the {mailing.since} before "
         f"{_when(mailing.until)}:\n\n" + _figures(row, mailing.prices)
     )
     text += (
-        "\nMean utilization is the share of time a kernel ran on the GPUs you held; SM activity "
-        "the share of the GPUs' SMs that were busy (GPUs with GPM only). Idle-held hours are "
-        "GPU-hours your processes held a GPU's memory without computing: nobody else could use "
-        "those GPUs.\n"
+        "\n"
+        + textwrap.fill(
+            "Mean utilization is the share of time a kernel ran on the GPUs you held; SM activity "
+            "the share of the GPUs' SMs that were busy (GPUs with GPM only). Idle-held hours are "
+            "GPU-hours your processes held a GPU's memory without computing: nobody else could use "
+            "those GPUs.",
+            width=76,
+        )
+        + "\n"
     )
     if jobs:
         shown = sorted(jobs, key=lambda job: (-job.gpu_hours, job.key))[:top]
         text += f"\nYour top Slurm jobs by GPU-hours ({len(shown)} of {len(jobs)}):\n\n"
-        text += render_table(shown, by="slurm_job", prices=mailing.prices)
+        text += render_table(shown, by="slurm_job", prices=mailing.prices, drop_unknown=True)
     return text
 
 
@@ -269,7 +275,7 @@ def admin_body(mailing: Mailing, *, mailed: int) -> str:
     total = sum(row.gpu_hours for row in mailing.users)
     energy = [row.energy_kwh for row in mailing.users if row.energy_kwh is not None]
     text = (
-        f"GPU use of the cluster over the {mailing.since} until {_when(mailing.until)}.\n\n"
+        f"GPU use of the cluster in the {mailing.since} before {_when(mailing.until)}.\n\n"
         f"{len(mailing.users)} users held GPUs for {total:.2f} GPU-hours"
     )
     if energy:
@@ -288,7 +294,9 @@ def _message(settings: MailSettings, to: Sequence[str], subject: str, body: str)
     message["Subject"] = subject
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = make_msgid(domain=settings.sender.rpartition("@")[2] or None)
-    message.set_content(body)
+    # Plain 7-bit text where it is ASCII, so that the mail reads the same in any client and in
+    # --dry-run's output; quoted-printable only for the names that need it.
+    message.set_content(body, cte="7bit" if body.isascii() else "quoted-printable")
     return message
 
 
@@ -302,11 +310,11 @@ def compose(mailing: Mailing, settings: MailSettings) -> list[EmailMessage]:
         if address is None:
             log.warning("no address for user %r: not in --mail-map, no --mail-domain", row.key)
             continue
-        subject = f"Your GPU use over the {mailing.since} until {_when(mailing.until)}"
+        subject = f"Your GPU use in the {mailing.since} before {_when(mailing.until)}"
         body = user_body(row, mailing.jobs.get(row.key, []), mailing, top=settings.top_jobs)
         messages.append(_message(settings, [address], subject, body))
     if settings.admins:
-        subject = f"GPU use of the cluster over the {mailing.since} until {_when(mailing.until)}"
+        subject = f"GPU use of the cluster in the {mailing.since} before {_when(mailing.until)}"
         body = admin_body(mailing, mailed=len(messages))
         messages.append(_message(settings, settings.admins, subject, body))
     return messages
