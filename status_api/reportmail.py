@@ -115,7 +115,7 @@ def add_mail_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument("--mail-from", help="sender address")
     group.add_argument(
-        "--admin-mail", action="append", default=[], metavar="ADDRESS",
+        "--admin-mail", action="append", metavar="ADDRESS",
         help="who gets the cluster summary (repeatable)",
     )  # fmt: skip
     group.add_argument("--mail-domain", help="a user's address is USER@DOMAIN")
@@ -174,7 +174,7 @@ def mail_settings(args: argparse.Namespace) -> MailSettings:
         raise ValueError("--mail reports per user: leave --by out")
     return MailSettings(
         sender=args.mail_from,
-        admins=tuple(args.admin_mail),
+        admins=tuple(args.admin_mail or ()),
         domain=args.mail_domain,
         addresses=read_mail_map(args.mail_map) if args.mail_map else {},
         server=args.smtp_server,
