@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import smtplib
 import ssl
 import sys
@@ -47,6 +48,9 @@ __all__ = ["MailSettings", "Mailing", "add_mail_flags", "compose", "mail_setting
 log = logging.getLogger(__name__)
 
 SMTP_TIMEOUT = 30.0
+# A user name that can stand as the local part of user@--mail-domain as it is: label values
+# come from the nodes, and one with a space, "@" or a line break must not make up an address.
+_LOCAL_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 DEFAULT_TOP_JOBS = 5
 
 
@@ -72,7 +76,9 @@ class MailSettings:
         """A user's address: the mapping's, else user@domain; None when neither is known."""
         if user in self.addresses:
             return self.addresses[user]
-        return f"{user}@{self.domain}" if self.domain else None
+        if self.domain and _LOCAL_PART.fullmatch(user):
+            return f"{user}@{self.domain}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -308,7 +314,11 @@ def compose(mailing: Mailing, settings: MailSettings) -> list[EmailMessage]:
             continue  # an unknown owner has no mailbox
         address = settings.address(row.key)
         if address is None:
-            log.warning("no address for user %r: not in --mail-map, no --mail-domain", row.key)
+            log.warning(
+                "no address for user %r: not in --mail-map, and no --mail-domain or a name "
+                "that cannot be an address's local part",
+                row.key,
+            )
             continue
         subject = f"Your GPU use in the {mailing.since} before {_when(mailing.until)}"
         body = user_body(row, mailing.jobs.get(row.key, []), mailing, top=settings.top_jobs)
@@ -328,6 +338,8 @@ def send(messages: Sequence[EmailMessage], settings: MailSettings) -> int:
     if settings.dry_run:
         for message in messages:
             sys.stdout.write(message.as_string() + "\n")
+        return 0
+    if not messages:
         return 0
     assert settings.server is not None
     host, port = settings.server

@@ -19,6 +19,8 @@ import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from simulator.prometheus import backfilled_prometheus
+from status_api.report import Prices, Row
+from status_api.reportmail import Mailing, MailSettings, compose
 from tests.support.smtp import Mail, Mailbox
 from tests.support.status_service import run_command
 
@@ -288,3 +290,18 @@ def test_bad_mail_map_and_credentials_exit_2(tmp_path):
     assert result.returncode == 2 and "not 'user address'" in result.stderr
     result = run_command(*common, "--mail-domain", "x.org", "--smtp-credentials-file", str(empty))
     assert result.returncode == 2 and "a user line and a password line" in result.stderr
+
+
+@pytest.mark.unit
+def test_only_plain_user_names_make_up_an_address() -> None:
+    settings = MailSettings(
+        sender="gpu-report@example.org", domain="example.org", addresses={"odd name": "o@x.org"}
+    )
+    assert settings.address("dave") == "dave@example.org"
+    assert settings.address("first.last+gpu") == "first.last+gpu@example.org"
+    assert settings.address("odd name") == "o@x.org"  # the map names anyone
+    for name in ("eve\nBcc: all@example.org", "a@b", "two words", "", "-rf"):
+        assert settings.address(name) is None, name
+    rows = [Row("eve\r\nBcc: all@example.org", 1.0, 0.5, 0.0), Row("dave", 2.0, 0.5, 0.0)]
+    mailing = Mailing("7d", 0.0, rows, {}, [], Prices())
+    assert [m["To"] for m in compose(mailing, settings)] == ["dave@example.org"]
