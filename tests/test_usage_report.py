@@ -137,6 +137,15 @@ USERS = [
         watts=_pattern(1, [250.0]),
         sm_active=_pattern(1, [0.5]),
     ),
+    # gina: 1 GPU at 200 W and 25 % SM activity, her counters reset 100 steps before the end.
+    Series(
+        {"user": "gina", "cluster": "a"},
+        _pattern(1, [1]),
+        _pattern(1, [0.5]),
+        resets={STEPS - 100},
+        watts=_pattern(1, [200.0]),
+        sm_active=_pattern(1, [0.25]),
+    ),
     # processes whose owner could not be read: no user label; its GPUs have no GPM.
     Series(
         {"cluster": "a"},
@@ -325,6 +334,14 @@ def test_energy_cost_co2_and_sm_activity_worked_out_by_hand(prometheus_url):
     assert got["dave"]["cost"] == pytest.approx(6, rel=1e-9)
     assert got["dave"]["co2_kg"] == pytest.approx(9.6, rel=1e-9)
     assert got["dave"]["mean_sm_activity"] == pytest.approx(0.5, rel=1e-9)
+    # gina: the step her counters reset in is lost, 172800 - 300 s held: 47.9166 GPU-hours;
+    # 200 W x 172500 s = 34.5 MJ = 9.58333 kWh, costing 2.39583 and emitting 3.83333 kg; her
+    # SM activity stays 25 %, the lost step gone from both of its counters.
+    assert got["gina"]["gpu_hours"] == pytest.approx(172500 / 3600, rel=1e-9)
+    assert got["gina"]["energy_kwh"] == pytest.approx(9.583333333, rel=1e-9)
+    assert got["gina"]["cost"] == pytest.approx(2.395833333, rel=1e-9)
+    assert got["gina"]["co2_kg"] == pytest.approx(3.833333333, rel=1e-9)
+    assert got["gina"]["mean_sm_activity"] == pytest.approx(0.25, rel=1e-9)
     # No GPU of the unknown owner has GPM: no mean, not 0.
     assert got[""]["mean_sm_activity"] is None and got[""]["energy_kwh"] > 0
     want = expected(USERS, "user", since=2 * 86400, with_ratios=True)
