@@ -1,12 +1,13 @@
-"""The command-line flags both services share, and argument types: finite and positive
-numbers, ports.
+"""The command-line flags both services share, and argument types: finite, positive and
+non-negative numbers, ports.
 
 Flag names follow node_exporter (``--web.listen-address``, ``--web.config.file``,
 ``--log.level``); the names older releases used stay as aliases, so no command line breaks.
 
-Every float option of these command lines is a number of seconds that ends up in a timer, so a
+Every float option of the services is a number of seconds that ends up in a timer, so a
 float must be finite (``nan`` compares false with everything and turns a wait into a busy loop;
-``inf`` makes the wait raise) and no larger than the longest wait a timer takes.
+``inf`` makes the wait raise) and no larger than the longest wait a timer takes. The report's
+prices and emission factors are finite and 0 or more, without that bound (``non_negative``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ LOG_LEVELS = {
 MAX_SECONDS = threading.TIMEOUT_MAX
 
 
-def _number(kind: type, text: str) -> float:
+def _number(kind: type, text: str, *, seconds: bool = True) -> float:
     try:
         value = kind(text)
     except ValueError:
@@ -42,7 +43,7 @@ def _number(kind: type, text: str) -> float:
     if kind is float:
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if abs(value) > MAX_SECONDS:
+        if seconds and abs(value) > MAX_SECONDS:
             raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_SECONDS:.0f} seconds")
     return value
 
@@ -59,6 +60,21 @@ def positive(kind: type) -> Callable[[str], float]:
         value = _number(kind, text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return parse
+
+
+def non_negative(kind: type) -> Callable[[str], float]:
+    """An argparse type accepting finite numbers of ``kind`` (int or float) of 0 or more.
+
+    For quantities that are not waits (a price, grams per kWh): no timer bound.
+    """
+
+    def parse(text: str) -> float:
+        value = _number(kind, text, seconds=False)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
         return value
 
     return parse

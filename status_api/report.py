@@ -1,17 +1,27 @@
-"""``gpu-status-api report``: GPU-hours, mean utilization and idle-held hours per group.
+"""``gpu-status-api report``: GPU-hours, mean utilization, SM activity, idle-held hours and
+energy per group.
 
-Reads the counters of ``prometheus/rules/recording.yml`` from a Prometheus-compatible query
-engine (Prometheus, VictoriaMetrics, Thanos, Mimir) with three instant queries at the window's
-end, for ``--by user`` (or ``slurm_job``, ``namespace``)::
+Reads the counters of ``prometheus/rules/recording.yml``, ``efficiency.yml`` and ``energy.yml``
+from a Prometheus-compatible query engine (Prometheus, VictoriaMetrics, Thanos, Mimir) with six
+instant queries at the window's end, for ``--by user`` (or ``slurm_job``, ``namespace``)::
 
     sum by (user) (increase(user:gpu_seconds:total[30d]))
     sum by (user) (increase(user:gpu_utilization_seconds:total[30d]))
     sum by (user) (increase(user:gpu_idle_held_seconds:total[30d]))
+    sum by (user) (increase(user:gpu_energy_joules:total[30d]))
+    sum by (user) (increase(user:gpu_sm_active_seconds:total[30d]))
+    sum by (user) (increase(user:gpu_gpm_held_seconds:total[30d]))
 
 GPU-hours are the first over 3600, mean utilization the second over the first (weighted by the
-time each GPU was held), idle-held hours the third over 3600. ``sum by`` merges the series of one
-group from several Prometheus servers in a global view. A grouping whose utilization or idle
-counters are not recorded gets no value for them (``null``, an empty cell, ``-``).
+time each GPU was held), idle-held hours the third over 3600, energy the fourth over 3.6e6 (kWh),
+mean SM activity the fifth over the sixth (over the held devices that have GPM only). ``sum by``
+merges the series of one group from several Prometheus servers in a global view. A grouping
+whose counters for a value are not recorded gets no value for it (``null``, an empty cell,
+``-``); so does a group none of whose GPUs had GPM in the window (0 / 0 is no mean).
+With ``--price-per-kwh`` and ``--co2-grams-per-kwh`` each row also gets its energy's cost (in
+the price's currency, which the report does not know) and CO2 in kg.
+
+``--mail`` sends the window's figures by mail instead of printing them (status_api/reportmail.py).
 
 A GPU shared by several holders is charged in even shares (status_api/vocabulary.py), so the
 groups' GPU-hours add up to the hours the cluster's GPUs were held
@@ -39,7 +49,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
+from servicekit.cliargs import non_negative
 from servicekit.logsetup import configure_logging
 from status_api.engine import (
     MIB,
@@ -50,7 +62,10 @@ from status_api.engine import (
     run_queries,
 )
 
-__all__ = ["EngineError", "EngineSettings", "Row", "increase_query", "usage"]
+if TYPE_CHECKING:
+    from status_api.reportmail import MailSettings
+
+__all__ = ["EngineError", "EngineSettings", "Prices", "Row", "increase_query", "usage"]
 
 GROUPINGS = ("user", "slurm_job", "namespace")
 CLUSTER = "cluster"
@@ -59,6 +74,16 @@ CLUSTER_STATES = ("in_use", "idle_held", "free", "sick", "lost", "stale", "held"
 FORMATS = ("table", "csv", "json")
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 16 * MIB
+JOULES_PER_KWH = 3.6e6
+# The counters read per group, <by>:<name>:total, in the order usage() queries them.
+COUNTERS = (
+    "gpu_seconds",
+    "gpu_utilization_seconds",
+    "gpu_idle_held_seconds",
+    "gpu_energy_joules",
+    "gpu_sm_active_seconds",
+    "gpu_gpm_held_seconds",
+)
 
 # Prometheus' duration syntax: units from the largest to the smallest, each at most once.
 _DURATION = re.compile(
@@ -75,6 +100,29 @@ class Row:
     gpu_hours: float
     mean_utilization: float | None
     idle_held_hours: float | None
+    energy_kwh: float | None = None
+    mean_sm_activity: float | None = None  # over the held devices with GPM only
+
+
+@dataclass(frozen=True)
+class Prices:
+    """What a kWh costs and emits, from --price-per-kwh and --co2-grams-per-kwh; None: not given.
+
+    The cost is in the currency the price is given in: the report only multiplies.
+    """
+
+    per_kwh: float | None = None
+    co2_grams_per_kwh: float | None = None
+
+    def cost(self, energy_kwh: float | None) -> float | None:
+        if self.per_kwh is None or energy_kwh is None:
+            return None
+        return energy_kwh * self.per_kwh
+
+    def co2_kg(self, energy_kwh: float | None) -> float | None:
+        if self.co2_grams_per_kwh is None or energy_kwh is None:
+            return None
+        return energy_kwh * self.co2_grams_per_kwh / 1000
 
 
 @dataclass(frozen=True)
@@ -127,12 +175,10 @@ def increase_query(by: str, counter: str, since: str) -> str:
 
 def usage(settings: EngineSettings, *, by: str, since: str, until: float) -> list[Row]:
     """The report's rows, most GPU-hours first; groups without GPU time in the window left out."""
-
-    counters = ("gpu_seconds", "gpu_utilization_seconds", "gpu_idle_held_seconds")
     answers = run_queries(
-        settings, [increase_query(by, counter, since) for counter in counters], at=until
+        settings, [increase_query(by, counter, since) for counter in COUNTERS], at=until
     )
-    gpu_seconds, utilization, idle = (
+    gpu_seconds, utilization, idle, joules, sm_active, gpm_held = (
         {labels.get(by, ""): value for labels, value in samples if math.isfinite(value)}
         for samples in answers
     )
@@ -142,6 +188,13 @@ def usage(settings: EngineSettings, *, by: str, since: str, until: float) -> lis
             gpu_hours=seconds / 3600,
             mean_utilization=utilization[key] / seconds if key in utilization else None,
             idle_held_hours=idle[key] / 3600 if key in idle else None,
+            energy_kwh=joules[key] / JOULES_PER_KWH if key in joules else None,
+            # No GPM device held in the window: 0 / 0, no mean (not 0).
+            mean_sm_activity=(
+                sm_active[key] / gpm_held[key]
+                if gpm_held.get(key, 0) > 0 and key in sm_active
+                else None
+            ),
         )
         for key, seconds in gpu_seconds.items()
         if seconds > 0
@@ -201,16 +254,69 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-def render_table(rows: Sequence[Row], *, by: str) -> str:
-    header = (by.upper().replace("_", " "), "GPU-HOURS", "MEAN UTIL", "IDLE-HELD HOURS")
+def _cell(value: float | None, spec: str, *, scale: float = 1.0, unit: str = "") -> str:
+    """One number of the table, ``-`` where it is not known."""
+    return "-" if value is None else f"{value * scale:{spec}}{unit}"
+
+
+def _columns(prices: Prices) -> list[str]:
+    """The row's values as named in CSV and JSON, cost and CO2 only when priced."""
+    # New columns go last, so scripts reading the CSV by position keep working.
+    names = ["gpu_hours", "mean_utilization", "idle_held_hours", "energy_kwh", "mean_sm_activity"]
+    if prices.per_kwh is not None:
+        names.append("cost")
+    if prices.co2_grams_per_kwh is not None:
+        names.append("co2_kg")
+    return names
+
+
+def row_values(row: Row, prices: Prices) -> dict[str, float | None]:
+    """A row's values by column name (see _columns), None where not known."""
+    values: dict[str, float | None] = {
+        "gpu_hours": row.gpu_hours,
+        "mean_utilization": row.mean_utilization,
+        "idle_held_hours": row.idle_held_hours,
+        "energy_kwh": row.energy_kwh,
+        "mean_sm_activity": row.mean_sm_activity,
+        "cost": prices.cost(row.energy_kwh),
+        "co2_kg": prices.co2_kg(row.energy_kwh),
+    }
+    return {name: values[name] for name in _columns(prices)}
+
+
+# Table headers and cell formats of the columns.
+_TABLE = {
+    "gpu_hours": ("GPU-HOURS", ".2f", 1.0, ""),
+    "mean_utilization": ("MEAN UTIL", ".1f", 100.0, "%"),
+    "idle_held_hours": ("IDLE-HELD HOURS", ".2f", 1.0, ""),
+    "energy_kwh": ("KWH", ".3f", 1.0, ""),
+    "mean_sm_activity": ("SM ACTIVE", ".1f", 100.0, "%"),
+    "cost": ("COST", ".2f", 1.0, ""),  # in the price's currency, which is not known here
+    "co2_kg": ("CO2 KG", ".2f", 1.0, ""),
+}
+
+
+def render_table(
+    rows: Sequence[Row], *, by: str, prices: Prices = Prices(), drop_unknown: bool = False
+) -> str:
+    """The aligned table; ``drop_unknown`` leaves out the columns no row has a value in (a
+    grouping whose rules record no such counter), for readers who would not know why."""
+    values = [row_values(row, prices) for row in rows]
+    names = [
+        name
+        for name in _columns(prices)
+        if not drop_unknown or any(value[name] is not None for value in values)
+    ]
+    header = (by.upper().replace("_", " "), *(_TABLE[name][0] for name in names))
     lines = [
         (
             _printable(row.key) if row.key else "(unknown)",
-            f"{row.gpu_hours:.2f}",
-            "-" if row.mean_utilization is None else f"{row.mean_utilization * 100:.1f}%",
-            "-" if row.idle_held_hours is None else f"{row.idle_held_hours:.2f}",
+            *(
+                _cell(value[name], _TABLE[name][1], scale=_TABLE[name][2], unit=_TABLE[name][3])
+                for name in names
+            ),
         )
-        for row in rows
+        for row, value in zip(rows, values)
     ]
     return _aligned(header, lines)
 
@@ -226,19 +332,13 @@ def _aligned(header: tuple[str, ...], lines: Sequence[tuple[str, ...]]) -> str:
     )
 
 
-def render_csv(rows: Sequence[Row], *, by: str) -> str:
+def render_csv(rows: Sequence[Row], *, by: str, prices: Prices = Prices()) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([by, "gpu_hours", "mean_utilization", "idle_held_hours"])
+    writer.writerow([by, *_columns(prices)])
     for row in rows:
-        writer.writerow(
-            [
-                row.key,
-                repr(row.gpu_hours),
-                "" if row.mean_utilization is None else repr(row.mean_utilization),
-                "" if row.idle_held_hours is None else repr(row.idle_held_hours),
-            ]
-        )
+        values = row_values(row, prices).values()
+        writer.writerow([row.key, *("" if value is None else repr(value) for value in values)])
     return out.getvalue()
 
 
@@ -264,16 +364,8 @@ def render_states_json(rows: Sequence[StateRow]) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def render_json(rows: Sequence[Row], *, by: str) -> str:
-    document = [
-        {
-            by: row.key,
-            "gpu_hours": row.gpu_hours,
-            "mean_utilization": row.mean_utilization,
-            "idle_held_hours": row.idle_held_hours,
-        }
-        for row in rows
-    ]
+def render_json(rows: Sequence[Row], *, by: str, prices: Prices = Prices()) -> str:
+    document = [{by: row.key, **row_values(row, prices)} for row in rows]
     return json.dumps(document, indent=2) + "\n"
 
 
@@ -307,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
         "held) and the mean number of GPUs in it",
     )  # fmt: skip
     parser.add_argument("--format", choices=FORMATS, default="table", help="(default table)")
+    parser.add_argument(
+        "--price-per-kwh", type=non_negative(float), metavar="PRICE",
+        help="add a cost column: each group's kWh times PRICE, in PRICE's currency",
+    )  # fmt: skip
+    parser.add_argument(
+        "--co2-grams-per-kwh", type=non_negative(float), metavar="GRAMS",
+        help="add a co2_kg column: each group's kWh times GRAMS of CO2 per kWh, in kg",
+    )  # fmt: skip
     add_engine_flags(
         parser,
         url_help="base URL of Prometheus or a compatible engine, e.g. http://prometheus:9090",
@@ -315,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
         timeout_help="seconds one query may take, all included",
         max_body=DEFAULT_MAX_BODY,
     )
+    from status_api.reportmail import add_mail_flags  # it builds on this module
+
+    add_mail_flags(parser)
     return parser
 
 
@@ -322,22 +425,25 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(level="info")
+    from status_api import reportmail
+
     try:
         parse_duration(args.since)
         until = time.time() if args.until is None else parse_time(args.until)
         settings = engine_settings(args)
+        mail = reportmail.mail_settings(args) if args.mail else None
     except ValueError as error:
         parser.error(str(error))  # exits 2 with the usage
+    prices = Prices(per_kwh=args.price_per_kwh, co2_grams_per_kwh=args.co2_grams_per_kwh)
+    if mail is not None:
+        return _mail(settings, mail, since=args.since, until=until, prices=prices)
     try:
         states = cluster_usage(settings, since=args.since, until=until)
         rows = (
             [] if args.by == CLUSTER else usage(settings, by=args.by, since=args.since, until=until)
         )
     except EngineError as error:
-        # The engine's words are printed as they came; escaped, so they cannot drive the terminal.
-        message = _printable(f"cannot query {settings.url}: {error}")
-        print(f"gpu-status-api report: {message}", file=sys.stderr)
-        return 1
+        return _engine_failed(settings, error)
     if args.by == CLUSTER:
         if not states:
             print(
@@ -353,6 +459,40 @@ def main(argv: Sequence[str]) -> int:
             f"recording rules with {args.by}:gpu_seconds:total loaded?",
             file=sys.stderr,
         )
-    sys.stdout.write(RENDERERS[args.format](rows, by=args.by))
+    sys.stdout.write(RENDERERS[args.format](rows, by=args.by, prices=prices))
     sys.stderr.write(add_up_note(rows, states, by=args.by))
     return 0
+
+
+def _engine_failed(settings: EngineSettings, error: EngineError) -> int:
+    # The engine's words are printed as they came; escaped, so they cannot drive the terminal.
+    message = _printable(f"cannot query {settings.url}: {error}")
+    print(f"gpu-status-api report: {message}", file=sys.stderr)
+    return 1
+
+
+def _mail(
+    settings: EngineSettings, mail: MailSettings, *, since: str, until: float, prices: Prices
+) -> int:
+    """--mail: each user their summary, the admins the cluster's; 1 if any mail failed."""
+    from status_api import reportmail
+
+    try:
+        states = cluster_usage(settings, since=since, until=until)
+        mailing = reportmail.gather(
+            settings, since=since, until=until, states=states, prices=prices
+        )
+    except EngineError as error:
+        return _engine_failed(settings, error)
+    messages = reportmail.compose(mailing, mail)
+    try:
+        refused = reportmail.send(messages, mail)
+    except reportmail.MailError as error:
+        print(f"gpu-status-api report: cannot mail: {_printable(str(error))}", file=sys.stderr)
+        return 1
+    what = "printed" if mail.dry_run else "sent"
+    print(
+        f"gpu-status-api report: {len(messages) - refused} of {len(messages)} mails {what}",
+        file=sys.stderr,
+    )
+    return 1 if refused else 0

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from exporter import cli as exporter_cli
-from servicekit.cliargs import MAX_SECONDS, finite, positive, tcp_port
+from servicekit.cliargs import MAX_SECONDS, finite, non_negative, positive, tcp_port
 from status_api import cli as status_cli
 
 
@@ -132,6 +132,22 @@ def test_positive_floats() -> None:
             parse(text)
     with pytest.raises(argparse.ArgumentTypeError, match="is over"):
         parse("1e300")
+
+
+def test_non_negative_numbers() -> None:
+    parse = non_negative(float)
+    assert parse("0") == 0.0
+    assert parse("0.25") == 0.25
+    assert parse("1e300") == 1e300  # a price or a rate, not a wait: no timer bound
+    for text in ("nan", "inf", "-inf"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a finite number"):
+            parse(text)
+    for text in ("-0.01", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be 0 or more"):
+            parse(text)
+    assert non_negative(int)("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError, match="is not a number"):
+        non_negative(int)("1.5")
 
 
 def test_positive_ints() -> None:

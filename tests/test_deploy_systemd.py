@@ -17,9 +17,11 @@ import pytest
 from exporter.cli import build_parser as exporter_parser
 from status_api.cli import build_parser as status_parser
 from status_api.cli import build_targets_parser
+from status_api.report import build_parser as report_parser
 from tests.support.deploy import BIN, SYSTEMD, parses, read_env_file, run, tool
 
 UNITS = sorted(path.name for path in SYSTEMD.glob("*.service"))
+TIMERS = sorted(path.name for path in SYSTEMD.glob("*.timer"))
 
 
 def read_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -58,7 +60,7 @@ def unit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     of the package stand in for /usr/local/bin, so everything else is checked as shipped.
     """
     directory = tmp_path_factory.mktemp("units")
-    for name in UNITS:
+    for name in [*UNITS, *TIMERS]:
         text = (SYSTEMD / name).read_text(encoding="utf-8")
         for program in ("gpu-exporter", "gpu-status-api"):
             installed = BIN / program
@@ -77,15 +79,17 @@ def _verify(unit: Path) -> list[str]:
     return complaints
 
 
-def test_three_units_are_shipped() -> None:
+def test_four_units_and_a_timer_are_shipped() -> None:
     assert set(UNITS) == {
         "gpu-exporter.service",
         "gpu-status-api.service",
         "gpu-status-api-targets.service",
+        "gpu-status-api-report.service",
     }
+    assert TIMERS == ["gpu-status-api-report.timer"]
 
 
-@pytest.mark.parametrize("name", UNITS)
+@pytest.mark.parametrize("name", [*UNITS, *TIMERS])
 def test_unit_passes_systemd_analyze_verify(unit_dir: Path, name: str) -> None:
     assert _verify(unit_dir / name) == []
 
@@ -180,3 +184,28 @@ def test_targets_unit_command_line_parses() -> None:
     assert words[1] == "targets"
     args = parses(build_targets_parser(), words[2:])
     assert args.watch and args.output == Path("/etc/prometheus/targets/gpu-nodes.json")
+
+
+def test_report_unit_mails_weekly_with_the_example_arguments() -> None:
+    """The timer starts the report service once a week; its command line, with the example
+    environment file, is a valid ``report --mail`` that needs nothing else to send."""
+    timer = {key: values[-1] for key, values in read_unit(SYSTEMD / TIMERS[0])["Timer"].items()}
+    assert timer["Unit"] == "gpu-status-api-report.service" and timer["Persistent"] == "true"
+    result = run(
+        tool("systemd-analyze"), "calendar", "--iterations=2", "--base-time=2026-01-01 00:00:00",
+        timer["OnCalendar"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runs = re.findall(r"(?:Next elapse|Iter\. #2): \w+ (\d+-\d+-\d+)", result.stdout)
+    assert runs == ["2026-01-05", "2026-01-12"], result.stdout  # Mondays, a week apart
+
+    service = read_unit(SYSTEMD / "gpu-status-api-report.service")["Service"]
+    one = {key: values[-1] for key, values in service.items()}
+    assert one["Type"] == "oneshot" and one["DynamicUser"] == "yes"
+    assert one["EnvironmentFile"].endswith("/gpu-status-api-report.env")
+    environment = read_env_file(SYSTEMD / "gpu-status-api-report.env.example")
+    words = exec_arguments(one["ExecStart"], environment)
+    assert words[1] == "report"
+    args = parses(report_parser(), words[2:])
+    assert args.mail and args.since == "7d" and not args.dry_run
+    assert args.smtp_server and args.mail_from and args.admin_mail and args.mail_domain

@@ -1,8 +1,9 @@
 """An SMTP server on loopback (aiosmtpd) that keeps every mail a real Alertmanager sends it.
 
-Used by the owner-mail test (tests/test_owner_mail_e2e.py). Each mail is kept with its envelope
-(sender and recipients, what the relay delivers by) and its parsed message (headers and body,
-what the recipient reads).
+Used by the owner-mail test (tests/test_owner_mail_e2e.py) and the report mail test
+(tests/test_report_mail.py), which has it offer STARTTLS and ask for a login. Each mail is kept
+with its envelope (sender and recipients, what the relay delivers by) and its parsed message
+(headers and body, what the recipient reads).
 """
 
 from __future__ import annotations
@@ -37,14 +38,16 @@ class Mail:
 
 
 class Mailbox:
-    """An SMTP server on 127.0.0.1, no TLS and no login, recording every mail."""
+    """An SMTP server on 127.0.0.1, recording every mail; no TLS and no login unless
+    ``smtp_parameters`` (aiosmtpd's SMTP options: tls_context, require_starttls, authenticator,
+    auth_required) ask for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, **smtp_parameters: Any) -> None:
         self.port = free_port()
         self.smarthost = f"127.0.0.1:{self.port}"
         self._mails: list[Mail] = []
         self._lock = threading.Lock()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **smtp_parameters)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         # aiosmtpd's handler hook; the name is its API.
