@@ -27,7 +27,7 @@ from simulator.fakenvml import scenario as fake
 from simulator.metrics import label_sets, values
 
 MAX_ERRORS_KEPT = 20
-NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_UNKNOWN = 999
 
 
@@ -268,9 +268,11 @@ class Churn:
         elif phase == 5:
             scenario.gpus[victim] = dataclasses.replace(
                 scenario.gpus[victim],
+                # Errors that come and go. NOT_SUPPORTED never does on a real GPU: the exporter
+                # remembers it for the session (fields every GPU lacks here show that path).
                 fail={
                     "nvmlDeviceGetTemperature": NVML_ERROR_UNKNOWN,
-                    "nvmlDeviceGetPowerUsage": NVML_ERROR_NOT_SUPPORTED,
+                    "nvmlDeviceGetPowerUsage": NVML_ERROR_TIMEOUT,
                     "nvmlDeviceGetComputeRunningProcesses_v3": NVML_ERROR_UNKNOWN,
                 },
             )
