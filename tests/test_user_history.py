@@ -17,7 +17,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
@@ -32,6 +32,10 @@ from status_api.app import create_app
 from status_api.cluster import Cluster
 from status_api.engine import EngineSettings
 from status_api.userhistory import UserHistory, query
+from tests.support.status_service import (  # noqa: F401 - fixture
+    StatusService,
+    status_service_factory,
+)
 
 SPEC = schemathesis.openapi.from_path(REPO / "status_api" / "openapi.yaml")
 STEP = 300
@@ -153,6 +157,23 @@ def test_per_day_values_match_the_hand_computed_ones(prometheus_url: str) -> Non
         client.get("/api/v1/users/alice/history?days=9").get_json()["days"],
         expected(ALICE_A, ALICE_B, days=9),
     )
+
+
+@pytest.mark.prometheus
+def test_the_service_with_an_engine_answers_from_it(
+    prometheus_url: str,
+    status_service_factory: Callable[..., StatusService],  # noqa: F811
+) -> None:
+    """The real command line wires the endpoint to --prometheus-url (with the real clock: the
+    data end two days back, within the 7 days)."""
+    service = status_service_factory([], "--prometheus-url", prometheus_url)
+    response = service.get("/api/v1/users/alice/history")
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert document["configured"] is True and len(document["days"]) == 7
+    assert any(day["gpu_hours"] for day in document["days"])
+    assert service.get("/api/v1/users/carol/history").status_code == 404
+    assert service.get("/api/v1/users/a%22%7D/history").status_code == 404
 
 
 @pytest.mark.prometheus
