@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import threading
 import time
@@ -76,7 +77,8 @@ def query(counter: str, name: str, seconds: float) -> str:
 
 
 def _value(samples: list[Sample]) -> float | None:
-    return samples[0][1] if samples else None
+    # NaN or infinity would make the document invalid JSON: unknown, as for no sample.
+    return samples[0][1] if samples and math.isfinite(samples[0][1]) else None
 
 
 def _rounded(value: float | None, digits: int = 6) -> float | None:
@@ -104,13 +106,24 @@ def history_document(
                 "energy_kwh": _rounded(None if joules is None else joules / 3.6e6),
             }
         )
-    return {"user": name, "configured": True, "generated_at": round(at, 3), "message": "",
-            "days": entries}  # fmt: skip
+    return {
+        "user": name,
+        "configured": True,
+        "generated_at": round(at, 3),
+        "message": "",
+        "days": entries,
+    }
 
 
 def no_engine_document(name: str, *, at: float) -> dict[str, Any]:
-    return {"user": name, "configured": False, "generated_at": round(at, 3),
-            "message": NO_ENGINE_MESSAGE, "days": []}  # fmt: skip
+    """The answer without a query engine: no days, and why."""
+    return {
+        "user": name,
+        "configured": False,
+        "generated_at": round(at, 3),
+        "message": NO_ENGINE_MESSAGE,
+        "days": [],
+    }
 
 
 async def _ask(
