@@ -9,6 +9,7 @@ Errors are JSON ``{"error": "..."}``; tracebacks stay in the log.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import yaml
@@ -19,7 +20,16 @@ from servicekit.encoding import VARY, accepts_gzip
 from servicekit.metricsformat import negotiate
 from servicekit.responses import JSON, json_error_body
 from status_api.cluster import Cluster, View
+from status_api.engine import EngineError
 from status_api.metrics import exposition, make_registry
+from status_api.userhistory import (
+    DEFAULT_DAYS,
+    MAX_DAYS,
+    UnknownUser,
+    UserHistory,
+    no_engine_document,
+    valid_name,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 # The one description of the API: shipped as YAML, served as JSON.
@@ -55,8 +65,19 @@ def _serve_view(view: View) -> Response:
     return response
 
 
-def create_app(cluster: Cluster, *, static_dir: Path = STATIC) -> Flask:
-    """Build the Flask app over a cluster whose views the poller keeps up to date."""
+def _days() -> int | None:
+    """The ``days`` parameter, 1 to MAX_DAYS; None when it is anything else."""
+    text = request.args.get("days", str(DEFAULT_DAYS))
+    if not text.isdigit() or len(text) > 3 or not 1 <= int(text) <= MAX_DAYS:
+        return None
+    return int(text)
+
+
+def create_app(
+    cluster: Cluster, *, static_dir: Path = STATIC, user_history: UserHistory | None = None
+) -> Flask:
+    """Build the Flask app over a cluster whose views the poller keeps up to date; with
+    ``user_history`` (a query engine), users' last days too."""
     app = Flask(__name__, static_folder=str(static_dir), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     registry = make_registry(cluster)
@@ -90,6 +111,29 @@ def create_app(cluster: Cluster, *, static_dir: Path = STATIC) -> Flask:
     @app.get("/api/v1/users")
     def users_json() -> Response:
         return _serve_view(cluster.views.users)
+
+    @app.get("/api/v1/users/<path:name>/history")
+    def user_history_json(name: str) -> Response:
+        # <path:> so a name with a slash is a 404 here, like any other name that is no user's.
+        if not valid_name(name):
+            return _json_error(404, "no such user")
+        days = _days()
+        if days is None:
+            return _json_error(400, f"days must be a whole number from 1 to {MAX_DAYS}")
+        if user_history is None:
+            document = no_engine_document(name, at=time.time())
+        else:
+            try:
+                document = user_history.get(name, days)
+            except UnknownUser:
+                return _json_error(404, f"no GPU use recorded for {name} in the last {days} days")
+            except EngineError as error:
+                response = _json_error(503, f"the query engine did not answer: {error}")
+                response.headers["Retry-After"] = "30"
+                return response
+        response = Response(json.dumps(document), mimetype=JSON)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
     @app.route("/get-status", methods=["GET", "POST"])
     def legacy_json() -> Response:

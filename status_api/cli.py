@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the service's modules pull in aiohttp and Flask, which "tar
     from status_api.cluster import Cluster
     from status_api.engine import EngineSettings
     from status_api.statefile import StateFile
+    from status_api.userhistory import UserHistory
     from status_api.vocabulary import Thresholds
 
 log = logging.getLogger("status_api")
@@ -65,13 +66,19 @@ def _state_file(args: argparse.Namespace) -> StateFile | None:
     return None if args.state_file is None else StateFile(args.state_file)
 
 
-def _serve(cluster: Cluster, args: argparse.Namespace, *, on_stop: Callable[[], None]) -> int:
+def _serve(
+    cluster: Cluster,
+    args: argparse.Namespace,
+    *,
+    on_stop: Callable[[], None],
+    user_history: UserHistory | None = None,
+) -> int:
     """Serve the page and the views of ``cluster`` until SIGINT or SIGTERM."""
     from servicekit.runner import run_service
     from status_api.app import create_app
 
     return run_service(
-        create_app(cluster),
+        create_app(cluster, user_history=user_history),
         listen_address=args.listen_address,
         port=args.port,
         web_config_file=args.web_config_file,
@@ -126,6 +133,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
     from status_api.engine import engine_settings
     from status_api.promsource import EngineSource
     from status_api.usage import UsageHistory
+    from status_api.userhistory import UserHistory
 
     try:
         settings = engine_settings(args)
@@ -163,7 +171,7 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         source.stop()
         history.stop()
 
-    return _serve(cluster, args, on_stop=stop)
+    return _serve(cluster, args, on_stop=stop, user_history=UserHistory(settings=lambda: settings))
 
 
 def _check_rule_thresholds(settings: EngineSettings, thresholds: Thresholds) -> None:

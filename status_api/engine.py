@@ -279,6 +279,11 @@ class EngineClient:
         auth = self._auth()
         return list(await asyncio.gather(*(self.query(expr, at=at, auth=auth) for expr in exprs)))
 
+    async def queries_at(self, asked: Sequence[tuple[str, float]]) -> list[list[Sample]]:
+        """Every query at its own evaluation time, at once; the first failure fails them all."""
+        auth = self._auth()
+        return list(await asyncio.gather(*(self.query(e, at=at, auth=auth) for e, at in asked)))
+
 
 def run_queries(settings: EngineSettings, exprs: Sequence[str], *, at: float) -> list[list[Sample]]:
     """:meth:`EngineClient.queries` for a synchronous caller (no event loop running)."""

@@ -93,7 +93,7 @@ def test_the_description_matches_the_served_routes(service: StatusService) -> No
     for path, operations in served.items():
         assert set(operations) <= set(described[path]), path
     for path in described:
-        concrete = path.replace("{filename}", "app.js")
+        concrete = path.replace("{filename}", "app.js").replace("{name}", "alice")
         assert requests.get(service.url + concrete, timeout=5).status_code == 200, path
 
 

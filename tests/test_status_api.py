@@ -187,7 +187,13 @@ def test_health_and_page_headers(service: StatusService) -> None:
     assert page.status_code == 200 and "<title>GPU cluster</title>" in page.text
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Content-Type-Options"] == "nosniff"
-    for asset in ("/static/dom.js", "/static/app.js", "/static/users.js", "/static/style.css"):
+    for asset in (
+        "/static/dom.js",
+        "/static/app.js",
+        "/static/users.js",
+        "/static/user.js",
+        "/static/style.css",
+    ):
         assert service.get(asset).status_code == 200
     assert "http://" not in page.text and "https://" not in page.text  # nothing from a CDN
     openapi = service.get("/api/v1/openapi.json").json()

@@ -10,6 +10,7 @@ Screenshots go to build/artifacts/ (docs/screenshot.png is a copy of status-page
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -464,3 +465,85 @@ def test_gpu_use_per_user_and_a_click_filters_the_cluster_view(
     )
     expect(page.locator("#usage th").first).to_have_text("Slurm job")
     assert page.locator("#usage script, #usage img").count() == 0
+
+
+DASH = "\u2013"  # what the charts show for a day without a value
+
+
+def _history(user: str) -> dict[str, Any]:
+    """A history document as the service answers it with an engine: seven days, the energy of
+    the first two unknown, an idle day in the middle."""
+    days = []
+    for index, (hours, utilization, kwh) in enumerate(
+        [(12.0, 0.5, None), (24.0, 0.25, None), (0.0, None, 0.0), (1.5, 1.0, 0.75),
+         (48.0, 0.125, 12.5), (6.0, 0.75, 2.0), (3.25, 0.5, 1.25)]
+    ):  # fmt: skip
+        start = 1_796_083_200 + index * 86400  # 2026-12-01
+        days.append({
+            "date": time.strftime("%Y-%m-%d", time.gmtime(start)), "start": start,
+            "end": start + 86400, "gpu_hours": hours, "mean_utilization": utilization,
+            "energy_kwh": kwh,
+        })  # fmt: skip
+    return {"user": user, "configured": True, "generated_at": 0, "message": "", "days": days}
+
+
+def test_a_users_own_view(cluster: Cluster, artifacts: Path, page: Page) -> None:
+    """?user=NAME opens the user's view: the nodes filtered to them, what they hold, and in
+    polling mode the message that history needs an engine; a click on an owner in a card opens
+    another user's view without a reload, with the engine's days drawn as three bar charts."""
+    page.goto(cluster.service.url + "/?user=bob")
+    view = page.locator("#user-view")
+    expect(view).to_be_visible()
+    expect(view.locator(".user-title")).to_have_text("bob")
+    expect(view.locator(".user-now")).to_contain_text("bob holds 2 GPUs now")
+    expect(view.locator(".user-history-note")).to_contain_text("--prometheus-url")
+    expect(view.locator("svg")).to_have_count(0)
+    expect(page.locator("#filter-user")).to_have_value("bob")
+    expect(page.locator("article.node")).to_have_count(1)
+    expect(page.locator("tr.gpu")).to_have_count(2)
+
+    # The engine's answer, as the service gives it with --prometheus-url.
+    page.route(
+        "**/api/v1/users/alice/history*",
+        lambda route: route.fulfill(json=_history("alice")),
+    )
+    page.evaluate("window.__loaded = true")  # gone if the page reloads
+    page.locator("article.node a.user-name", has_text=re.compile(r"^alice$")).click()
+    expect(view.locator(".user-title")).to_have_text("alice")
+    assert page.evaluate("window.__loaded") is True
+    assert page.evaluate("new URLSearchParams(location.search).get('user')") == "alice"
+    expect(page.locator("#filter-user")).to_have_value("alice")
+    charts = view.locator("figure.user-chart")
+    expect(charts).to_have_count(3)
+    expect(charts.locator("figcaption")).to_have_text(
+        ["GPU-hours per day", "Mean utilization", "Energy per day (kWh)"]
+    )
+    dates = ["12-01", "12-02", "12-03", "12-04", "12-05", "12-06", "12-07"]
+    values = {
+        "gpu_hours": ["12.0", "24.0", "0.0", "1.5", "48.0", "6.0", "3.3"],
+        "mean_utilization": ["50%", "25%", DASH, "100%", "13%", "75%", "50%"],
+        "energy_kwh": [DASH, DASH, "0.00", "0.75", "13", "2.00", "1.25"],
+    }
+    for key, texts in values.items():
+        chart = view.locator(f"figure.user-chart[data-chart={key}]")
+        expect(chart.locator("rect.user-bar")).to_have_count(7)
+        expect(chart.locator("text.bar-label")).to_have_text(dates)
+        expect(chart.locator("text.bar-value")).to_have_text(texts)
+        expect(chart.locator("rect.user-bar.missing")).to_have_count(texts.count(DASH))
+    # the tallest bar fills the plot, the others in proportion
+    heights = [
+        float(h or 0)
+        for h in view.locator("[data-chart=gpu_hours] rect.user-bar").evaluate_all(
+            "bars => bars.map(b => b.getAttribute('height'))"
+        )
+    ]
+    assert heights[4] == max(heights) and math.isclose(heights[1], heights[4] / 2)
+    view.screenshot(path=str(artifacts / "user-view.png"))
+
+    page.go_back()  # back to bob's view
+    expect(view.locator(".user-title")).to_have_text("bob")
+    view.locator(".user-close").click()
+    expect(view).to_be_hidden()
+    expect(page.locator("#filter-user")).to_have_value("")
+    expect(page.locator("article.node")).to_have_count(5)
+    assert page.evaluate("location.search") == ""

@@ -225,7 +225,10 @@
 
   function userChip(user) {
     const chip = el('span', 'user');
-    chip.append(el('span', 'user-name', user.username || '(unknown)'), el('span', 'user-mem', mib(user.mem)));
+    // a known owner links to their own view (static/user.js opens it without a reload)
+    const name = user.username ? el('a', 'user-name', user.username) : el('span', 'user-name', '(unknown)');
+    if (user.username) name.href = '?user=' + encodeURIComponent(user.username);
+    chip.append(name, el('span', 'user-mem', mib(user.mem)));
     if (user.slurm_job) chip.append(el('span', 'user-job', 'job ' + user.slurm_job));
     if (user.pod) {
       const pod = el('span', 'user-pod', (user.namespace ? user.namespace + '/' : '') + user.pod);

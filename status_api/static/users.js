@@ -4,8 +4,9 @@
  * never stack), at the service's round interval like the cluster view, with If-None-Match so
  * an unchanged document costs a 304; it stops while the page's Pause button is pressed. Names
  * come from the nodes and are untrusted: the DOM is built with createElement and textContent
- * only. Clicking a name puts it into the page's user filter (#filter-user) and dispatches an
- * input event, so the cluster view filters with its own logic.
+ * only. Clicking a user opens their own view (static/user.js); clicking a job or namespace puts
+ * it into the page's user filter (#filter-user) and dispatches an input event, so the cluster
+ * view filters with its own logic.
  */
 'use strict';
 
@@ -43,6 +44,11 @@
   }
 
   function pick(tab, name) {
+    // a user opens their own view (static/user.js), which filters the nodes to them too
+    if (tab.list === 'users' && window.gpuUserView) {
+      window.gpuUserView.open(name);
+      return;
+    }
     if (!filter) return;
     filter.value = tab.filter(name);
     filter.dispatchEvent(new Event('input', { bubbles: true }));
@@ -82,7 +88,7 @@
       if (name) {
         const button = el('button', 'usage-pick', name);
         button.type = 'button';
-        button.title = 'Show only these GPUs';
+        button.title = tab.list === 'users' ? 'Show this user\'s view' : 'Show only these GPUs';
         button.addEventListener('click', () => pick(tab, name));
         cell.append(button);
       } else {
