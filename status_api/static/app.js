@@ -424,8 +424,7 @@
       setNode(record, node, generatedAt);
       return;
     }
-    record.age = age;
-    if (record.seen && age !== null) record.seen.dataset.age = String(age);
+    record.age = age; // shown by drawSeen, on the cards in sight only
   }
 
   function drawSeen(record, sinceUpdate) {
@@ -439,10 +438,7 @@
     const node = record.node;
     const key = JSON.stringify([node.state, node.hostname, node.address, node.ips, node.error,
       record.free, record.age === null]);
-    if (key === record.headKey) {
-      if (record.seen && record.age !== null) record.seen.dataset.age = String(record.age);
-      return;
-    }
+    if (key === record.headKey) return;
     record.headKey = key;
     const card = record.card;
     card.className = 'node ' + node.state;
@@ -453,7 +449,6 @@
     if (node.address !== node.hostname) meta.append(el('span', 'node-address', node.address));
     for (const pair of list(node.ips)) meta.append(el('span', 'ip', pair[0] + ' ' + pair[1]));
     const seen = el('span', 'last-seen');
-    if (record.age !== null) seen.dataset.age = String(record.age);
     meta.append(seen);
     record.seen = seen;
     drawSeen(record, (Date.now() - state.updatedAt) / 1000);
@@ -544,9 +539,10 @@
   // ---- the list -----------------------------------------------------------------------------
 
   // The nodes of one batch from the feed: their cards brought up to date (cheap off-screen).
-  function takeNodes(nodes, generatedAt) {
+  function takeNodes(nodes, lastSeen, generatedAt) {
     for (const node of nodes) {
       const key = String(node.node);
+      node.last_seen = lastSeen.get(key); // the feed leaves it out of the nodes it sends
       nodesByKey.set(key, node);
       let record = cards.get(key);
       if (!record) {
@@ -716,11 +712,14 @@
         return;
       }
       if (message.kind === 'start') {
-        arriving = { start: message, changed: new Set(), left: message.changed };
+        const lastSeen = new Map(message.keys.map((key, i) => [key, message.lastSeen[i]]));
+        arriving = { start: message, lastSeen, changed: new Set(), left: message.changed };
       } else if (message.kind === 'nodes' && arriving) {
-        takeNodes(message.nodes, arriving.start.head.generated_at);
-        for (const node of message.nodes) arriving.changed.add(node);
-        arriving.left -= message.nodes.length;
+        const nodes = JSON.parse(message.json);
+        if (!Array.isArray(nodes)) throw new Error('not a cluster document');
+        takeNodes(nodes, arriving.lastSeen, arriving.start.head.generated_at);
+        for (const node of nodes) arriving.changed.add(node);
+        arriving.left -= nodes.length;
       } else {
         return;
       }
