@@ -528,11 +528,34 @@
       if (!record) continue;
       if (entry.isIntersecting) {
         nearby.add(record);
-        if (record.stale && record.node) drawBody(record, true);
+        if (record.stale && record.node) comingNear.push(record);
         drawSeen(record, sinceUpdate);
       } else {
         nearby.delete(record);
       }
+    }
+    buildNear();
+  }
+
+  // GPU tables of the cards that came near, built a few milliseconds' worth per frame: when a
+  // first render or a jump down the list brings dozens of cards near at once, building all of
+  // their tables in one go would be one long task.
+  const NEAR_BUDGET_MS = 12;
+  const comingNear = [];
+  let nearFrame = false;
+
+  function buildNear() {
+    const until = performance.now() + NEAR_BUDGET_MS;
+    while (comingNear.length && performance.now() < until) {
+      const record = comingNear.shift();
+      if (nearby.has(record) && record.stale && record.node) drawBody(record, true);
+    }
+    if (comingNear.length && !nearFrame) {
+      nearFrame = true;
+      requestAnimationFrame(() => {
+        nearFrame = false;
+        buildNear();
+      });
     }
   }
 
