@@ -22,9 +22,11 @@ PROVISIONED = HERE / "dashboards" / "gpu-cluster.json"
 IMPORT_COPY = HERE / "gpu-cluster-import.json"
 
 # Run as a script (and loaded by path in the tests), so the package beside it is not importable
-# until its folder is on the path.
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+# until its folder is on the path; the repository's root too, for the definitions the panels
+# share with the status service (status_api/vocabulary.py).
+for folder in (HERE, HERE.parent):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 from dashboard.document import ROWS, build, import_copy, render  # noqa: E402
 from dashboard.panels import panel  # noqa: E402

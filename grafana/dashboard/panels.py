@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from status_api.vocabulary import LOW_SM_ACTIVITY
+
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 # Alert thresholds (prometheus/rules/alerts.yml), drawn on the matching panels.
@@ -15,7 +17,9 @@ IDLE_RATIO = 0.05  # GpuIdleButHeld: a GPU below 5% utilization counts as idle
 HOT_CELSIUS = 85
 MEMORY_FULL_RATIO = 0.95
 STALE_SECONDS = 60
-LOW_SM_RATIO = 0.1  # GpuLowSmActivity: SM activity below 10% counts as nearly idle
+# SM activity below this counts as nearly idle: the page, GpuLowSmActivity and the dashboard
+# take it from its one definition.
+LOW_SM_RATIO = LOW_SM_ACTIVITY
 
 NODE = 'node=~"$node"'
 NODE_GPU = 'node=~"$node", gpu=~"$gpu"'
