@@ -171,7 +171,8 @@ def _serve_from_engine(args: argparse.Namespace) -> int:
         source.stop()
         history.stop()
 
-    return _serve(cluster, args, on_stop=stop, user_history=UserHistory(settings=lambda: settings))
+    history_of = UserHistory(settings=lambda: settings, known=lambda: cluster.views.user_names)
+    return _serve(cluster, args, on_stop=stop, user_history=history_of)
 
 
 def _check_rule_thresholds(settings: EngineSettings, thresholds: Thresholds) -> None:

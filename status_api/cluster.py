@@ -196,6 +196,9 @@ class Views:
     sequence: int
     generated_at: float
     nodes: list[tuple[NodeState, str]] = field(default_factory=list)
+    # The users of /api/v1/users (holding GPUs now, or with GPU-hours recorded in its longest
+    # window): whose history is worth asking the engine for.
+    user_names: frozenset[str] = frozenset()
 
 
 _NO_POWER = {"power": None, "power_limit": None, "sm_active": None}
@@ -438,6 +441,7 @@ class Cluster:
             sequence=sequence,
             generated_at=now,
             nodes=[(_copy(node), state) for node, state in states],
+            user_names=frozenset(entry["user"] for entry in users["users"]),
         )
 
 

@@ -24,7 +24,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -162,8 +162,12 @@ class UserHistory:
         settings: Callable[[], EngineSettings],
         ttl: float = CACHE_SECONDS,
         clock: Callable[[], float] = time.time,
+        known: Callable[[], Container[str]] | None = None,
     ) -> None:
         self._settings = settings
+        # The names the service knows of; others are refused without a query, so guessing
+        # names cannot make the engine work (None: every valid name is asked about).
+        self._known = known
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[tuple[str, int], _Cached] = {}
@@ -171,7 +175,7 @@ class UserHistory:
 
     def get(self, name: str, days: int) -> dict[str, Any]:
         """The document; UnknownUser for a bad or unseen name, EngineError when the engine fails."""
-        if not valid_name(name):
+        if not valid_name(name) or (self._known is not None and name not in self._known()):
             raise UnknownUser(name)  # before the cache and the engine: nothing of it is kept
         now = self._clock()
         key = (name, days)

@@ -276,6 +276,21 @@ def test_valid_names_reach_the_engine_quoted_and_are_cached() -> None:
     )
 
 
+def test_names_the_service_does_not_know_never_reach_the_engine() -> None:
+    """In the service, only the users of /api/v1/users are asked about: guessing names costs the
+    engine nothing."""
+    known = {"alice"}
+    with _recording_engine() as url:
+        settings = EngineSettings(url=url)
+        history = UserHistory(settings=lambda: settings, clock=lambda: CLOCK, known=lambda: known)
+        client = create_app(Cluster(), user_history=history).test_client()
+        for guess in ("bob", "root", "admin", "carol.x"):
+            assert client.get(f"/api/v1/users/{guess}/history").status_code == 404
+        assert _Recorder.asked == []
+        assert client.get("/api/v1/users/alice/history").status_code == 200
+    assert len(_Recorder.asked) == 21
+
+
 def test_an_engine_that_is_down_is_503_and_not_cached() -> None:
     client = _client(f"http://127.0.0.1:{free_port()}")
     for _ in range(2):
